@@ -1,0 +1,41 @@
+# Common commands. Every target installs the virtual environment at .venv/ first if needed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(BIN):$(PATH)
+# The tracking module is the one place that knows the store; the launcher of `mlflow run` must use it too.
+TRACKING = export MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-$$($(BIN)/python -m multiloss.tracking uri)}"
+DATA ?= data/synthetic
+
+.PHONY: install demo test test-fast ui bench clean-store
+
+$(STAMP): pyproject.toml requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## demo: the pipeline on the built-in synthetic data, through `mlflow run`
+demo: install
+	$(TRACKING); $(BIN)/python -m multiloss.tracking init && \
+	mlflow run . -e synth --env-manager local --experiment-name data -P out=$(DATA)
+
+## test: the whole test suite (what CI runs)
+test: install
+	$(BIN)/python -m pytest
+
+## test-fast: skip the tests that train models or launch MLflow projects
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+## ui: the MLflow UI on our store, at http://127.0.0.1:5000
+ui: install
+	$(TRACKING); eval "$$($(BIN)/python -m multiloss.tracking ui-command)"
+
+## bench: input pipeline benchmark (prints a table of ratios)
+bench: install
+	$(BIN)/python bench/input_pipeline.py

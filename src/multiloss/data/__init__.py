@@ -1,0 +1,1 @@
+"""Data: image I/O, dataset readers, the validation split, tf.data pipelines, synthetic phantoms."""

@@ -1,0 +1,141 @@
+"""Reading chest X-rays and lung masks from disk, with errors that name the file.
+
+Everything a model sees is 8-bit grayscale: 16-bit, RGB and RGBA inputs are converted here,
+in one place, so the readers, the tf.data pipelines and the cropping stage agree pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff")
+
+
+class DataError(ValueError):
+    """A dataset file or folder that cannot be used as it is; the message names it."""
+
+
+def is_image_file(path: Path) -> bool:
+    """An image by suffix, skipping hidden files and macOS resource forks (``._x.jpeg``)."""
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name; an error if there are none."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder not found")
+    files = sorted(p for p in folder.iterdir() if is_image_file(p))
+    if not files:
+        raise DataError(f"{folder}: folder holds no images (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read file ({err.strerror or err})") from err
+    if not data:
+        raise DataError(f"{path}: file is empty")
+    return data
+
+
+def _check_complete(path: Path, data: bytes) -> None:
+    """Catch truncated JPEG/PNG files, which OpenCV would otherwise decode half-grey."""
+    tail = data.rstrip(b"\x00\r\n\t ")
+    if data[:2] == b"\xff\xd8":
+        if not tail.endswith(b"\xff\xd9"):
+            raise DataError(f"{path}: truncated JPEG (no end-of-image marker)")
+    elif data[:8] == b"\x89PNG\r\n\x1a\n":
+        if b"IEND" not in tail[-12:]:
+            raise DataError(f"{path}: truncated PNG (no IEND chunk)")
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) from the header, after checking the file is complete; no full decode."""
+    path = Path(path)
+    data = _read_bytes(path)
+    _check_complete(path, data)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
+    except (UnidentifiedImageError, OSError) as err:
+        raise DataError(f"{path}: not a readable image ({err})") from err
+    return height, width
+
+
+def _to_uint8(path: Path, pixels: np.ndarray) -> np.ndarray:
+    if pixels.dtype == np.uint8:
+        return pixels
+    if pixels.dtype == np.uint16:
+        # Scanners store 10-, 12- or 14-bit data in 16-bit containers; scale by the smallest
+        # such depth that holds the image's maximum so a 12-bit radiograph is not left black.
+        top = int(pixels.max())
+        bits = next(b for b in (8, 10, 12, 14, 16) if top < (1 << b))
+        scaled = pixels.astype(np.float32) * (255.0 / ((1 << bits) - 1))
+        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    raise DataError(f"{path}: unsupported pixel type {pixels.dtype} (expected 8- or 16-bit)")
+
+
+def read_gray(path: str | os.PathLike) -> np.ndarray:
+    """An image as 8-bit grayscale (H, W); 16-bit, RGB and RGBA are converted, not rejected."""
+    path = Path(path)
+    data = _read_bytes(path)
+    _check_complete(path, data)
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None or pixels.size == 0:
+        raise DataError(f"{path}: not a readable image (decoder failed)")
+    pixels = _to_uint8(path, pixels)
+    if pixels.ndim == 3:
+        channels = pixels.shape[2]
+        if channels == 4:
+            pixels = cv2.cvtColor(pixels, cv2.COLOR_BGRA2GRAY)
+        elif channels == 3:
+            pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY)
+        elif channels in (1, 2):  # gray, gray + alpha
+            pixels = pixels[:, :, 0]
+        else:
+            raise DataError(f"{path}: unsupported image with {channels} channels")
+    return np.ascontiguousarray(pixels)
+
+
+def read_mask(paths: str | os.PathLike | tuple | list) -> np.ndarray:
+    """A binary mask (H, W) bool; several files (Montgomery's left and right lung) are ORed.
+
+    A pixel is foreground above half the file's maximum, so 0/1, 0/255 and JPEG-noisy masks
+    all read the same.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    mask = None
+    for path in paths:
+        gray = read_gray(path)
+        top = int(gray.max())
+        part = gray > top / 2 if top > 0 else np.zeros(gray.shape, bool)
+        if mask is None:
+            mask = part
+        elif part.shape != mask.shape:
+            raise DataError(f"{path}: mask is {part.shape[1]}x{part.shape[0]} but {paths[0]} is "
+                            f"{mask.shape[1]}x{mask.shape[0]}")
+        else:
+            mask |= part
+    if mask is None:
+        raise DataError("read_mask: no mask file given")
+    return mask
+
+
+def write_image(path: str | os.PathLike, pixels: np.ndarray, jpeg_quality: int = 95) -> None:
+    """Encode by suffix and write through a temporary name, so a crash leaves no half file."""
+    path = Path(path)
+    ok, buf = cv2.imencode(path.suffix, pixels, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+    if not ok:
+        raise DataError(f"{path}: cannot encode image as {path.suffix}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(buf.tobytes())
+    os.replace(tmp, path)

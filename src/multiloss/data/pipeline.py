@@ -1,0 +1,119 @@
+"""tf.data input pipelines for classification images and segmentation image/mask pairs.
+
+Decoding goes through :mod:`multiloss.data.imageio` (the one place that converts 16-bit, RGB and
+RGBA files), in parallel; decoded, resized 8-bit images are cached, so from the second epoch on the
+model, not the loader, sets the pace. Shuffling and augmentation come after the cache and change
+every epoch; prefetch overlaps loading with training.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from multiloss.data.augment import random_affine
+from multiloss.data.classes import CLASSES
+from multiloss.data.imageio import DataError, read_gray, read_mask
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def load_image(path: str, img_size: int) -> np.ndarray:
+    """8-bit grayscale, resized (bicubic, as the paper) to img_size × img_size."""
+    pixels = read_gray(path)
+    if pixels.shape != (img_size, img_size):
+        pixels = cv2.resize(pixels, (img_size, img_size), interpolation=cv2.INTER_CUBIC)
+    return pixels
+
+
+def load_mask(paths, img_size: int) -> np.ndarray:
+    """0/1 uint8 mask at img_size: resized as a fraction (bilinear), then thresholded at one half."""
+    mask = read_mask(paths).astype(np.float32)
+    if mask.shape != (img_size, img_size):
+        mask = cv2.resize(mask, (img_size, img_size), interpolation=cv2.INTER_LINEAR)
+    return (mask > 0.5).astype(np.uint8)
+
+
+def one_hot(labels: Sequence[str]) -> np.ndarray:
+    """One-hot targets in CLASSES order; an unknown label is an error naming it."""
+    index = {name: i for i, name in enumerate(CLASSES)}
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        raise DataError(f"unknown class label(s) {unknown}; expected one of {list(CLASSES)}")
+    return np.eye(len(CLASSES), dtype=np.float32)[[index[name] for name in labels]]
+
+
+def _decoded(n: int, load, out_shape, cache: bool | str) -> tf.data.Dataset:
+    """Element i of a dataset of n decoded uint8 arrays, decoded in parallel by ``load(i)``."""
+    def load_tf(i):
+        pixels = tf.numpy_function(lambda j: load(int(j)), [i], tf.uint8, stateful=False)
+        return tf.ensure_shape(pixels, out_shape)
+
+    ds = tf.data.Dataset.range(n).map(load_tf, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if cache:
+        ds = ds.cache("" if cache is True else str(cache))
+    return ds
+
+
+def _to_float(pixels: tf.Tensor, channels: int) -> tf.Tensor:
+    image = tf.cast(pixels, tf.float32)[..., tf.newaxis] / 255.0
+    return tf.repeat(image, channels, axis=-1) if channels > 1 else image
+
+
+def image_dataset(paths: Sequence[str], labels: Sequence[str] | None = None, *, img_size: int,
+                  batch_size: int, shuffle: bool = False, seed: int = 0, channels: int = 3,
+                  cache: bool | str = True, drop_remainder: bool = False) -> tf.data.Dataset:
+    """Batches of images (B, S, S, channels) in [0, 1], with one-hot labels if ``labels`` given."""
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise DataError("image_dataset: no images given")
+    ds = _decoded(len(paths), lambda i: load_image(paths[i], img_size), (img_size, img_size), cache)
+    if labels is not None:
+        if len(labels) != len(paths):
+            raise ValueError(f"image_dataset: {len(paths)} paths but {len(labels)} labels")
+        ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensor_slices(one_hot(list(labels))))
+    if shuffle:
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    if labels is not None:
+        ds = ds.map(lambda x, y: (_to_float(x, channels), y), num_parallel_calls=AUTOTUNE)
+    else:
+        ds = ds.map(lambda x: _to_float(x, channels), num_parallel_calls=AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
+
+
+def mask_dataset(image_paths: Sequence[str], mask_paths: Sequence, *, img_size: int,
+                 batch_size: int, shuffle: bool = False, augment: bool = False, seed: int = 0,
+                 channels: int = 3, cache: bool | str = True,
+                 drop_remainder: bool = False) -> tf.data.Dataset:
+    """Batches of (image (B, S, S, channels) in [0, 1], mask (B, S, S, 1) in {0, 1}).
+
+    ``mask_paths[i]`` is one path or a tuple of paths to OR (Montgomery's left and right lungs).
+    With ``augment``, each example gets its own random flip/shift/rotation, new every epoch.
+    """
+    image_paths = [str(p) for p in image_paths]
+    mask_paths = list(mask_paths)
+    if not image_paths:
+        raise DataError("mask_dataset: no images given")
+    if len(mask_paths) != len(image_paths):
+        raise ValueError(f"mask_dataset: {len(image_paths)} images but {len(mask_paths)} masks")
+    size = (img_size, img_size)
+
+    def load_pair(i: int) -> np.ndarray:
+        return np.stack([load_image(image_paths[i], img_size), load_mask(mask_paths[i], img_size)])
+
+    ds = _decoded(len(image_paths), load_pair, (2, *size), cache)
+    if shuffle:
+        ds = ds.shuffle(len(image_paths), seed=seed, reshuffle_each_iteration=True)
+
+    def split(pair):
+        return _to_float(pair[0], channels), tf.cast(pair[1], tf.float32)[..., tf.newaxis]
+
+    ds = ds.map(split, num_parallel_calls=AUTOTUNE)
+    if augment:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip(ds, seeds).map(
+            lambda pair, s: random_affine(pair[0], pair[1], s), num_parallel_calls=AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)

@@ -1,0 +1,45 @@
+"""Validation split: a fixed-seed share of the training images, stratified by class and grouped
+by patient, so no patient's images sit on both sides (the published code split by file name)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from multiloss.data.imageio import DataError
+
+
+def patient_split(frame: pd.DataFrame, fraction: float = 0.1, seed: int = 42) -> pd.DataFrame:
+    """Add column ``subset`` (``train``/``val``) to the ``split == "train"`` rows of ``frame``.
+
+    scikit-learn's StratifiedGroupKFold does the work: the validation set is one of
+    ``round(1 / fraction)`` folds, so 0.1 gives a tenth of the patients' images, class ratios kept.
+    """
+    if not 0 < fraction <= 0.5:
+        raise ValueError(f"fraction must be in (0, 0.5], got {fraction}")
+    train = frame[frame["split"] == "train"].reset_index(drop=True)
+    n_folds = max(2, round(1 / fraction))
+    n_patients = train["patient"].nunique()
+    if n_patients < n_folds:
+        raise DataError(f"validation split needs at least {n_folds} patients in train, found {n_patients}")
+    folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    _, val_index = next(folds.split(train, train["label"], groups=train["patient"]))
+    subset = pd.Series("train", index=train.index)
+    subset.iloc[val_index] = "val"
+    return train.assign(subset=subset.to_numpy())
+
+
+def write_split_csv(split: pd.DataFrame, path: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
+    """Write the split for audit (paths relative to ``root`` if given), through a temporary file."""
+    path = Path(path)
+    table = split[["path", "label", "patient", "subset"]].copy()
+    if root is not None:
+        table["path"] = [os.path.relpath(p, root) for p in table["path"]]
+    table = table.sort_values(["subset", "label", "path"])
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path

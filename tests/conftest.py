@@ -1,0 +1,84 @@
+"""Fixtures: tiny on-disk copies of the real dataset layouts (real file names, a few files each),
+in the manner of torchxrayvision's tests, so the real readers run without the real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import multiloss  # noqa: F401  (pins the Keras flavour before any test imports TensorFlow)
+
+# Real Kermany names: normals are IM-<patient>-<image> (some with a NORMAL2- prefix), pneumonia
+# files person<patient>_{bacteria,virus}_<running index>.
+KERMANY_FILES = {
+    "train/NORMAL": ["IM-0115-0001.jpeg", "IM-0117-0001.jpeg", "NORMAL2-IM-0927-0001.jpeg"],
+    "train/PNEUMONIA": ["person1_bacteria_1.jpeg", "person1_bacteria_2.jpeg", "person10_virus_35.jpeg",
+                        "person1000_bacteria_2931.jpeg", "person1000_virus_1681.jpeg"],
+    "test/NORMAL": ["IM-0001-0001.jpeg", "NORMAL2-IM-0112-0001.jpeg"],
+    "test/PNEUMONIA": ["person100_bacteria_475.jpeg", "person1680_virus_2897.jpeg"],
+    "val/NORMAL": ["NORMAL2-IM-1427-0001.jpeg"],
+    "val/PNEUMONIA": ["person1946_bacteria_4874.jpeg"],
+}
+
+
+def write_gray(path: Path, size=(40, 48), seed=0, value=None) -> Path:
+    """A small random grayscale image (height, width) at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size, dtype=np.uint8) if value is None else np.full(size, value, np.uint8)
+    assert cv2.imwrite(str(path), pixels)
+    return path
+
+
+def write_mask(path: Path, size=(40, 48), box=(5, 5, 20, 20)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mask = np.zeros(size, np.uint8)
+    y0, x0, y1, x1 = box
+    mask[y0:y1, x0:x1] = 255
+    assert cv2.imwrite(str(path), mask)
+    return path
+
+
+@pytest.fixture
+def kermany_dir(tmp_path) -> Path:
+    """The archive as it often unpacks: chest_xray/chest_xray/{train,test,val}, plus macOS debris."""
+    root = tmp_path / "chest_xray" / "chest_xray"
+    for seed, (folder, names) in enumerate(KERMANY_FILES.items()):
+        for k, name in enumerate(names):
+            write_gray(root / folder / name, seed=seed * 100 + k)
+    (root / "train" / "NORMAL" / ".DS_Store").write_bytes(b"\0\1")
+    (root / "train" / "NORMAL" / "._IM-0115-0001.jpeg").write_bytes(b"\0\1")
+    return tmp_path / "chest_xray"
+
+
+@pytest.fixture
+def montgomery_dir(tmp_path) -> Path:
+    root = tmp_path / "MontgomerySet"
+    for name in ("MCUCXR_0001_0.png", "MCUCXR_0002_1.png"):
+        write_gray(root / "CXR_png" / name)
+        write_mask(root / "ManualMask" / "leftMask" / name, box=(5, 30, 35, 44))
+        write_mask(root / "ManualMask" / "rightMask" / name, box=(5, 4, 35, 18))
+    (root / "ClinicalReadings").mkdir()
+    return tmp_path
+
+
+@pytest.fixture
+def pairs_dir(tmp_path) -> Path:
+    root = tmp_path / "pairs"
+    write_gray(root / "images" / "CHNCXR_0001_0.png")
+    write_mask(root / "masks" / "CHNCXR_0001_0_mask.png")
+    write_gray(root / "images" / "case2.png")
+    write_mask(root / "masks" / "case2.png", box=(0, 0, 10, 10))
+    return root
+
+
+@pytest.fixture(autouse=True)
+def isolated_store(tmp_path, monkeypatch):
+    """Every test logs to its own throw-away store, never to the checkout's mlruns/."""
+    monkeypatch.setenv("MULTILOSS_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
