@@ -23,7 +23,8 @@ def affine_matrix(height: int, width: int, angle_deg, shift_x, shift_y) -> tf.Te
     angle = tf.cast(angle_deg, tf.float32) * (math.pi / 180.0)
     tx = tf.cast(shift_x, tf.float32)
     ty = tf.cast(shift_y, tf.float32)
-    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    cx = (tf.cast(width, tf.float32) - 1.0) / 2.0
+    cy = (tf.cast(height, tf.float32) - 1.0) / 2.0
     cos, sin = tf.cos(angle), tf.sin(angle)
     # With y pointing down, an on-screen counter-clockwise rotation is R = [[c, s], [-s, c]];
     # the inverse map is p_in = R^T (p_out - c - t) + c.
@@ -32,7 +33,8 @@ def affine_matrix(height: int, width: int, angle_deg, shift_x, shift_y) -> tf.Te
     ux, uy = cx + tx, cy + ty
     a2 = cx - (a0 * ux + a1 * uy)
     b2 = cy - (b0 * ux + b1 * uy)
-    return tf.stack([a0, a1, a2, b0, b1, b2, 0.0, 0.0])
+    zero = tf.zeros([], tf.float32)
+    return tf.stack([a0, a1, a2, b0, b1, b2, zero, zero])
 
 
 def _warp(image: tf.Tensor, transform: tf.Tensor, interpolation: str) -> tf.Tensor:

@@ -1,0 +1,65 @@
+"""Tracking URI resolution, experiment creation and stage runs, against throw-away stores."""
+
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from multiloss import tracking
+
+
+def test_default_store_is_sqlite_under_the_project_mlruns(tmp_path):
+    home = tmp_path / "home"   # MULTILOSS_HOME, set by the autouse fixture
+    assert tracking.project_root() == home.resolve()
+    assert tracking.tracking_uri() == f"sqlite:///{home.resolve()}/mlruns/mlflow.db"
+    assert tracking.artifact_root() == home.resolve() / "mlruns" / "artifacts"
+    assert tracking.uses_default_store()
+
+
+def test_checkout_is_the_root_without_multiloss_home(monkeypatch):
+    monkeypatch.delenv("MULTILOSS_HOME")
+    root = tracking.project_root()
+    assert (root / "MLproject").is_file() and (root / "src" / "multiloss").is_dir()
+
+
+def test_user_tracking_uri_wins(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/team.db")
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path}/team.db"
+    assert not tracking.uses_default_store()
+
+
+def test_experiments_are_created_once_with_artifacts_in_our_store():
+    ids = tracking.ensure_experiments()
+    assert set(ids) == {"data", "segmentation", "classification", "sweeps", "ensembles"}
+    assert tracking.ensure_experiments() == ids
+    experiment = mlflow.MlflowClient().get_experiment(ids["segmentation"])
+    assert experiment.artifact_location == (tracking.artifact_root() / "segmentation").as_uri()
+    assert Path(tracking.default_tracking_uri().removeprefix("sqlite:///")).is_file()
+
+
+def test_stage_run_logs_to_the_named_experiment_and_artifacts_land_in_the_store(tmp_path):
+    note = tmp_path / "note.txt"
+    note.write_text("hello")
+    with tracking.stage_run("data", run_name="probe") as run:
+        mlflow.log_param("answer", 42)
+        mlflow.log_artifact(str(note))
+    finished = mlflow.MlflowClient().get_run(run.info.run_id)
+    assert finished.info.status == "FINISHED" and finished.data.params == {"answer": "42"}
+    assert finished.info.experiment_id == tracking.ensure_experiment("data")
+    assert (tracking.artifact_root() / "data" / run.info.run_id / "artifacts" / "note.txt").read_text() == "hello"
+
+
+def test_stage_run_joins_the_run_mlflow_run_created(monkeypatch):
+    tracking.configure()
+    launcher_run = mlflow.MlflowClient().create_run(tracking.ensure_experiment("sweeps"))
+    monkeypatch.setenv("MLFLOW_RUN_ID", launcher_run.info.run_id)
+    with tracking.stage_run("data") as run:
+        assert run.info.run_id == launcher_run.info.run_id
+
+
+def test_cli(capsys):
+    assert tracking.main(["uri"]) == 0
+    assert capsys.readouterr().out.strip() == tracking.tracking_uri()
+    assert tracking.main(["ui-command"]) == 0
+    assert "--host 127.0.0.1" in capsys.readouterr().out
+    assert tracking.main(["bogus"]) == 2
