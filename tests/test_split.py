@@ -47,6 +47,10 @@ def test_too_few_patients_and_bad_fraction():
     frame = synthetic_frame(n_patients=5)
     with pytest.raises(DataError, match="at least 10 patients in train, found 5"):
         patient_split(frame)
+    few_viral = synthetic_frame()
+    few_viral = few_viral[(few_viral["label"] != "viral") | (few_viral.index % 40 == 0)]
+    with pytest.raises(DataError, match=r"class viral has \d training images; a 1/10 validation split needs at least 10"):
+        patient_split(few_viral)
     with pytest.raises(ValueError, match="fraction must be in"):
         patient_split(synthetic_frame(), fraction=0.9)
 

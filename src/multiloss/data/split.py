@@ -25,6 +25,10 @@ def patient_split(frame: pd.DataFrame, fraction: float = 0.1, seed: int = 42) ->
     n_patients = train["patient"].nunique()
     if n_patients < n_folds:
         raise DataError(f"validation split needs at least {n_folds} patients in train, found {n_patients}")
+    per_class = train["label"].value_counts()
+    if per_class.min() < n_folds:
+        raise DataError(f"class {per_class.idxmin()} has {per_class.min()} training images; a "
+                        f"1/{n_folds} validation split needs at least {n_folds} per class")
     folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     _, val_index = next(folds.split(train, train["label"], groups=train["patient"]))
     subset = pd.Series("train", index=train.index)
