@@ -133,7 +133,8 @@ def read_mask(paths: str | os.PathLike | tuple | list) -> np.ndarray:
 def write_image(path: str | os.PathLike, pixels: np.ndarray, jpeg_quality: int = 95) -> None:
     """Encode by suffix and write through a temporary name, so a crash leaves no half file."""
     path = Path(path)
-    ok, buf = cv2.imencode(path.suffix, pixels, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(path.suffix, pixels, params)
     if not ok:
         raise DataError(f"{path}: cannot encode image as {path.suffix}")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
