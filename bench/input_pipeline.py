@@ -58,6 +58,18 @@ def train_seconds(dataset_or_iterator, img_size: int, epochs: int, steps: int | 
     return timer.seconds
 
 
+def loader_images_per_second(make_iterable, n_batches: int, batch_size: int, passes: int = 2) -> float:
+    """Images/s a loader delivers with no model attached (the pass after the first, cache warm)."""
+    rates = []
+    for _ in range(passes):
+        start = time.perf_counter()
+        for i, _batch in enumerate(make_iterable()):
+            if i + 1 == n_batches:
+                break
+        rates.append(n_batches * batch_size / (time.perf_counter() - start))
+    return rates[-1]
+
+
 def forward_flops(img_size: int) -> float:
     """Float operations of one forward pass (multiply-add = 2), from TensorFlow's graph profiler."""
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
@@ -119,7 +131,6 @@ def main() -> None:
     memory = (tf.data.Dataset.from_tensor_slices((pixels, one_hot(labels)))
               .shuffle(n, seed=0).batch(args.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
     results["in-memory tensors"] = train_seconds(memory, args.img_size, args.epochs)
-    del pixels
 
     flow_dir = workdir / "flow"
     shutil.rmtree(flow_dir, ignore_errors=True)
@@ -131,15 +142,21 @@ def main() -> None:
         class_mode="categorical", batch_size=args.batch_size, shuffle=True, seed=0, interpolation="bicubic")
     results["ImageDataGenerator.flow_from_directory"] = train_seconds(generator, args.img_size, args.epochs, steps)
 
+    alone = {
+        "ours (disk, parallel decode, cache)": loader_images_per_second(lambda: ours, steps, args.batch_size),
+        "in-memory tensors": loader_images_per_second(lambda: memory, steps, args.batch_size),
+        "ImageDataGenerator.flow_from_directory": loader_images_per_second(lambda: generator, steps, args.batch_size),
+    }
     rate = {name: n_trained * (len(s) - 1) / sum(s[1:]) for name, s in results.items()}
     cold = {name: n_trained / s[0] for name, s in results.items()}
     memory_rate = rate["in-memory tensors"]
     idg_rate = rate["ImageDataGenerator.flow_from_directory"]
     print()
-    print("| loader | epoch 1 img/s (cold) | steady img/s (epochs 2+) | × in-memory | × ImageDataGenerator |")
-    print("|---|---:|---:|---:|---:|")
+    print("| loader | training img/s, epoch 1 (cold) | training img/s, epochs 2+ | × in-memory | × ImageDataGenerator | loader alone img/s (no model) |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name in results:
-        print(f"| {name} | {cold[name]:.1f} | {rate[name]:.1f} | {rate[name] / memory_rate:.2f} | {rate[name] / idg_rate:.2f} |")
+        print(f"| {name} | {cold[name]:.1f} | {rate[name]:.1f} | {rate[name] / memory_rate:.2f} | "
+              f"{rate[name] / idg_rate:.2f} | {alone[name]:.0f} |")
 
     fwd = forward_flops(args.img_size)
     train_per_image = 3 * fwd   # forward + backward ≈ 3 forward passes

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
@@ -47,3 +48,15 @@ def write_split_csv(split: pd.DataFrame, path: str | os.PathLike, root: str | os
     table.to_csv(tmp, index=False)
     os.replace(tmp, path)
     return path
+
+
+def random_split(n: int, fraction: float = 0.1, seed: int = 42) -> np.ndarray:
+    """Subset names (``train``/``val``) for n items with no patient information (mask sets)."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    n_val = max(1, round(n * fraction))
+    if n - n_val < 1:
+        raise DataError(f"cannot hold out {n_val} of {n} images for validation and still train")
+    subset = np.full(n, "train", dtype=object)
+    subset[np.random.default_rng(seed).permutation(n)[:n_val]] = "val"
+    return subset

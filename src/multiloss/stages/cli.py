@@ -25,3 +25,16 @@ def integer(name: str, minimum: int | None = None, maximum: int | None = None):
         return value
     parse.__name__ = name
     return parse
+
+
+def optional_float(name: str):
+    """A float, or empty / "none" for "use the loss's default from its table"."""
+    def parse(text: str):
+        if text.strip().lower() in ("", "none", "default"):
+            return None
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"parameter {name} must be a number or empty, got {text!r}") from None
+    parse.__name__ = name
+    return parse

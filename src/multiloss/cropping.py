@@ -1,0 +1,80 @@
+"""Writing a lung-cropped copy of a Kermany-layout dataset (paper §2.2), all or nothing.
+
+Masks come from the AND of the top-K U-Nets at the segmentation size; boxes are cut from the
+full-resolution originals. An image whose AND mask is empty is kept uncropped, counted and listed.
+Everything is written under a temporary sibling folder and renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from multiloss.data.imageio import read_gray, write_image
+from multiloss.data.pipeline import image_dataset
+from multiloss.data.readers import find_kermany_root
+from multiloss.lungs import and_ensemble, predict_probabilities
+from multiloss.preprocessing import BOX_MARGIN, crop_lungs
+
+
+def check_out_free(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"out {out} already exists and is not empty; choose a new path (nothing was written)")
+
+
+def crop_dataset(frame: pd.DataFrame, data: str | os.PathLike, out: str | os.PathLike, models: list, *,
+                 seg_size: int, img_size: int, margin: float = BOX_MARGIN, batch_size: int = 8,
+                 progress=print) -> pd.DataFrame:
+    """Crop every image of ``frame`` (from :func:`read_kermany`) into ``out``; returns the manifest.
+
+    ``out/chest_xray/...`` mirrors the source layout (so the Kermany reader reads it),
+    ``out/masks/...`` holds the AND masks at ``seg_size``, ``out/manifest.csv`` one row per image.
+    """
+    out = Path(out).resolve()
+    check_out_free(out)
+    source_root = find_kermany_root(data)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    rows = []
+    try:
+        paths = frame["path"].tolist()
+        batches = image_dataset(paths, img_size=seg_size, batch_size=batch_size, cache=False)
+        done = 0
+        for images in batches.as_numpy_iterator():
+            masks = and_ensemble([predict_probabilities(m, images, batch_size) for m in models])
+            for mask in masks:
+                source = Path(paths[done])
+                relative = source.relative_to(source_root)
+                cropped = crop_lungs(read_gray(source), mask, img_size, margin)
+                target = tmp / "chest_xray" / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                write_image(target, cropped.image)
+                mask_path = (tmp / "masks" / relative).with_suffix(".png")
+                mask_path.parent.mkdir(parents=True, exist_ok=True)
+                write_image(mask_path, mask.astype(np.uint8) * 255)
+                row = frame.iloc[done]
+                rows.append({"path": str(Path("chest_xray") / relative), "split": row["split"],
+                             "label": row["label"], "patient": row["patient"],
+                             "empty_mask": cropped.box is None,
+                             "box": "" if cropped.box is None else " ".join(map(str, cropped.box))})
+                done += 1
+            progress(f"crop: {done}/{len(paths)} images")
+        manifest = pd.DataFrame(rows)
+        manifest.to_csv(tmp / "manifest.csv", index=False)
+        (tmp / "crop.json").write_text(json.dumps({
+            "source": str(source_root), "seg_size": seg_size, "img_size": img_size, "margin": margin,
+            "n_images": len(manifest), "n_empty_masks": int(manifest["empty_mask"].sum()),
+            "empty_masks": manifest.loc[manifest["empty_mask"], "path"].tolist()}, indent=2))
+        check_out_free(out)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest

@@ -1,0 +1,1 @@
+"""Metrics: segmentation overlap scores; classification scores, intervals, significance, calibration."""

@@ -1,0 +1,41 @@
+"""The lung U-Net: segmentation-models' U-Net with an EfficientNet-B0 encoder, sigmoid output.
+
+Built for any input size divisible by 32, so one registered model serves the demo's small images
+and the paper's 512 px. ``encoder_weights="imagenet"`` downloads from the internet; offline it
+fails, so the default is no pre-training and a local weights file (an EfficientNet-B0 "notop" HDF5,
+loaded by layer name) is accepted instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import segmentation_models as sm
+import tf_keras
+
+BACKBONE = "efficientnetb0"
+NO_WEIGHTS = ("", "none", "None", "null")
+
+
+def build_unet(encoder_weights: str | None = None) -> tf_keras.Model:
+    """A fresh U-Net; ``encoder_weights``: None / "none", "imagenet", or a local ``.h5`` file."""
+    if encoder_weights is None or encoder_weights in NO_WEIGHTS:
+        return sm.Unet(BACKBONE, encoder_weights=None, input_shape=(None, None, 3), classes=1, activation="sigmoid")
+    if encoder_weights == "imagenet":
+        try:
+            return sm.Unet(BACKBONE, encoder_weights="imagenet", input_shape=(None, None, 3),
+                           classes=1, activation="sigmoid")
+        except Exception as err:  # urllib/HTTP/OS errors: all mean "could not fetch"
+            raise RuntimeError(
+                f"encoder_weights=imagenet needs to download the EfficientNet-B0 weights and failed "
+                f"({type(err).__name__}: {err}); use encoder_weights=none or a local .h5 file") from err
+    path = Path(encoder_weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"encoder_weights {encoder_weights!r}: no such weights file "
+                                "(expected none, imagenet, or a local EfficientNet-B0 .h5)")
+    model = sm.Unet(BACKBONE, encoder_weights=None, input_shape=(None, None, 3), classes=1, activation="sigmoid")
+    try:
+        model.load_weights(str(path), by_name=True, skip_mismatch=False)
+    except Exception as err:
+        raise ValueError(f"encoder_weights {path}: cannot load into the EfficientNet-B0 encoder ({err})") from err
+    return model

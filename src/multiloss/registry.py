@@ -1,0 +1,72 @@
+"""Logging, registering, tagging, promoting and loading models in the MLflow model registry.
+
+Models are logged for inference: an uncompiled copy without optimizer state (a third of the size,
+and loading needs no custom loss), with our own pins as pip requirements (inferring them costs
+~36 s a model, SPEC §4). Promotion uses aliases, never the deprecated stages.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import mlflow
+import tf_keras
+from mlflow.entities.model_registry import ModelVersion
+
+SEGMENTATION_MODEL = "cxr-lung-seg"
+CLASSIFIER_MODEL = "cxr-classifier"
+ENSEMBLE_MODEL = "cxr-ensemble"
+
+
+def pip_requirements() -> list[str]:
+    """Our runtime pins, as installed (pyproject reads them from requirements.txt)."""
+    requires = importlib.metadata.requires("multiloss") or []
+    return [r for r in requires if "extra ==" not in r]
+
+
+def inference_copy(model: tf_keras.Model) -> tf_keras.Model:
+    """An uncompiled copy with the same weights: no optimizer state, no loss to deserialize."""
+    copy = tf_keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def log_and_register(model: tf_keras.Model, registered_name: str, tags: dict[str, object]) -> ModelVersion:
+    """Log ``model`` into the active run, register it as a new version, tag the version."""
+    info = mlflow.tensorflow.log_model(inference_copy(model), name="model", registered_model_name=registered_name,
+                                       pip_requirements=pip_requirements(), await_registration_for=300)
+    client = mlflow.MlflowClient()
+    version = str(info.registered_model_version)
+    for key, value in tags.items():
+        client.set_model_version_tag(registered_name, version, key, str(value))
+    return client.get_model_version(registered_name, version)
+
+
+def versions(registered_name: str, only: list[str] | None = None) -> list[ModelVersion]:
+    """All versions of a registered model (or the ``only`` ones), oldest first, aliases filled in."""
+    client = mlflow.MlflowClient()
+    found = client.search_model_versions(f"name='{registered_name}'")
+    numbers = sorted((int(v.version) for v in found))
+    if only:
+        missing = sorted(set(only) - {str(n) for n in numbers})
+        if missing:
+            raise ValueError(f"{registered_name} has no version {', '.join(missing)} (it has {numbers})")
+        numbers = [n for n in numbers if str(n) in set(only)]
+    # search results carry empty aliases; a get fills them in (SPEC §4)
+    return [client.get_model_version(registered_name, str(n)) for n in numbers]
+
+
+def set_alias(registered_name: str, alias: str, version: str) -> str | None:
+    """Point ``alias`` at ``version``; returns the version it pointed at before (or None)."""
+    client = mlflow.MlflowClient()
+    try:
+        before = client.get_model_version_by_alias(registered_name, alias).version
+    except mlflow.exceptions.MlflowException:
+        before = None
+    client.set_registered_model_alias(registered_name, alias, str(version))
+    return before
+
+
+def load_keras(uri: str) -> tf_keras.Model:
+    """A registered or logged Keras model, e.g. ``models:/cxr-lung-seg@champion``."""
+    return mlflow.tensorflow.load_model(uri)

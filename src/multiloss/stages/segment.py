@@ -1,0 +1,99 @@
+"""Entry point ``segment``: train one lung U-Net for one loss, log it, register ``cxr-lung-seg``."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import tf_keras
+
+from multiloss import registry, tracking
+from multiloss.data.fingerprint import fingerprint
+from multiloss.data.pipeline import mask_dataset
+from multiloss.data.readers import read_mask_set
+from multiloss.data.split import random_split
+from multiloss.losses import SEGMENTATION_LOSSES, segmentation_loss
+from multiloss.metrics.segmentation import dice_coefficient, lung_iou, segmentation_scores
+from multiloss.models.unet import build_unet
+from multiloss.plots import mask_overlays
+from multiloss.stages.cli import integer, optional_float
+from multiloss.training import STRATEGIES, distribution_strategy, fit_keeping_best, seed_everything
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="segment", description=__doc__)
+    parser.add_argument("--loss", required=True, choices=list(SEGMENTATION_LOSSES))
+    parser.add_argument("--data", required=True, help="image/mask pairs: images/ + masks/, or a Montgomery layout")
+    parser.add_argument("--img-size", type=integer("img_size", 32), default=128)
+    parser.add_argument("--epochs", type=integer("epochs", 1), default=20)
+    parser.add_argument("--batch-size", type=integer("batch_size", 1), default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=integer("seed", 0), default=0)
+    parser.add_argument("--alpha", type=optional_float("alpha"), default=None)
+    parser.add_argument("--beta", type=optional_float("beta"), default=None)
+    parser.add_argument("--gamma", type=optional_float("gamma"), default=None)
+    parser.add_argument("--encoder-weights", default="none", help="none, imagenet (needs internet), or a local .h5")
+    parser.add_argument("--patience", type=integer("patience", 1), default=5)
+    parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--strategy", choices=STRATEGIES, default="default")
+    args = parser.parse_args(argv)
+    if args.img_size % 32:
+        parser.error(f"parameter img_size must be a multiple of 32 (the U-Net halves it 5 times), got {args.img_size}")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    loss_params = {k: getattr(args, k) for k in ("alpha", "beta", "gamma")}
+    loss = segmentation_loss(args.loss, **loss_params)        # fails fast on a parameter the loss lacks
+    pairs = read_mask_set(args.data)
+    pairs["subset"] = random_split(len(pairs), args.val_fraction, args.seed)
+    train, val = pairs[pairs.subset == "train"], pairs[pairs.subset == "val"]
+    seed_everything(args.seed)
+
+    with tracking.stage_run("segmentation", run_name=f"segment-{args.loss}"):
+        data_print = fingerprint([p for row in pairs.itertuples() for p in (row.image, *row.masks)])
+        mlflow.log_params({"loss": args.loss, "data": str(Path(args.data).resolve()), "img_size": args.img_size,
+                           "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+                           "encoder_weights": args.encoder_weights, "patience": args.patience,
+                           "strategy": args.strategy, "n_train": len(train), "n_val": len(val),
+                           **{f"loss_{k}": v for k, v in loss.params.items()}})
+        mlflow.set_tags({"stage": "segment", "loss": args.loss, "data_fingerprint": data_print})
+
+        strategy = distribution_strategy(args.strategy)
+        batch = args.batch_size * strategy.num_replicas_in_sync
+        train_ds = mask_dataset(train["image"], train["masks"], img_size=args.img_size, batch_size=batch,
+                                shuffle=True, augment=True, seed=args.seed)
+        val_ds = mask_dataset(val["image"], val["masks"], img_size=args.img_size, batch_size=batch)
+        with strategy.scope():
+            model = build_unet(args.encoder_weights)
+            model.compile(optimizer=tf_keras.optimizers.Adam(args.lr), loss=loss,
+                          metrics=[dice_coefficient, lung_iou])
+        result = fit_keeping_best(model, train_ds, val_ds, epochs=args.epochs, images_per_epoch=len(train),
+                                  patience=args.patience)
+        mlflow.log_metrics({k: v for k, v in result.items()})
+
+        images, truth = (np.concatenate(parts) for parts in zip(*val_ds.as_numpy_iterator()))
+        predicted = model.predict(images, verbose=0)[..., 0] > 0.5
+        scores = segmentation_scores(truth[..., 0] > 0.5, predicted).mean()
+        mlflow.log_metrics({f"val_{k}_best": float(v) for k, v in scores.items()})
+        with tempfile.TemporaryDirectory() as tmp:
+            shown = slice(0, min(6, len(images)))
+            mask_overlays(images[shown, ..., 0], truth[shown, ..., 0] > 0.5, predicted[shown],
+                          Path(tmp) / "val_predictions.png")
+            pairs.assign(masks=[";".join(m) for m in pairs["masks"]]).to_csv(Path(tmp) / "split.csv", index=False)
+            mlflow.log_artifacts(tmp)
+
+        version = registry.log_and_register(model, registry.SEGMENTATION_MODEL, {
+            "loss": args.loss, **{f"loss_{k}": v for k, v in loss.params.items()},
+            "data_fingerprint": data_print, "img_size": args.img_size, "seed": args.seed,
+            "val_loss": round(result["best_val_loss"], 6), "val_dice": round(float(scores["dice"]), 6)})
+        print(f"segment: registered {registry.SEGMENTATION_MODEL} version {version.version} "
+              f"(loss {args.loss}, val Dice {scores['dice']:.4f})")
+
+
+if __name__ == "__main__":
+    main()

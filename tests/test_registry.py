@@ -1,0 +1,64 @@
+"""A registered U-Net loads from the registry in a fresh process and predicts what it did before."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import mlflow
+import numpy as np
+import pytest
+import tf_keras
+
+from multiloss import registry, tracking
+from multiloss.models.unet import build_unet
+
+
+@pytest.fixture
+def registered_unet(tmp_path):
+    tf_keras.utils.set_random_seed(0)
+    model = build_unet()
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    x = np.random.default_rng(0).random((2, 64, 64, 3)).astype(np.float32)
+    model.fit(x, (x[..., :1] > 0.5).astype(np.float32), epochs=1, verbose=0)   # BN statistics move
+    with tracking.stage_run("segmentation", run_name="probe"):
+        version = registry.log_and_register(model, registry.SEGMENTATION_MODEL, {"loss": "bce", "img_size": 64})
+    registry.set_alias(registry.SEGMENTATION_MODEL, "champion", version.version)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "before.npy", model.predict(x, verbose=0))
+    return version
+
+
+@pytest.mark.slow
+def test_champion_loads_in_a_fresh_process_predicts_the_same_and_carries_tags(registered_unet, tmp_path):
+    code = textwrap.dedent(f"""
+        import numpy as np, mlflow
+        import multiloss
+        from multiloss import tracking
+        tracking.configure()
+        model = mlflow.tensorflow.load_model("models:/cxr-lung-seg@champion")
+        np.save({str(tmp_path / 'after.npy')!r}, model.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0))
+        pyfunc = mlflow.pyfunc.load_model("models:/cxr-lung-seg@champion")
+        np.save({str(tmp_path / 'pyfunc.npy')!r}, np.asarray(pyfunc.predict(np.load({str(tmp_path / 'x.npy')!r}))))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    before = np.load(tmp_path / "before.npy")
+    np.testing.assert_allclose(np.load(tmp_path / "after.npy"), before, atol=1e-5)
+    np.testing.assert_allclose(np.load(tmp_path / "pyfunc.npy").reshape(before.shape), before, atol=1e-5)
+    assert ((np.load(tmp_path / "after.npy") > 0.5) == (before > 0.5)).all()
+
+    # the version carries its tags, the alias is visible and moving it reports where it was
+    version = mlflow.MlflowClient().get_model_version(registry.SEGMENTATION_MODEL, registered_unet.version)
+    assert version.tags["loss"] == "bce" and version.tags["img_size"] == "64"
+    assert registry.versions(registry.SEGMENTATION_MODEL)[0].aliases == ["champion"]
+    assert registry.set_alias(registry.SEGMENTATION_MODEL, "champion", registered_unet.version) == registered_unet.version
+    with pytest.raises(ValueError, match="cxr-lung-seg has no version 7"):
+        registry.versions(registry.SEGMENTATION_MODEL, only=["7"])
+
+
+def test_pip_requirements_are_our_pins():
+    pins = registry.pip_requirements()
+    assert "tensorflow==2.21.0" in pins and "mlflow==3.17.2" in pins and "tf-keras==2.21.0" in pins
+    assert not any("pytest" in p for p in pins)

@@ -1,0 +1,59 @@
+"""The U-Net builder: tf-keras model, any size divisible by 32, local encoder weights, clear errors."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tf_keras
+
+from multiloss.models.unet import build_unet
+
+
+def test_unet_takes_any_multiple_of_32():
+    model = build_unet()
+    assert isinstance(model, tf_keras.Model)
+    assert model.predict(np.zeros((1, 64, 96, 3), np.float32), verbose=0).shape == (1, 64, 96, 1)
+
+
+def test_local_encoder_weights_are_loaded_by_layer_name(tmp_path):
+    source = build_unet()
+    path = tmp_path / "encoder.h5"
+    source.save_weights(str(path))
+    model = build_unet(str(path))
+    np.testing.assert_array_equal(model.get_layer("block5c_dwconv").get_weights()[0],
+                                  source.get_layer("block5c_dwconv").get_weights()[0])
+
+
+def test_missing_weights_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="encoder_weights .*nope.h5.*no such weights file"):
+        build_unet(str(tmp_path / "nope.h5"))
+
+
+@pytest.mark.slow
+def test_one_training_step_under_mirrored_strategy_on_two_cpus():
+    code = textwrap.dedent("""
+        import multiloss
+        import numpy as np, tensorflow as tf, tf_keras
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from multiloss.training import distribution_strategy
+        from multiloss.losses import segmentation_loss
+        from multiloss.models.unet import build_unet
+        strategy = distribution_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
+        with strategy.scope():
+            model = build_unet()
+            model.compile(optimizer=tf_keras.optimizers.Adam(1e-3), loss=segmentation_loss("bce_dice"))
+        x = np.random.default_rng(0).random((4, 32, 32, 3)).astype(np.float32)
+        before = model.get_weights()[0].copy()
+        history = model.fit(x, (x[..., :1] > 0.5).astype(np.float32), batch_size=4, epochs=1, verbose=0)
+        print("replicas", strategy.num_replicas_in_sync, "changed", not np.allclose(before, model.get_weights()[0]),
+              "loss", history.history["loss"][0])
+    """)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    words = result.stdout.split()
+    assert words[words.index("replicas") + 1] == "2" and words[words.index("changed") + 1] == "True"
