@@ -47,7 +47,7 @@ def main(argv=None) -> None:
             raise SystemExit(f"crop: seg_size must be a multiple of 32, got {seg_size}")
         mlflow.log_params({"data": str(Path(args.data).resolve()), "out": str(out), "top_k": args.top_k,
                            "img_size": args.img_size, "seg_size": seg_size, "margin": args.margin,
-                           "members": ",".join(m.version for m in members)})
+                           "members": ",".join(str(m.version) for m in members)})
         mlflow.set_tags({"stage": "crop", "source_fingerprint": fingerprint(frame["path"])})
         models = [registry.load_keras(f"models:/{registry.SEGMENTATION_MODEL}/{m.version}") for m in members]
         manifest = crop_dataset(frame, args.data, out, models, seg_size=seg_size, img_size=args.img_size,
