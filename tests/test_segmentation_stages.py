@@ -47,6 +47,11 @@ def test_segment_eval_and_crop_chain(tmp_path):
     crop_run = mlflow.search_runs(experiment_names=["segmentation"], filter_string="tags.stage = 'crop'",
                                   output_format="list")[0]
     assert crop_run.data.metrics["n_images"] == 12
+    before = sorted(p.stat().st_mtime_ns for p in out.rglob("*.jpeg"))
+    crop.main(["--data", str(data / "chest_xray"), "--out", str(out), "--top-k", "2", "--img-size", "48"])
+    assert sorted(p.stat().st_mtime_ns for p in out.rglob("*.jpeg")) == before      # reused, not rewritten
+    with pytest.raises(ValueError, match="already exists and is not empty"):
+        crop.main(["--data", str(data / "chest_xray"), "--out", str(out), "--top-k", "2", "--img-size", "64"])
     assert crop_run.data.params["members"] == f"{champion.version},{client.get_model_version_by_alias(registry.SEGMENTATION_MODEL, 'top2').version}"
 
 

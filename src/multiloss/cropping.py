@@ -27,13 +27,20 @@ def check_out_free(out: Path) -> None:
         raise ValueError(f"out {out} already exists and is not empty; choose a new path (nothing was written)")
 
 
+def read_crop_summary(out: str | os.PathLike) -> dict | None:
+    """The ``crop.json`` of a finished crop at ``out`` (None if there is none)."""
+    path = Path(out) / "crop.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def crop_dataset(frame: pd.DataFrame, data: str | os.PathLike, out: str | os.PathLike, models: list, *,
                  seg_size: int, img_size: int, margin: float = BOX_MARGIN, batch_size: int = 8,
-                 progress=print) -> pd.DataFrame:
+                 provenance: dict | None = None, progress=print) -> pd.DataFrame:
     """Crop every image of ``frame`` (from :func:`read_kermany`) into ``out``; returns the manifest.
 
     ``out/chest_xray/...`` mirrors the source layout (so the Kermany reader reads it),
-    ``out/masks/...`` holds the AND masks at ``seg_size``, ``out/manifest.csv`` one row per image.
+    ``out/masks/...`` holds the AND masks at ``seg_size``, ``out/manifest.csv`` one row per image,
+    ``out/crop.json`` the settings, ``provenance`` (e.g. the member model versions) and the counts.
     """
     out = Path(out).resolve()
     check_out_free(out)
@@ -67,7 +74,7 @@ def crop_dataset(frame: pd.DataFrame, data: str | os.PathLike, out: str | os.Pat
         manifest = pd.DataFrame(rows)
         manifest.to_csv(tmp / "manifest.csv", index=False)
         (tmp / "crop.json").write_text(json.dumps({
-            "source": str(source_root), "seg_size": seg_size, "img_size": img_size, "margin": margin,
+            **(provenance or {}), "source": str(source_root), "seg_size": seg_size, "img_size": img_size, "margin": margin,
             "n_images": len(manifest), "n_empty_masks": int(manifest["empty_mask"].sum()),
             "empty_masks": manifest.loc[manifest["empty_mask"], "path"].tolist()}, indent=2))
         check_out_free(out)

@@ -7,11 +7,12 @@ import argparse
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 
 from multiloss import registry, tracking
-from multiloss.cropping import check_out_free, crop_dataset
+from multiloss.cropping import check_out_free, crop_dataset, read_crop_summary
 from multiloss.data.fingerprint import fingerprint
-from multiloss.data.readers import class_counts, read_kermany
+from multiloss.data.readers import class_counts, find_kermany_root, read_kermany
 from multiloss.preprocessing import BOX_MARGIN
 from multiloss.stages.cli import integer
 
@@ -32,7 +33,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     out = Path(args.out).resolve()
-    check_out_free(out)
     frame = read_kermany(args.data)
     with tracking.stage_run("segmentation", run_name="crop"):
         members = []
@@ -48,10 +48,19 @@ def main(argv=None) -> None:
         mlflow.log_params({"data": str(Path(args.data).resolve()), "out": str(out), "top_k": args.top_k,
                            "img_size": args.img_size, "seg_size": seg_size, "margin": args.margin,
                            "members": ",".join(str(m.version) for m in members)})
-        mlflow.set_tags({"stage": "crop", "source_fingerprint": fingerprint(frame["path"])})
-        models = [registry.load_keras(f"models:/{registry.SEGMENTATION_MODEL}/{m.version}") for m in members]
-        manifest = crop_dataset(frame, args.data, out, models, seg_size=seg_size, img_size=args.img_size,
-                                margin=args.margin, batch_size=args.batch_size)
+        mlflow.set_tag("stage", "crop")
+        provenance = {"members": [str(m.version) for m in members], "source_fingerprint": fingerprint(frame["path"], root=find_kermany_root(args.data))}
+        earlier = read_crop_summary(out)
+        settings = {"seg_size": seg_size, "img_size": args.img_size, "margin": args.margin, **provenance}
+        if earlier is not None and all(earlier.get(k) == v for k, v in settings.items()):
+            print(f"crop: {out} already holds this crop (same members, settings and source); reusing it")
+            mlflow.set_tag("reused_existing_data", "true")
+            manifest = pd.read_csv(out / "manifest.csv")
+        else:
+            check_out_free(out)
+            models = [registry.load_keras(f"models:/{registry.SEGMENTATION_MODEL}/{m.version}") for m in members]
+            manifest = crop_dataset(frame, args.data, out, models, seg_size=seg_size, img_size=args.img_size,
+                                    margin=args.margin, batch_size=args.batch_size, provenance=provenance)
 
         cropped = read_kermany(out)
         if not class_counts(cropped).equals(class_counts(frame)):
