@@ -1,0 +1,155 @@
+"""Classification scores (SPEC §8): discrimination, calibration, intervals and paired tests.
+
+scikit-learn and SciPy do what they already do (AUROC, AUPRC, MCC, log-loss, exact binomial
+intervals, bootstrap); what they lack (expected calibration error, the multi-class Brier score,
+McNemar's exact test, the paired bootstrap of an MCC difference) is written here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+from sklearn.metrics import (accuracy_score, average_precision_score, confusion_matrix, log_loss,
+                             matthews_corrcoef, precision_recall_fscore_support, roc_auc_score)
+
+ECE_BINS = 15
+CI_METHODS = ("wald", "clopper-pearson", "wilson", "bootstrap")
+
+
+def _labels(y) -> np.ndarray:
+    y = np.asarray(y)
+    return y.argmax(1) if y.ndim == 2 else y.astype(int)
+
+
+def expected_calibration_error(y_true, probs, bins: int = ECE_BINS) -> float:
+    """Σ_bins (n_b / N)·|accuracy_b − confidence_b| over equal-width bins of the top probability."""
+    probs = np.asarray(probs, float)
+    confidence = probs.max(1)
+    hits = probs.argmax(1) == _labels(y_true)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        in_bin = which == b
+        if in_bin.any():
+            total += in_bin.mean() * abs(hits[in_bin].mean() - confidence[in_bin].mean())
+    return float(total)
+
+
+def reliability_bins(y_true, probs, bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean confidence, accuracy, count) per non-empty bin, for the reliability diagram."""
+    probs = np.asarray(probs, float)
+    confidence = probs.max(1)
+    hits = probs.argmax(1) == _labels(y_true)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    rows = [(confidence[which == b].mean(), hits[which == b].mean(), (which == b).sum())
+            for b in range(bins) if (which == b).any()]
+    return tuple(np.array(column) for column in zip(*rows)) if rows else (np.array([]),) * 3
+
+
+def brier_score(y_true, probs) -> float:
+    """Mean over images of Σ_k (p_k − y_k)² (the multi-class Brier score, in [0, 2])."""
+    probs = np.asarray(probs, float)
+    onehot = np.eye(probs.shape[1])[_labels(y_true)]
+    return float(((probs - onehot) ** 2).sum(1).mean())
+
+
+def classification_scores(y_true, probs) -> dict[str, float]:
+    """Every scalar score of SPEC §8 for one model on one split."""
+    probs = np.asarray(probs, float)
+    labels = _labels(y_true)
+    classes = np.arange(probs.shape[1])
+    onehot = np.eye(probs.shape[1])[labels]
+    predicted = probs.argmax(1)
+    precision, recall, f1, _ = precision_recall_fscore_support(labels, predicted, labels=classes,
+                                                               average="weighted", zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "auroc_micro": float(roc_auc_score(onehot, probs, average="micro")),
+        "auroc_macro": float(roc_auc_score(onehot, probs, average="macro")),
+        "auprc_micro": float(average_precision_score(onehot, probs, average="micro")),
+        "auprc_macro": float(average_precision_score(onehot, probs, average="macro")),
+        "precision": float(precision), "recall": float(recall), "f1": float(f1),
+        "mcc": float(matthews_corrcoef(labels, predicted)),
+        "ece": expected_calibration_error(labels, probs),
+        "brier": brier_score(labels, probs),
+        "nll": float(log_loss(labels, np.clip(probs, 1e-15, 1), labels=classes)),
+    }
+
+
+def confusion(y_true, probs) -> np.ndarray:
+    probs = np.asarray(probs)
+    return confusion_matrix(_labels(y_true), probs.argmax(1), labels=np.arange(probs.shape[1]))
+
+
+def proportion_ci(value: float, n: int, method: str = "wald", level: float = 0.95) -> tuple[float, float]:
+    """Interval for a proportion-like score measured on n images.
+
+    ``wald``: value ± z·sqrt(value(1 − value)/n), what the paper's tables print (also for MCC);
+    ``clopper-pearson`` (exact) and ``wilson``: SciPy's binomial intervals on round(value·n) hits,
+    so the value must lie in [0, 1].
+    """
+    if n < 1:
+        raise ValueError(f"proportion_ci: n must be >= 1, got {n}")
+    if not 0 < level < 1:
+        raise ValueError(f"proportion_ci: level must be in (0, 1), got {level}")
+    if method == "wald":
+        half = stats.norm.ppf(0.5 + level / 2) * np.sqrt(max(value * (1 - value), 0.0) / n)
+        return float(value - half), float(value + half)
+    if method in ("clopper-pearson", "wilson"):
+        if not 0 <= value <= 1:
+            raise ValueError(f"proportion_ci: method {method} needs a value in [0, 1], got {value}")
+        result = stats.binomtest(int(round(value * n)), n).proportion_ci(
+            confidence_level=level, method="exact" if method == "clopper-pearson" else "wilson")
+        return float(result.low), float(result.high)
+    raise ValueError(f"proportion_ci: method must be wald, clopper-pearson or wilson, got {method!r}")
+
+
+def mcc_bootstrap_ci(y_true, predicted, n_resamples: int = 2000, level: float = 0.95,
+                     seed: int = 0) -> tuple[float, float]:
+    """Seeded percentile bootstrap interval of the MCC over images (SciPy's paired bootstrap)."""
+    labels, predicted = _labels(y_true), np.asarray(predicted).astype(int)
+    result = stats.bootstrap((labels, predicted), lambda a, b: matthews_corrcoef(a, b), paired=True,
+                             vectorized=False, n_resamples=n_resamples, confidence_level=level,
+                             method="percentile", rng=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def mcc_interval(y_true, predicted, method: str = "bootstrap", level: float = 0.95, seed: int = 0):
+    """The MCC interval by ``method`` (one of CI_METHODS; proportions use n = number of images)."""
+    if method == "bootstrap":
+        return mcc_bootstrap_ci(y_true, predicted, level=level, seed=seed)
+    value = matthews_corrcoef(_labels(y_true), np.asarray(predicted).astype(int))
+    return proportion_ci(float(value), len(predicted), method, level)
+
+
+def mcnemar_exact(y_true, pred_a, pred_b) -> float:
+    """Two-sided exact McNemar p-value from the images exactly one of the two models gets right."""
+    labels = _labels(y_true)
+    right_a = np.asarray(pred_a) == labels
+    right_b = np.asarray(pred_b) == labels
+    only_a = int((right_a & ~right_b).sum())
+    only_b = int((~right_a & right_b).sum())
+    if only_a + only_b == 0:
+        return 1.0
+    return float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+def paired_bootstrap_mcc_difference(y_true, pred_a, pred_b, n_resamples: int = 2000, seed: int = 0,
+                                    level: float = 0.95) -> dict[str, float]:
+    """MCC(a) − MCC(b) on the same images, its percentile interval and a two-sided p-value
+    (twice the share of resamples on the far side of zero)."""
+    labels = _labels(y_true)
+    pred_a, pred_b = np.asarray(pred_a).astype(int), np.asarray(pred_b).astype(int)
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    diffs = np.empty(n_resamples)
+    for i in range(n_resamples):
+        idx = rng.integers(0, n, n)
+        diffs[i] = matthews_corrcoef(labels[idx], pred_a[idx]) - matthews_corrcoef(labels[idx], pred_b[idx])
+    observed = matthews_corrcoef(labels, pred_a) - matthews_corrcoef(labels, pred_b)
+    tail = min((diffs <= 0).mean(), (diffs >= 0).mean())
+    low, high = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
+    return {"difference": float(observed), "low": float(low), "high": float(high),
+            "p_value": float(min(1.0, 2 * tail))}
