@@ -63,3 +63,15 @@ def test_cli(capsys):
     assert tracking.main(["ui-command"]) == 0
     assert "--host 127.0.0.1" in capsys.readouterr().out
     assert tracking.main(["bogus"]) == 2
+
+
+def test_log_params_keeps_what_mlflow_run_logged_and_adds_the_resolved_spelling(monkeypatch):
+    tracking.configure()
+    launcher_run = mlflow.MlflowClient().create_run(tracking.ensure_experiment("data"))
+    mlflow.MlflowClient().log_param(launcher_run.info.run_id, "out", "data/synthetic")
+    mlflow.MlflowClient().log_param(launcher_run.info.run_id, "seed", "0")
+    monkeypatch.setenv("MLFLOW_RUN_ID", launcher_run.info.run_id)
+    with tracking.stage_run("data"):
+        tracking.log_params({"out": "/abs/data/synthetic", "seed": 0, "n_seg": 12})
+    params = mlflow.MlflowClient().get_run(launcher_run.info.run_id).data.params
+    assert params == {"out": "data/synthetic", "resolved.out": "/abs/data/synthetic", "seed": "0", "n_seg": "12"}

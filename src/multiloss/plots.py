@@ -54,3 +54,53 @@ def polar_scores(table: pd.DataFrame, scores: list[str], path, title: str) -> Pa
     ax.set_title(title)
     ax.legend(loc="upper right", bbox_to_anchor=(1.35, 1.1), fontsize=8)
     return _save(fig, path)
+
+
+def confusion_plot(matrix: np.ndarray, classes, path, title: str) -> Path:
+    fig = Figure(figsize=(4.2, 3.8))
+    ax = fig.add_subplot()
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center",
+                color="white" if count > matrix.max() / 2 else "black")
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def roc_pr_plot(labels: np.ndarray, probs: np.ndarray, classes, path, title: str) -> Path:
+    """One-vs-rest ROC and precision-recall curves per class, plus the micro average."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+    onehot = np.eye(len(classes))[labels]
+    fig = Figure(figsize=(10, 4.2))
+    roc_ax, pr_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    curves = [(name, onehot[:, k], probs[:, k]) for k, name in enumerate(classes)]
+    curves.append(("micro", onehot.ravel(), probs.ravel()))
+    for name, truth, score in curves:
+        if truth.min() == truth.max():
+            continue
+        fpr, tpr, _ = roc_curve(truth, score)
+        roc_ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(truth, score):.3f})")
+        precision, recall, _ = precision_recall_curve(truth, score)
+        pr_ax.plot(recall, precision, label=f"{name} (AP {average_precision_score(truth, score):.3f})")
+    roc_ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC — {title}")
+    pr_ax.set(xlabel="recall", ylabel="precision", title=f"PR — {title}")
+    roc_ax.legend(fontsize=8)
+    pr_ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def reliability_plot(confidence: np.ndarray, accuracy: np.ndarray, counts: np.ndarray, path, title: str) -> Path:
+    fig = Figure(figsize=(4.5, 4.2))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8, label="perfect calibration")
+    ax.scatter(confidence, accuracy, s=20 + 200 * counts / max(counts.sum(), 1), label="bins (size ∝ images)")
+    ax.plot(confidence, accuracy, lw=1)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top probability)", ylabel="accuracy", title=title)
+    ax.legend(fontsize=8, loc="upper left")
+    return _save(fig, path)

@@ -67,6 +67,21 @@ def set_alias(registered_name: str, alias: str, version: str) -> str | None:
     return before
 
 
+def resolve_version(uri: str) -> str:
+    """The version number behind ``models:/name@alias`` or ``models:/name/N``; '' for other URIs."""
+    if not uri.startswith("models:/"):
+        return ""
+    name, _, ref = uri.removeprefix("models:/").partition("@")
+    client = mlflow.MlflowClient()
+    if ref:
+        try:
+            return str(client.get_model_version_by_alias(name, ref).version)
+        except mlflow.exceptions.MlflowException as err:
+            raise ValueError(f"{uri}: registered model {name!r} has no alias {ref!r}") from err
+    name, _, number = name.partition("/")
+    return number
+
+
 def load_keras(uri: str) -> tf_keras.Model:
     """A registered or logged Keras model, e.g. ``models:/cxr-lung-seg@champion``."""
     return mlflow.tensorflow.load_model(uri)

@@ -103,6 +103,29 @@ def stage_run(experiment: str, run_name: str | None = None):
         yield run
 
 
+def log_params(params: dict[str, object]) -> None:
+    """Log a stage's parameters into the active run without clashing with ``mlflow run``.
+
+    The launcher has already logged the MLproject parameters as the user typed them; a stage logs
+    what it resolved them to. Equal values are skipped; a different spelling of a logged key (a
+    relative path made absolute, an empty value made the loss's default) is kept beside it as
+    ``resolved.<key>``, since MLflow refuses to change a logged parameter.
+    """
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("log_params needs an active run (use tracking.stage_run)")
+    existing = mlflow.MlflowClient().get_run(run.info.run_id).data.params
+    fresh = {}
+    for key, value in params.items():
+        text = str(value)
+        if key not in existing:
+            fresh[key] = text
+        elif existing[key] != text:
+            fresh[f"resolved.{key}"] = text
+    if fresh:
+        mlflow.log_params(fresh)
+
+
 def ui_command() -> str:
     return (f"mlflow ui --backend-store-uri {tracking_uri()} "
             f"--default-artifact-root {artifact_root().as_uri()} --host 127.0.0.1 --port 5000")

@@ -58,7 +58,7 @@ class MlflowEpochLogger(tf_keras.callbacks.Callback):
 
 
 def fit_keeping_best(model: tf_keras.Model, train, val, *, epochs: int, images_per_epoch: int,
-                     patience: int, extra_callbacks=()) -> dict:
+                     patience: int, class_weight: dict | None = None, extra_callbacks=()) -> dict:
     """Fit with reduce-on-plateau and early stopping, then restore the lowest-val_loss weights.
 
     Returns the best epoch's number and validation loss, and the steady images/s (epochs 2+).
@@ -74,7 +74,8 @@ def fit_keeping_best(model: tf_keras.Model, train, val, *, epochs: int, images_p
             tf_keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, verbose=0),
             logger, *extra_callbacks,
         ]
-        history = model.fit(train, validation_data=val, epochs=epochs, verbose=0, callbacks=callbacks)
+        history = model.fit(train, validation_data=val, epochs=epochs, verbose=0, callbacks=callbacks,
+                            class_weight=class_weight)
         model.load_weights(best_path)
     val_loss = history.history["val_loss"]
     best_epoch = int(np.argmin(val_loss))

@@ -45,7 +45,7 @@ def main(argv=None) -> None:
         seg_size = args.seg_size or int(members[0].tags.get("img_size", 0)) or args.img_size
         if seg_size % 32:
             raise SystemExit(f"crop: seg_size must be a multiple of 32, got {seg_size}")
-        mlflow.log_params({"data": str(Path(args.data).resolve()), "out": str(out), "top_k": args.top_k,
+        tracking.log_params({"data": str(Path(args.data).resolve()), "out": str(out), "top_k": args.top_k,
                            "img_size": args.img_size, "seg_size": seg_size, "margin": args.margin,
                            "members": ",".join(str(m.version) for m in members)})
         mlflow.set_tag("stage", "crop")

@@ -58,7 +58,7 @@ def main(argv=None) -> None:
 
     with tracking.stage_run("segmentation", run_name=f"segment-{args.loss}"):
         data_print = fingerprint([p for row in pairs.itertuples() for p in (row.image, *row.masks)])
-        mlflow.log_params({"loss": args.loss, "data": str(Path(args.data).resolve()), "img_size": args.img_size,
+        tracking.log_params({"loss": args.loss, "data": str(Path(args.data).resolve()), "img_size": args.img_size,
                            "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                            "encoder_weights": args.encoder_weights, "bn_momentum": args.bn_momentum, "patience": args.patience,
                            "strategy": args.strategy, "n_train": len(train), "n_val": len(val),

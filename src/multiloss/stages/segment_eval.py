@@ -45,7 +45,7 @@ def main(argv=None) -> None:
         if not found:
             raise SystemExit(f"segment_eval: no versions of {registry.SEGMENTATION_MODEL} registered; run segment first")
         holdout_print = fingerprint([p for row in pairs.itertuples() for p in (row.image, *row.masks)])
-        mlflow.log_params({"data": str(Path(args.data).resolve()), "top_k": args.top_k, "img_size": args.img_size,
+        tracking.log_params({"data": str(Path(args.data).resolve()), "top_k": args.top_k, "img_size": args.img_size,
                            "versions": ",".join(str(v.version) for v in found), "n_holdout": len(pairs)})
         mlflow.set_tags({"stage": "segment_eval", "holdout_fingerprint": holdout_print})
 

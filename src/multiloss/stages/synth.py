@@ -32,7 +32,7 @@ def main(argv=None) -> None:
     out = Path(args.out).resolve()
     params = {"n_seg": args.n_seg, "n_cls": args.n_cls, "size": args.size, "seed": args.seed}
     with tracking.stage_run("data", run_name="synth"):
-        mlflow.log_params({**params, "out": str(out)})
+        tracking.log_params({**params, "out": str(out)})
         manifest, reused = synthetic.ensure_synthetic(out, **params)
         mlflow.set_tag("reused_existing_data", str(reused).lower())
         print(f"synth: {'reused' if reused else 'wrote'} {out}")
