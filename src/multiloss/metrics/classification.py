@@ -21,23 +21,8 @@ def _labels(y) -> np.ndarray:
     return y.argmax(1) if y.ndim == 2 else y.astype(int)
 
 
-def expected_calibration_error(y_true, probs, bins: int = ECE_BINS) -> float:
-    """Σ_bins (n_b / N)·|accuracy_b − confidence_b| over equal-width bins of the top probability."""
-    probs = np.asarray(probs, float)
-    confidence = probs.max(1)
-    hits = probs.argmax(1) == _labels(y_true)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        in_bin = which == b
-        if in_bin.any():
-            total += in_bin.mean() * abs(hits[in_bin].mean() - confidence[in_bin].mean())
-    return float(total)
-
-
 def reliability_bins(y_true, probs, bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mean confidence, accuracy, count) per non-empty bin, for the reliability diagram."""
+    """(mean confidence, accuracy, count) per non-empty equal-width bin of the top probability."""
     probs = np.asarray(probs, float)
     confidence = probs.max(1)
     hits = probs.argmax(1) == _labels(y_true)
@@ -46,6 +31,12 @@ def reliability_bins(y_true, probs, bins: int = ECE_BINS) -> tuple[np.ndarray, n
     rows = [(confidence[which == b].mean(), hits[which == b].mean(), (which == b).sum())
             for b in range(bins) if (which == b).any()]
     return tuple(np.array(column) for column in zip(*rows)) if rows else (np.array([]),) * 3
+
+
+def expected_calibration_error(y_true, probs, bins: int = ECE_BINS) -> float:
+    """Σ_bins (n_b / N)·|accuracy_b − confidence_b| over equal-width bins of the top probability."""
+    confidence, accuracy, counts = reliability_bins(y_true, probs, bins)
+    return float((counts / counts.sum() * np.abs(accuracy - confidence)).sum())
 
 
 def brier_score(y_true, probs) -> float:
