@@ -49,6 +49,7 @@ def brier_score(y_true, probs) -> float:
 def classification_scores(y_true, probs) -> dict[str, float]:
     """Every scalar score of SPEC §8 for one model on one split."""
     probs = np.asarray(probs, float)
+    probs = probs / probs.sum(1, keepdims=True)   # float32 softmax rows miss 1 by ~1e-7
     labels = _labels(y_true)
     classes = np.arange(probs.shape[1])
     onehot = np.eye(probs.shape[1])[labels]
