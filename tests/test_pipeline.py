@@ -110,3 +110,14 @@ def test_mask_dataset_reads_left_or_right(montgomery_dir):
 def test_load_image_keeps_size_when_it_matches(tmp_path):
     path = write_gray(tmp_path / "x.png", size=(16, 16), seed=3)
     np.testing.assert_array_equal(load_image(str(path), 16), cv2.imread(str(path), cv2.IMREAD_GRAYSCALE))
+
+
+def test_image_augmentation_changes_images_each_epoch_and_keeps_labels(tmp_path):
+    paths = [write_gray(tmp_path / f"x{i}.png", size=(32, 32), seed=i) for i in range(4)]
+    ds = image_dataset(paths, ["normal", "viral", "bacterial", "viral"], img_size=32, batch_size=4,
+                       augment=True, seed=3)
+    (x1, y1), (x2, y2) = next(iter(ds)), next(iter(ds))
+    np.testing.assert_array_equal(y1.numpy(), y2.numpy())
+    assert x1.shape == (4, 32, 32, 3) and not np.allclose(x1.numpy(), x2.numpy())
+    plain = next(iter(image_dataset(paths, img_size=32, batch_size=4, augment=True, seed=3)))
+    assert plain.shape == (4, 32, 32, 3)

@@ -44,18 +44,24 @@ def _warp(image: tf.Tensor, transform: tf.Tensor, interpolation: str) -> tf.Tens
         interpolation=interpolation, fill_mode="NEAREST", fill_value=0.0)[0]
 
 
-def apply_affine(image, mask, angle_deg, shift_x, shift_y, flip) -> tuple[tf.Tensor, tf.Tensor]:
-    """Flip (if ``flip``), then rotate and shift, image (H, W, C) and mask (H, W, 1) alike."""
+def apply_affine(image, mask, angle_deg, shift_x, shift_y, flip):
+    """Flip (if ``flip``), then rotate and shift, image (H, W, C) and mask (H, W, 1) alike.
+
+    Returns (image, mask), or the image alone when ``mask`` is None (classification images).
+    """
     image = tf.convert_to_tensor(image, tf.float32)
-    mask = tf.convert_to_tensor(mask, tf.float32)
     image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
-    mask = tf.cond(flip, lambda: tf.image.flip_left_right(mask), lambda: mask)
     shape = tf.shape(image)
     transform = affine_matrix(shape[0], shape[1], angle_deg, shift_x, shift_y)
-    return _warp(image, transform, "BILINEAR"), _warp(mask, transform, "NEAREST")
+    warped = _warp(image, transform, "BILINEAR")
+    if mask is None:
+        return warped
+    mask = tf.convert_to_tensor(mask, tf.float32)
+    mask = tf.cond(flip, lambda: tf.image.flip_left_right(mask), lambda: mask)
+    return warped, _warp(mask, transform, "NEAREST")
 
 
-def random_affine(image, mask, seed) -> tuple[tf.Tensor, tf.Tensor]:
+def random_affine(image, mask, seed):
     """One random draw of the paper's augmentation; ``seed`` is a stateless [2] seed."""
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=4)
     angle = tf.random.stateless_uniform([], seeds[0], -MAX_ROTATION_DEG, MAX_ROTATION_DEG)

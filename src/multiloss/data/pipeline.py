@@ -64,9 +64,12 @@ def _to_float(pixels: tf.Tensor, channels: int) -> tf.Tensor:
 
 
 def image_dataset(paths: Sequence[str], labels: Sequence[str] | None = None, *, img_size: int,
-                  batch_size: int, shuffle: bool = False, seed: int = 0, channels: int = 3,
-                  cache: bool | str = True, drop_remainder: bool = False) -> tf.data.Dataset:
-    """Batches of images (B, S, S, channels) in [0, 1], with one-hot labels if ``labels`` given."""
+                  batch_size: int, shuffle: bool = False, augment: bool = False, seed: int = 0,
+                  channels: int = 3, cache: bool | str = True, drop_remainder: bool = False) -> tf.data.Dataset:
+    """Batches of images (B, S, S, channels) in [0, 1], with one-hot labels if ``labels`` given.
+
+    ``augment``: the same random flip/shift/rotation as the U-Net's, new every epoch.
+    """
     paths = [str(p) for p in paths]
     if not paths:
         raise DataError("image_dataset: no images given")
@@ -77,10 +80,16 @@ def image_dataset(paths: Sequence[str], labels: Sequence[str] | None = None, *, 
         ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensor_slices(one_hot(list(labels))))
     if shuffle:
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    if labels is not None:
-        ds = ds.map(lambda x, y: (_to_float(x, channels), y), num_parallel_calls=AUTOTUNE)
+    if labels is None:
+        ds = ds.map(lambda x: (_to_float(x, channels),), num_parallel_calls=AUTOTUNE)
     else:
-        ds = ds.map(lambda x: _to_float(x, channels), num_parallel_calls=AUTOTUNE)
+        ds = ds.map(lambda x, y: (_to_float(x, channels), y), num_parallel_calls=AUTOTUNE)
+    if augment:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip(ds, seeds).map(
+            lambda example, s: (random_affine(example[0], None, s), *example[1:]), num_parallel_calls=AUTOTUNE)
+    if labels is None:
+        ds = ds.map(lambda x: x)
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
 
 

@@ -42,6 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--seed", type=integer("seed", 0), default=0)
+    parser.add_argument("--augment", choices=("none", "paper"), default="none",
+                        help="paper: the U-Net's flip/±2 px/±5° augmentation on training images")
     parser.add_argument("--class-weights", choices=("none", "balanced"), default="none")
     parser.add_argument("--ci-method", choices=CI_METHODS, default="bootstrap")
     parser.add_argument("--bn-momentum", type=optional_float("bn_momentum"), default=None)
@@ -76,7 +78,7 @@ def main(argv=None) -> None:
                            "data": str(Path(args.data).resolve()), "encoder": args.encoder,
                            "encoder_version": encoder_version, "img_size": args.img_size, "epochs": args.epochs,
                            "batch_size": args.batch_size, "lr": args.lr, "momentum": args.momentum,
-                           "seed": args.seed, "class_weights": args.class_weights, "ci_method": args.ci_method,
+                           "seed": args.seed, "augment": args.augment, "class_weights": args.class_weights, "ci_method": args.ci_method,
                            "bn_momentum": args.bn_momentum, "patience": args.patience,
                            "split_seed": args.split_seed, "strategy": args.strategy,
                            **{f"n_{name}": len(part) for name, part in parts.items()}})
@@ -85,7 +87,8 @@ def main(argv=None) -> None:
         strategy = distribution_strategy(args.strategy)
         batch = args.batch_size * strategy.num_replicas_in_sync
         datasets = {name: image_dataset(part["path"], part["label"], img_size=args.img_size, batch_size=batch,
-                                        shuffle=name == "train", seed=args.seed)
+                                        shuffle=name == "train", seed=args.seed,
+                                        augment=name == "train" and args.augment == "paper")
                     for name, part in parts.items()}
         with strategy.scope():
             unet = registry.load_keras(args.encoder)
