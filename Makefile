@@ -14,9 +14,12 @@ DEMO_CROP_SIZE ?= 128
 DEMO_SEG_SIZE ?= 64
 DEMO_SEG_EPOCHS ?= 6
 SEG_LOSSES := bce bce_dice focal tversky focal_tversky
+DEMO_CLS_SIZE ?= 64
+DEMO_CLS_EPOCHS ?= 30
+CLS_LOSSES := cce focal kld hinge ls_cce ls_focal cal_cce cce_entropy cal_neg_entropy cal_kld cal_focal cal_hinge
 RUN = mlflow run . --env-manager local
 
-.PHONY: install demo test test-fast ui bench clean-store
+.PHONY: install demo demo-classify test test-fast ui bench clean-store
 
 $(STAMP): pyproject.toml requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +40,17 @@ demo: install
 	$(RUN) -e segment_eval --experiment-name segmentation -P data=$(DATA)/MontgomerySet \
 	  -P img_size=$(DEMO_SEG_SIZE) -P top_k=3; \
 	$(RUN) -e crop --experiment-name segmentation -P data=$(DATA)/chest_xray -P out=$(CROPPED) \
-	  -P img_size=$(DEMO_CROP_SIZE) -P seg_size=$(DEMO_SEG_SIZE) -P top_k=3
+	  -P img_size=$(DEMO_CROP_SIZE) -P seg_size=$(DEMO_SEG_SIZE) -P top_k=3; \
+	$(MAKE) --no-print-directory demo-classify
+
+## demo-classify: the twelve classification losses on the cropped demo data
+demo-classify: install
+	$(TRACKING); set -e; \
+	for loss in $(CLS_LOSSES); do \
+	  $(RUN) -e classify --experiment-name classification -P loss=$$loss -P data=$(CROPPED) \
+	    -P img_size=$(DEMO_CLS_SIZE) -P epochs=$(DEMO_CLS_EPOCHS) -P patience=10 -P bn_momentum=0.9 \
+	    -P augment=paper; \
+	done
 
 ## test: the whole test suite (what CI runs)
 test: install
