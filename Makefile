@@ -7,19 +7,13 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 # The tracking module is the one place that knows the store; the launcher of `mlflow run` must use it too.
 TRACKING = export MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-$$($(BIN)/python -m multiloss.tracking uri)}"
-DATA ?= data/synthetic
-CROPPED ?= data/cropped
-DEMO_CROP_SIZE ?= 128
-# The demo profile: small images and few epochs, sized for a 2-core CPU.
-DEMO_SEG_SIZE ?= 64
-DEMO_SEG_EPOCHS ?= 6
+PROFILE ?= demo
+include experiments/$(PROFILE).mk
 SEG_LOSSES := bce bce_dice focal tversky focal_tversky
-DEMO_CLS_SIZE ?= 64
-DEMO_CLS_EPOCHS ?= 30
 CLS_LOSSES := cce focal kld hinge ls_cce ls_focal cal_cce cce_entropy cal_neg_entropy cal_kld cal_focal cal_hinge
 RUN = mlflow run . --env-manager local
 
-.PHONY: install demo demo-classify test test-fast ui bench clean-store
+.PHONY: install demo pipeline classify-all test test-fast ui bench clean-store
 
 $(STAMP): pyproject.toml requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,27 +23,30 @@ $(STAMP): pyproject.toml requirements.txt requirements-dev.txt
 
 install: $(STAMP)
 
-## demo: the pipeline on the built-in synthetic data, through `mlflow run`
+## demo: the pipeline on the built-in synthetic data, through `mlflow run` (profile experiments/demo.mk)
 demo: install
-	$(TRACKING); set -e; $(BIN)/python -m multiloss.tracking init; \
-	$(RUN) -e synth --experiment-name data -P out=$(DATA); \
-	for loss in $(SEG_LOSSES); do \
-	  $(RUN) -e segment --experiment-name segmentation -P loss=$$loss -P data=$(DATA)/lungs \
-	    -P img_size=$(DEMO_SEG_SIZE) -P epochs=$(DEMO_SEG_EPOCHS) -P bn_momentum=0.9 -P patience=3; \
-	done; \
-	$(RUN) -e segment_eval --experiment-name segmentation -P data=$(DATA)/MontgomerySet \
-	  -P img_size=$(DEMO_SEG_SIZE) -P top_k=3; \
-	$(RUN) -e crop --experiment-name segmentation -P data=$(DATA)/chest_xray -P out=$(CROPPED) \
-	  -P img_size=$(DEMO_CROP_SIZE) -P seg_size=$(DEMO_SEG_SIZE) -P top_k=3; \
-	$(MAKE) --no-print-directory demo-classify
+	$(MAKE) --no-print-directory pipeline PROFILE=demo
 
-## demo-classify: the twelve classification losses on the cropped demo data
-demo-classify: install
+## pipeline: synth (demo) -> segment x5 -> segment_eval -> crop -> classify x12, for $(PROFILE)
+pipeline: install
+	$(TRACKING); set -e; $(BIN)/python -m multiloss.tracking init; \
+	if [ "$(SYNTH)" = yes ]; then $(RUN) -e synth --experiment-name data -P out=$(DATA_ROOT) $(SYNTH_PARAMS); fi; \
+	for loss in $(SEG_LOSSES); do \
+	  $(RUN) -e segment --experiment-name segmentation -P loss=$$loss -P data=$(SEG_DATA) \
+	    -P img_size=$(SEG_SIZE) -P epochs=$(SEG_EPOCHS) $(SEG_EXTRA); \
+	done; \
+	$(RUN) -e segment_eval --experiment-name segmentation -P data=$(HOLDOUT_DATA) \
+	  -P img_size=$(SEG_SIZE) -P top_k=$(TOP_K); \
+	$(RUN) -e crop --experiment-name segmentation -P data=$(CLS_SOURCE) -P out=$(CROPPED) \
+	  -P img_size=$(CROP_SIZE) -P seg_size=$(SEG_SIZE) -P top_k=$(TOP_K); \
+	$(MAKE) --no-print-directory classify-all PROFILE=$(PROFILE)
+
+## classify-all: the twelve classification losses on the cropped data of $(PROFILE)
+classify-all: install
 	$(TRACKING); set -e; \
 	for loss in $(CLS_LOSSES); do \
 	  $(RUN) -e classify --experiment-name classification -P loss=$$loss -P data=$(CROPPED) \
-	    -P img_size=$(DEMO_CLS_SIZE) -P epochs=$(DEMO_CLS_EPOCHS) -P patience=10 -P bn_momentum=0.9 \
-	    -P augment=paper; \
+	    -P img_size=$(CLS_SIZE) -P epochs=$(CLS_EPOCHS) $(CLS_EXTRA); \
 	done
 
 ## test: the whole test suite (what CI runs)
