@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import multiloss  # noqa: F401  (pins tf-keras before TensorFlow loads)
-import numpy as np
 import tensorflow as tf
 import tf_keras
 

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import mlflow
-import pytest
 
 from multiloss import tracking
 

@@ -35,7 +35,7 @@ def mask_overlays(images: np.ndarray, truth: np.ndarray, predicted: np.ndarray, 
         ax = fig.add_subplot(1, n, i + 1)
         ax.imshow(rgb)
         ax.set_axis_off()
-        ax.set_title(titles[i] if titles else f"green: truth, red: model", fontsize=8)
+        ax.set_title(titles[i] if titles else "green: truth, red: model", fontsize=8)
     return _save(fig, path)
 
 

@@ -75,13 +75,13 @@ def main(argv=None) -> None:
         data_print = fingerprint(frame["path"], root=root)
         encoder_version = registry.resolve_version(args.encoder)
         tracking.log_params({"loss": args.loss, **{f"loss_{k}": v for k, v in loss.params.items()},
-                           "data": str(Path(args.data).resolve()), "encoder": args.encoder,
-                           "encoder_version": encoder_version, "img_size": args.img_size, "epochs": args.epochs,
-                           "batch_size": args.batch_size, "lr": args.lr, "momentum": args.momentum,
-                           "seed": args.seed, "augment": args.augment, "class_weights": args.class_weights, "ci_method": args.ci_method,
-                           "bn_momentum": args.bn_momentum, "patience": args.patience,
-                           "split_seed": args.split_seed, "strategy": args.strategy,
-                           **{f"n_{name}": len(part) for name, part in parts.items()}})
+                             "data": str(Path(args.data).resolve()), "encoder": args.encoder,
+                             "encoder_version": encoder_version, "img_size": args.img_size, "epochs": args.epochs,
+                             "batch_size": args.batch_size, "lr": args.lr, "momentum": args.momentum,
+                             "seed": args.seed, "augment": args.augment, "class_weights": args.class_weights, "ci_method": args.ci_method,
+                             "bn_momentum": args.bn_momentum, "patience": args.patience,
+                             "split_seed": args.split_seed, "strategy": args.strategy,
+                             **{f"n_{name}": len(part) for name, part in parts.items()}})
         mlflow.set_tags({"stage": "classify", "loss": args.loss, "data_fingerprint": data_print})
 
         strategy = distribution_strategy(args.strategy)

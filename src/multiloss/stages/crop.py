@@ -46,8 +46,8 @@ def main(argv=None) -> None:
         if seg_size % 32:
             raise SystemExit(f"crop: seg_size must be a multiple of 32, got {seg_size}")
         tracking.log_params({"data": str(Path(args.data).resolve()), "out": str(out), "top_k": args.top_k,
-                           "img_size": args.img_size, "seg_size": seg_size, "margin": args.margin,
-                           "members": ",".join(str(m.version) for m in members)})
+                             "img_size": args.img_size, "seg_size": seg_size, "margin": args.margin,
+                             "members": ",".join(str(m.version) for m in members)})
         mlflow.set_tag("stage", "crop")
         provenance = {"members": [str(m.version) for m in members], "source_fingerprint": fingerprint(frame["path"], root=find_kermany_root(args.data))}
         earlier = read_crop_summary(out)

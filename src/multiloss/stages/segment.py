@@ -57,12 +57,12 @@ def main(argv=None) -> None:
     seed_everything(args.seed)
 
     with tracking.stage_run("segmentation", run_name=f"segment-{args.loss}"):
-        data_print = fingerprint([p for row in pairs.itertuples() for p in (row.image, *row.masks)])
+        data_print = fingerprint([p for row in pairs.itertuples() for p in (row.image, *row.masks)], root=args.data)
         tracking.log_params({"loss": args.loss, "data": str(Path(args.data).resolve()), "img_size": args.img_size,
-                           "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-                           "encoder_weights": args.encoder_weights, "bn_momentum": args.bn_momentum, "patience": args.patience,
-                           "strategy": args.strategy, "n_train": len(train), "n_val": len(val),
-                           **{f"loss_{k}": v for k, v in loss.params.items()}})
+                             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+                             "encoder_weights": args.encoder_weights, "bn_momentum": args.bn_momentum, "patience": args.patience,
+                             "strategy": args.strategy, "n_train": len(train), "n_val": len(val),
+                             **{f"loss_{k}": v for k, v in loss.params.items()}})
         mlflow.set_tags({"stage": "segment", "loss": args.loss, "data_fingerprint": data_print})
 
         strategy = distribution_strategy(args.strategy)

@@ -44,9 +44,9 @@ def main(argv=None) -> None:
         found = registry.versions(registry.SEGMENTATION_MODEL, only)
         if not found:
             raise SystemExit(f"segment_eval: no versions of {registry.SEGMENTATION_MODEL} registered; run segment first")
-        holdout_print = fingerprint([p for row in pairs.itertuples() for p in (row.image, *row.masks)])
+        holdout_print = fingerprint([p for row in pairs.itertuples() for p in (row.image, *row.masks)], root=args.data)
         tracking.log_params({"data": str(Path(args.data).resolve()), "top_k": args.top_k, "img_size": args.img_size,
-                           "versions": ",".join(str(v.version) for v in found), "n_holdout": len(pairs)})
+                             "versions": ",".join(str(v.version) for v in found), "n_holdout": len(pairs)})
         mlflow.set_tags({"stage": "segment_eval", "holdout_fingerprint": holdout_print})
 
         batches = list(mask_dataset(pairs["image"], pairs["masks"], img_size=args.img_size,
