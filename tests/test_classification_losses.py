@@ -139,3 +139,21 @@ def test_round_trip_through_keras_serialization():
     assert float(again(Y, P)) == pytest.approx(float(loss(Y, P)))
     reg = EntropyRegularizer(2.0)
     assert tf_keras.regularizers.deserialize(tf_keras.regularizers.serialize(reg)).beta == 2.0
+
+
+def test_class_weights_reweight_examples():
+    """Keras sample weights pick examples: weight 1 on class 0 only is the loss of class 0 alone."""
+    loss = classification_loss("focal")
+    weights = (Y.argmax(1) == 0).astype(np.float32)
+    weighted = float(loss(Y, P, sample_weight=weights))
+    only = float(classification_loss("focal")(Y[weights == 1], P[weights == 1]))
+    assert weighted == pytest.approx(only * weights.sum() / len(Y), rel=1e-5)
+
+
+def test_the_classifier_carries_the_entropy_regulariser():
+    from multiloss.models.classifier import build_classifier
+    from multiloss.models.unet import build_unet
+    model = build_classifier(build_unet(), activity_regularizer=classification_loss("cce_entropy").activity_regularizer())
+    model(np.zeros((2, 32, 32, 3), np.float32), training=True)
+    assert model.get_layer("cls_softmax").activity_regularizer.beta == 2.0
+    assert len(model.losses) == 1

@@ -94,3 +94,11 @@ def test_loss_round_trips_through_keras_serialization():
     again = tf_keras.losses.deserialize(tf_keras.losses.serialize(loss))
     assert type(again) is type(loss) and again.params == loss.params
     assert float(again(TRUE, PRED)) == pytest.approx(float(loss(TRUE, PRED)))
+
+
+def test_losses_are_per_image_so_sample_weights_select_images():
+    for name in SEGMENTATION_LOSSES:
+        loss = segmentation_loss(name)
+        weights = np.array([1.0, 0.0, 0.0], np.float32)
+        assert float(loss(TRUE, PRED, sample_weight=weights)) == pytest.approx(
+            float(loss(TRUE[:1], PRED[:1])) / 3, rel=1e-5), name

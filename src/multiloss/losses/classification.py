@@ -96,7 +96,7 @@ class ClassificationLoss(tf_keras.losses.Loss):
     """One of CLASSIFICATION_LOSSES, by name, with its parameters (see :func:`classification_loss`)."""
 
     def __init__(self, loss: str, name: str | None = None, **params):
-        super().__init__(name=name or loss, reduction=tf_keras.losses.Reduction.NONE)
+        super().__init__(name=name or loss, reduction=tf_keras.losses.Reduction.SUM_OVER_BATCH_SIZE)
         self.loss = loss
         self.params = resolve_params(loss, CLASSIFICATION_LOSSES, "classification", **params)
 
@@ -107,10 +107,12 @@ class ClassificationLoss(tf_keras.losses.Loss):
         return None
 
     def call(self, y_true, y_pred):
+        """Per example: the base term plus the batch-level penalties (broadcast), so Keras' batch
+        mean is exactly SPEC §7's loss and class weights reweight examples as they should."""
         y_true = tf.cast(y_true, y_pred.dtype)
         params = self.params
         targets = smooth_labels(y_true, params["sigma"]) if "sigma" in params else y_true
-        total = tf.reduce_mean(base_loss(_BASE[self.loss], targets, y_pred, params.get("gamma", 1.0)))
+        total = base_loss(_BASE[self.loss], targets, y_pred, params.get("gamma", 1.0))
         if "lam" in params:
             total += params["lam"] * calibration_penalty(y_true, y_pred)
         if "beta" in params and self.loss not in _ENTROPY_AS_ACTIVITY_REGULARIZER:

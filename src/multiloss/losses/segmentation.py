@@ -1,7 +1,8 @@
 """Binary lung-segmentation losses (SPEC §7) on sigmoid outputs ``y_pred`` in (0, 1).
 
-Overlap losses (Dice, Tversky) are computed per image and averaged over the batch, so a small
-lung counts as much as a large one; smoothing of 1 keeps an empty mask finite.
+Every loss returns one value per image and lets Keras average over the batch (so sample weights
+and distribution strategies scale it correctly). Overlap losses (Dice, Tversky) are per image, so a
+small lung counts as much as a large one; smoothing of 1 keeps an empty mask finite.
 """
 
 from __future__ import annotations
@@ -34,14 +35,14 @@ def _flat(y_true, y_pred):
 
 def binary_crossentropy(y_true, y_pred):
     t, p = _flat(y_true, y_pred)
-    return tf.reduce_mean(-(t * tf.math.log(p) + (1 - t) * tf.math.log(1 - p)))
+    return tf.reduce_mean(-(t * tf.math.log(p) + (1 - t) * tf.math.log(1 - p)), axis=1)
 
 
 def dice_loss(y_true, y_pred):
-    """Per image ``1 − (2·TP + 1)/(Σy + Σp + 1)``, averaged over the batch."""
+    """Per image ``1 − (2·TP + 1)/(Σy + Σp + 1)``, shape (batch,)."""
     t, p = _flat(y_true, y_pred)
     tp = tf.reduce_sum(t * p, axis=1)
-    return tf.reduce_mean(1 - (2 * tp + SMOOTH) / (tf.reduce_sum(t, 1) + tf.reduce_sum(p, 1) + SMOOTH))
+    return 1 - (2 * tp + SMOOTH) / (tf.reduce_sum(t, 1) + tf.reduce_sum(p, 1) + SMOOTH)
 
 
 def tversky_index(y_true, y_pred, alpha, beta):
@@ -54,12 +55,12 @@ def tversky_index(y_true, y_pred, alpha, beta):
 
 
 class _SegmentationLoss(tf_keras.losses.Loss):
-    """A loss whose whole batch reduction is its own (the Keras reduction is bypassed)."""
+    """A loss returning one value per image, averaged over the batch by Keras."""
 
     name_in_table: str = ""
 
     def __init__(self, name=None, **params):
-        super().__init__(name=name or self.name_in_table, reduction=tf_keras.losses.Reduction.NONE)
+        super().__init__(name=name or self.name_in_table, reduction=tf_keras.losses.Reduction.SUM_OVER_BATCH_SIZE)
         self.params = params
 
     def get_config(self):
@@ -94,7 +95,7 @@ class BinaryFocal(_SegmentationLoss):
         alpha, gamma = self.params["alpha"], self.params["gamma"]
         lung = -t * alpha * tf.pow(1 - p, gamma) * tf.math.log(p)
         background = -(1 - t) * (1 - alpha) * tf.pow(p, gamma) * tf.math.log(1 - p)
-        return tf.reduce_mean(lung + background)
+        return tf.reduce_mean(lung + background, axis=1)
 
 
 @tf_keras.saving.register_keras_serializable(package="multiloss")
@@ -102,7 +103,7 @@ class Tversky(_SegmentationLoss):
     name_in_table = "tversky"
 
     def call(self, y_true, y_pred):
-        return tf.reduce_mean(1 - tversky_index(y_true, y_pred, self.params["alpha"], self.params["beta"]))
+        return 1 - tversky_index(y_true, y_pred, self.params["alpha"], self.params["beta"])
 
 
 @tf_keras.saving.register_keras_serializable(package="multiloss")
@@ -113,7 +114,7 @@ class FocalTversky(_SegmentationLoss):
 
     def call(self, y_true, y_pred):
         index = tversky_index(y_true, y_pred, self.params["alpha"], self.params["beta"])
-        return tf.reduce_mean(tf.pow(tf.maximum(1 - index, 0.0), 1 / self.params["gamma"]))
+        return tf.pow(tf.maximum(1 - index, 0.0), 1 / self.params["gamma"])
 
 
 _CLASSES = {cls.name_in_table: cls for cls in (BinaryCrossentropy, BCEDice, BinaryFocal, Tversky, FocalTversky)}
