@@ -72,3 +72,13 @@ def test_existing_output_is_refused_and_kept(kermany_dir, tmp_path):
     with pytest.raises(ValueError, match="cropped already exists and is not empty"):
         crop_dataset(read_kermany(kermany_dir), kermany_dir, out, [CentreLungs()], seg_size=32, img_size=24)
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_relative_and_symlinked_data_paths(kermany_dir, tmp_path, monkeypatch):
+    link = tmp_path / "link"
+    link.symlink_to(kermany_dir)
+    monkeypatch.chdir(tmp_path)
+    for name, data in (("rel", "chest_xray"), ("sym", "link")):
+        manifest = crop_dataset(read_kermany(data), data, tmp_path / name, [CentreLungs()], seg_size=32,
+                                img_size=24, batch_size=4, progress=lambda _: None)
+        assert len(manifest) == len(read_kermany(kermany_dir)) == 14

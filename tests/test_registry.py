@@ -62,3 +62,21 @@ def test_pip_requirements_are_our_pins():
     pins = registry.pip_requirements()
     assert "tensorflow==2.21.0" in pins and "mlflow==3.17.2" in pins and "tf-keras==2.21.0" in pins
     assert not any("pytest" in p for p in pins)
+
+
+def test_pip_requirements_come_from_the_checkouts_requirements_file(monkeypatch):
+    monkeypatch.delenv("MULTILOSS_HOME")
+    lines = [l.strip() for l in (tracking.project_root() / "requirements.txt").read_text().splitlines()
+             if l.strip() and not l.startswith("#")]
+    assert registry.pip_requirements() == lines
+
+
+def test_inference_copy_drops_training_only_regularisers_and_keeps_outputs():
+    from multiloss.losses import classification_loss
+    from multiloss.models.classifier import build_classifier
+    model = build_classifier(build_unet(), activity_regularizer=classification_loss("cce_entropy").activity_regularizer())
+    copy = registry.inference_copy(model)
+    assert copy.get_layer("cls_softmax").activity_regularizer is None
+    assert "multiloss" not in str(copy.get_config())
+    x = np.random.default_rng(0).random((2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(copy.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)

@@ -13,20 +13,35 @@ import mlflow
 import tf_keras
 from mlflow.entities.model_registry import ModelVersion
 
+from multiloss.tracking import project_root
+
 SEGMENTATION_MODEL = "cxr-lung-seg"
 CLASSIFIER_MODEL = "cxr-classifier"
 ENSEMBLE_MODEL = "cxr-ensemble"
 
 
 def pip_requirements() -> list[str]:
-    """Our runtime pins, as installed (pyproject reads them from requirements.txt)."""
+    """Our runtime pins: the checkout's requirements.txt (also what conda.yaml installs), else the
+    installed package's metadata (pyproject reads the same file)."""
+    path = project_root() / "requirements.txt"
+    if path.is_file():
+        lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+        return [line for line in lines if line]
     requires = importlib.metadata.requires("multiloss") or []
     return [r for r in requires if "extra ==" not in r]
 
 
+def _without_training_terms(layer: tf_keras.layers.Layer) -> tf_keras.layers.Layer:
+    config = layer.get_config()
+    if config.get("activity_regularizer") is not None:
+        config["activity_regularizer"] = None     # a training-only penalty (cce_entropy)
+    return layer.__class__.from_config(config)
+
+
 def inference_copy(model: tf_keras.Model) -> tf_keras.Model:
-    """An uncompiled copy with the same weights: no optimizer state, no loss to deserialize."""
-    copy = tf_keras.models.clone_model(model)
+    """An uncompiled copy with the same weights: no optimizer state, no loss or regulariser to
+    deserialize, so serving it needs none of our code."""
+    copy = tf_keras.models.clone_model(model, clone_function=_without_training_terms)
     copy.set_weights(model.get_weights())
     return copy
 

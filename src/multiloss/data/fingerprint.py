@@ -9,8 +9,9 @@ import os
 def fingerprint(paths, root: str | os.PathLike | None = None) -> str:
     """A content hash of a set of files (names relative to ``root``, and bytes): equal data, equal print."""
     digest = hashlib.blake2b(digest_size=16)
+    root = os.path.realpath(root) if root is not None else None
     for path in sorted(str(p) for p in paths):
-        name = os.path.relpath(path, root) if root is not None else path
+        name = os.path.relpath(os.path.realpath(path), root) if root is not None else path
         digest.update(name.encode() + b"\0")
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):

@@ -39,7 +39,7 @@ def find_kermany_root(path: str | os.PathLike) -> Path:
     candidates = [path, path / "chest_xray", path / "chest_xray" / "chest_xray"]
     for root in candidates:
         if all((root / split).is_dir() for split in KERMANY_SPLITS):
-            return root
+            return root.resolve()   # file paths are resolved too: relative_to must agree
     if not path.exists():
         raise DataError(f"{path}: dataset folder not found")
     looked = ", ".join(str(c) for c in candidates)
@@ -92,7 +92,7 @@ def find_montgomery_root(path: str | os.PathLike) -> Path | None:
     path = Path(path)
     for root in (path, path / "MontgomerySet"):
         if (root / "CXR_png").is_dir() and (root / "ManualMask").is_dir():
-            return root
+            return root.resolve()
     return None
 
 
