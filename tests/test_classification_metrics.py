@@ -95,3 +95,11 @@ def test_paired_bootstrap_difference():
     assert result["difference"] > 0 and result["low"] > 0 and result["p_value"] < 0.01
     same = paired_bootstrap_mcc_difference(y, good, good, n_resamples=50)
     assert same["difference"] == 0 and same["p_value"] == 1.0
+
+
+def test_binomial_mcc_intervals_work_for_negative_mcc():
+    y = np.array([0, 1, 2] * 20)
+    wrong = (y + 1) % 3
+    for method in ("clopper-pearson", "wilson"):
+        low, high = mcc_interval(y, wrong, method)
+        assert -1 <= low < matthews_corrcoef(y, wrong) < high <= 1

@@ -69,7 +69,7 @@ def test_existing_output_is_refused_and_kept(kermany_dir, tmp_path):
     out = tmp_path / "cropped"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(ValueError, match="cropped already exists and is not empty"):
+    with pytest.raises(ValueError, match="cropped already exists and is not empty \\(nor an earlier crop\\)"):
         crop_dataset(read_kermany(kermany_dir), kermany_dir, out, [CentreLungs()], seg_size=32, img_size=24)
     assert (out / "keep.txt").read_text() == "mine"
 
@@ -82,3 +82,13 @@ def test_relative_and_symlinked_data_paths(kermany_dir, tmp_path, monkeypatch):
         manifest = crop_dataset(read_kermany(data), data, tmp_path / name, [CentreLungs()], seg_size=32,
                                 img_size=24, batch_size=4, progress=lambda _: None)
         assert len(manifest) == len(read_kermany(kermany_dir)) == 14
+
+
+def test_an_earlier_crop_is_replaced_whole(kermany_dir, tmp_path):
+    from multiloss.data.imageio import read_gray
+    out = tmp_path / "cropped"
+    frame = read_kermany(kermany_dir)
+    for size in (24, 16):
+        crop_dataset(frame, kermany_dir, out, [CentreLungs()], seg_size=32, img_size=size, progress=lambda _: None)
+        assert {read_gray(p).shape for p in read_kermany(out)["path"]} == {(size, size)}
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

@@ -50,8 +50,9 @@ def test_segment_eval_and_crop_chain(tmp_path):
     before = sorted(p.stat().st_mtime_ns for p in out.rglob("*.jpeg"))
     crop.main(["--data", str(data / "chest_xray"), "--out", str(out), "--top-k", "2", "--img-size", "48"])
     assert sorted(p.stat().st_mtime_ns for p in out.rglob("*.jpeg")) == before      # reused, not rewritten
-    with pytest.raises(ValueError, match="already exists and is not empty"):
-        crop.main(["--data", str(data / "chest_xray"), "--out", str(out), "--top-k", "2", "--img-size", "64"])
+    crop.main(["--data", str(data / "chest_xray"), "--out", str(out), "--top-k", "2", "--img-size", "64"])
+    assert read_kermany(out)["path"].map(lambda p: __import__("cv2").imread(p, 0).shape).eq((64, 64)).all()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".cropped")]      # old copy removed
     assert crop_run.data.params["members"] == f"{champion.version},{client.get_model_version_by_alias(registry.SEGMENTATION_MODEL, 'top2').version}"
 
 

@@ -57,3 +57,11 @@ def test_one_training_step_under_mirrored_strategy_on_two_cpus():
     assert result.returncode == 0, result.stderr[-3000:]
     words = result.stdout.split()
     assert words[words.index("replicas") + 1] == "2" and words[words.index("changed") + 1] == "True"
+
+
+def test_weights_file_without_encoder_layers_is_refused(tmp_path):
+    other = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(2, name="unrelated")])
+    path = tmp_path / "other.h5"
+    other.save_weights(str(path))
+    with pytest.raises(ValueError, match="no EfficientNet-B0 layer"):
+        build_unet(str(path))

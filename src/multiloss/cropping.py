@@ -23,8 +23,11 @@ from multiloss.preprocessing import BOX_MARGIN, crop_lungs
 
 
 def check_out_free(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"out {out} already exists and is not empty; choose a new path (nothing was written)")
+    """``out`` may be new, empty, or an earlier crop of ours (it holds crop.json): anything else
+    is someone's data and is refused before anything is written."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and read_crop_summary(out) is None:
+        raise ValueError(f"out {out} already exists and is not empty (nor an earlier crop); "
+                         "choose a new path (nothing was written)")
 
 
 def read_crop_summary(out: str | os.PathLike) -> dict | None:
@@ -78,9 +81,11 @@ def crop_dataset(frame: pd.DataFrame, data: str | os.PathLike, out: str | os.Pat
             "n_images": len(manifest), "n_empty_masks": int(manifest["empty_mask"].sum()),
             "empty_masks": manifest.loc[manifest["empty_mask"], "path"].tolist()}, indent=2))
         check_out_free(out)
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
         if out.exists():
-            out.rmdir()
+            os.replace(out, old)          # an earlier crop: swapped out only once the new one is whole
         os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -10,15 +10,11 @@ import numpy as np
 import pandas as pd
 
 from multiloss.data.classes import CLASSES
+from multiloss.data.pipeline import label_indices
 from multiloss.metrics.classification import classification_scores, confusion, mcc_interval, reliability_bins
 from multiloss.plots import confusion_plot, reliability_plot, roc_pr_plot
 
 PROBABILITY_COLUMNS = [f"p_{name}" for name in CLASSES]
-
-
-def label_indices(labels) -> np.ndarray:
-    index = {name: i for i, name in enumerate(CLASSES)}
-    return np.array([index[name] for name in labels])
 
 
 def score_split(labels: np.ndarray, probs: np.ndarray, ci_method: str = "bootstrap", seed: int = 0) -> dict[str, float]:
@@ -43,7 +39,7 @@ def read_predictions(path: str | os.PathLike) -> tuple[pd.DataFrame, np.ndarray,
     missing = [c for c in ["path", "label", *PROBABILITY_COLUMNS] if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: not a predictions file (missing columns {missing})")
-    return frame, label_indices(frame["label"]), frame[PROBABILITY_COLUMNS].to_numpy(float)
+    return frame, label_indices(frame["label"], str(path)), frame[PROBABILITY_COLUMNS].to_numpy(float)
 
 
 def split_figures(folder: str | os.PathLike, split: str, labels: np.ndarray, probs: np.ndarray,

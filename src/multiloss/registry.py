@@ -82,6 +82,16 @@ def set_alias(registered_name: str, alias: str, version: str) -> str | None:
     return before
 
 
+def delete_aliases_beyond(registered_name: str, prefix: str, keep: int) -> list[str]:
+    """Remove ``{prefix}{k}`` aliases for k > keep (a smaller top-K must not leave old members)."""
+    client = mlflow.MlflowClient()
+    aliases = client.get_registered_model(registered_name).aliases
+    removed = [a for a in aliases if a.startswith(prefix) and a[len(prefix):].isdigit() and int(a[len(prefix):]) > keep]
+    for alias in removed:
+        client.delete_registered_model_alias(registered_name, alias)
+    return removed
+
+
 def resolve_version(uri: str) -> str:
     """The version number behind ``models:/name@alias`` or ``models:/name/N``; '' for other URIs."""
     if not uri.startswith("models:/"):

@@ -45,12 +45,18 @@ class MlflowEpochLogger(tf_keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
+        self._train_seconds = None
+
+    def on_test_begin(self, logs=None):
+        if self._train_seconds is None:      # validation inside fit: the training part has ended
+            self._train_seconds = time.perf_counter() - self._start
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self._start
+        train_seconds = self._train_seconds or seconds
         metrics = {k: float(v) for k, v in (logs or {}).items() if np.isscalar(v)}
         metrics["lr"] = float(tf_keras.backend.get_value(self.model.optimizer.learning_rate))
-        metrics["train_images_per_s"] = self.images_per_epoch / seconds
+        metrics["train_images_per_s"] = self.images_per_epoch / train_seconds
         self.images_per_second.append(metrics["train_images_per_s"])
         mlflow.log_metrics(metrics, step=epoch)
         shown = "  ".join(f"{k}={v:.4g}" for k, v in metrics.items())
@@ -61,25 +67,27 @@ def fit_keeping_best(model: tf_keras.Model, train, val, *, epochs: int, images_p
                      patience: int, class_weight: dict | None = None, extra_callbacks=()) -> dict:
     """Fit with reduce-on-plateau and early stopping, then restore the lowest-val_loss weights.
 
-    Returns the best epoch's number and validation loss, and the steady images/s (epochs 2+).
+    Returns the best epoch (counted from 1, as the progress lines) and its validation loss, and
+    the steady training images/s (epochs 2+, validation excluded).
     """
     logger = MlflowEpochLogger(images_per_epoch, epochs)
     with tempfile.TemporaryDirectory() as tmp:
         best_path = os.path.join(tmp, "best.weights.h5")
         callbacks = [
+            logger,          # first, so it logs the learning rate this epoch used
             tf_keras.callbacks.ModelCheckpoint(best_path, monitor="val_loss", save_best_only=True,
                                                save_weights_only=True, verbose=0),
             tf_keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
                                                  patience=max(1, patience // 2), verbose=0),
             tf_keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, verbose=0),
-            logger, *extra_callbacks,
+            *extra_callbacks,
         ]
         history = model.fit(train, validation_data=val, epochs=epochs, verbose=0, callbacks=callbacks,
                             class_weight=class_weight)
         model.load_weights(best_path)
     val_loss = history.history["val_loss"]
-    best_epoch = int(np.argmin(val_loss))
+    best_epoch = int(np.argmin(val_loss)) + 1
     rates = logger.images_per_second
-    return {"best_epoch": best_epoch, "best_val_loss": float(val_loss[best_epoch]),
+    return {"best_epoch": best_epoch, "best_val_loss": float(val_loss[best_epoch - 1]),
             "epochs_run": len(val_loss),
             "train_images_per_s": float(np.mean(rates[1:] if len(rates) > 1 else rates))}

@@ -138,5 +138,8 @@ def write_image(path: str | os.PathLike, pixels: np.ndarray, jpeg_quality: int =
     if not ok:
         raise DataError(f"{path}: cannot encode image as {path.suffix}")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(buf.tobytes())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -37,13 +37,18 @@ def load_mask(paths, img_size: int) -> np.ndarray:
     return (mask > 0.5).astype(np.uint8)
 
 
-def one_hot(labels: Sequence[str]) -> np.ndarray:
-    """One-hot targets in CLASSES order; an unknown label is an error naming it."""
+def label_indices(labels: Sequence[str], source: str = "labels") -> np.ndarray:
+    """Class indices in CLASSES order; an unknown label is an error naming it and ``source``."""
     index = {name: i for i, name in enumerate(CLASSES)}
     unknown = sorted(set(labels) - set(index))
     if unknown:
-        raise DataError(f"unknown class label(s) {unknown}; expected one of {list(CLASSES)}")
-    return np.eye(len(CLASSES), dtype=np.float32)[[index[name] for name in labels]]
+        raise DataError(f"{source}: unknown class label(s) {unknown}; expected one of {list(CLASSES)}")
+    return np.array([index[name] for name in labels], dtype=int)
+
+
+def one_hot(labels: Sequence[str]) -> np.ndarray:
+    """One-hot targets in CLASSES order."""
+    return np.eye(len(CLASSES), dtype=np.float32)[label_indices(labels)]
 
 
 def _decoded(n: int, load, out_shape, cache: bool | str) -> tf.data.Dataset:

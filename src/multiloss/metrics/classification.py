@@ -109,11 +109,18 @@ def mcc_bootstrap_ci(y_true, predicted, n_resamples: int = 2000, level: float = 
 
 
 def mcc_interval(y_true, predicted, method: str = "bootstrap", level: float = 0.95, seed: int = 0):
-    """The MCC interval by ``method`` (one of CI_METHODS; proportions use n = number of images)."""
+    """The MCC interval by ``method`` (one of CI_METHODS; proportions use n = number of images).
+
+    ``wald`` treats the MCC as a proportion, as the paper's tables do. MCC lies in [−1, 1], so the
+    binomial intervals (``clopper-pearson``, ``wilson``) are taken on (MCC + 1)/2 and mapped back.
+    """
     if method == "bootstrap":
         return mcc_bootstrap_ci(y_true, predicted, level=level, seed=seed)
-    value = matthews_corrcoef(_labels(y_true), np.asarray(predicted).astype(int))
-    return proportion_ci(float(value), len(predicted), method, level)
+    value = float(matthews_corrcoef(_labels(y_true), np.asarray(predicted).astype(int)))
+    if method == "wald":
+        return proportion_ci(value, len(predicted), method, level)
+    low, high = proportion_ci((value + 1) / 2, len(predicted), method, level)
+    return 2 * low - 1, 2 * high - 1
 
 
 def mcnemar_exact(y_true, pred_a, pred_b) -> float:

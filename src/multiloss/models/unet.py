@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import segmentation_models as sm
 import tf_keras
 
@@ -51,8 +52,12 @@ def _build(encoder_weights: str | None) -> tf_keras.Model:
         raise FileNotFoundError(f"encoder_weights {encoder_weights!r}: no such weights file "
                                 "(expected none, imagenet, or a local EfficientNet-B0 .h5)")
     model = sm.Unet(BACKBONE, encoder_weights=None, input_shape=(None, None, 3), classes=1, activation="sigmoid")
+    before = model.get_layer("stem_conv").get_weights()[0].copy()
     try:
         model.load_weights(str(path), by_name=True, skip_mismatch=False)
     except Exception as err:
         raise ValueError(f"encoder_weights {path}: cannot load into the EfficientNet-B0 encoder ({err})") from err
+    if np.array_equal(before, model.get_layer("stem_conv").get_weights()[0]):
+        # load_weights(by_name=True) silently skips names it does not find
+        raise ValueError(f"encoder_weights {path}: no EfficientNet-B0 layer (e.g. stem_conv) found in the file")
     return model

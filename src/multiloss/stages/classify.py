@@ -14,10 +14,10 @@ import tf_keras
 from multiloss import registry, tracking
 from multiloss.data.classes import CLASSES
 from multiloss.data.fingerprint import fingerprint
-from multiloss.data.pipeline import image_dataset
+from multiloss.data.pipeline import image_dataset, label_indices
 from multiloss.data.readers import find_kermany_root, read_kermany
 from multiloss.data.split import patient_split, write_split_csv
-from multiloss.evaluation import label_indices, predictions_frame, score_split, split_figures
+from multiloss.evaluation import predictions_frame, score_split, split_figures
 from multiloss.losses import CLASSIFICATION_LOSSES, classification_loss
 from multiloss.metrics.classification import CI_METHODS
 from multiloss.models.classifier import build_classifier

@@ -58,6 +58,9 @@ def main(argv=None) -> None:
             manifest = pd.read_csv(out / "manifest.csv")
         else:
             check_out_free(out)
+            if earlier is not None:
+                changed = sorted(k for k, v in settings.items() if earlier.get(k) != v)
+                print(f"crop: {out} holds an earlier crop with other {', '.join(changed)}; replacing it")
             models = [registry.load_keras(f"models:/{registry.SEGMENTATION_MODEL}/{m.version}") for m in members]
             manifest = crop_dataset(frame, args.data, out, models, seg_size=seg_size, img_size=args.img_size,
                                     margin=args.margin, batch_size=args.batch_size, provenance=provenance)

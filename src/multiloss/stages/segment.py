@@ -40,6 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="BatchNorm momentum (empty: the architecture's 0.99; 0.9 suits short CPU runs)")
     parser.add_argument("--patience", type=integer("patience", 1), default=5)
     parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--split-seed", type=integer("split_seed", 0), default=42,
+                        help="seed of the validation split (fixed when seed varies)")
     parser.add_argument("--strategy", choices=STRATEGIES, default="default")
     args = parser.parse_args(argv)
     if args.img_size % 32:
@@ -52,7 +54,7 @@ def main(argv=None) -> None:
     loss_params = {k: getattr(args, k) for k in ("alpha", "beta", "gamma")}
     loss = segmentation_loss(args.loss, **loss_params)        # fails fast on a parameter the loss lacks
     pairs = read_mask_set(args.data)
-    pairs["subset"] = random_split(len(pairs), args.val_fraction, args.seed)
+    pairs["subset"] = random_split(len(pairs), args.val_fraction, args.split_seed)
     train, val = pairs[pairs.subset == "train"], pairs[pairs.subset == "val"]
     seed_everything(args.seed)
 
@@ -61,7 +63,7 @@ def main(argv=None) -> None:
         tracking.log_params({"loss": args.loss, "data": str(Path(args.data).resolve()), "img_size": args.img_size,
                              "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                              "encoder_weights": args.encoder_weights, "bn_momentum": args.bn_momentum, "patience": args.patience,
-                             "strategy": args.strategy, "n_train": len(train), "n_val": len(val),
+                             "strategy": args.strategy, "split_seed": args.split_seed, "n_train": len(train), "n_val": len(val),
                              **{f"loss_{k}": v for k, v in loss.params.items()}})
         mlflow.set_tags({"stage": "segment", "loss": args.loss, "data_fingerprint": data_print})
 

@@ -79,6 +79,11 @@ def main(argv=None) -> None:
             client.set_model_version_tag(registry.SEGMENTATION_MODEL, version, "holdout_fingerprint", holdout_print)
         for position, name in enumerate(top, start=1):
             registry.set_alias(registry.SEGMENTATION_MODEL, f"top{position}", names[name].version)
+        registry.delete_aliases_beyond(registry.SEGMENTATION_MODEL, "top", len(top))
+        scored = {str(v.version) for v in found}
+        for other in registry.versions(registry.SEGMENTATION_MODEL):
+            if str(other.version) not in scored and "holdout_rank" in other.tags:
+                client.delete_model_version_tag(registry.SEGMENTATION_MODEL, other.version, "holdout_rank")
         before = registry.set_alias(registry.SEGMENTATION_MODEL, "champion", names[order[0]].version)
         print(f"segment_eval: champion -> version {names[order[0]].version} (was {before})")
 
