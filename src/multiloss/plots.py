@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from multiloss.files import replacing
+
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    return Path(path)
 
 
 def _contours(rgb: np.ndarray, mask: np.ndarray, color) -> None:

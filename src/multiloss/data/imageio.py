@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from multiloss.files import replacing
+
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff")
 
 
@@ -137,9 +139,5 @@ def write_image(path: str | os.PathLike, pixels: np.ndarray, jpeg_quality: int =
     ok, buf = cv2.imencode(path.suffix, pixels, params)
     if not ok:
         raise DataError(f"{path}: cannot encode image as {path.suffix}")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with replacing(path) as tmp:
         tmp.write_bytes(buf.tobytes())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -11,6 +11,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from multiloss.data.imageio import DataError
+from multiloss.files import replacing
 
 
 def patient_split(frame: pd.DataFrame, fraction: float = 0.1, seed: int = 42) -> pd.DataFrame:
@@ -44,9 +45,8 @@ def write_split_csv(split: pd.DataFrame, path: str | os.PathLike, root: str | os
     if root is not None:
         table["path"] = [os.path.relpath(p, root) for p in table["path"]]
     table = table.sort_values(["subset", "label", "path"])
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        table.to_csv(tmp, index=False)
     return path
 
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from multiloss.data.classes import CLASSES
 from multiloss.data.imageio import read_gray, write_image
+from multiloss.files import replacing
 
 GENERATOR_VERSION = 1
 MIN_SIZE, MAX_SIZE = 32, 2048
@@ -578,11 +579,6 @@ def preview_grid(out: str | os.PathLike, path_png: str | os.PathLike, per_class:
             ax.set_title(f"{label}\n{files[c].name}", fontsize=7)
     fig.tight_layout()
     path_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path_png.with_name(f".{path_png.name}.tmp-{os.getpid()}")
-    try:
+    with replacing(path_png) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, path_png)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path_png
