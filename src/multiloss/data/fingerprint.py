@@ -6,6 +6,11 @@ import hashlib
 import os
 
 
+def mask_set_fingerprint(pairs, root: str | os.PathLike) -> str:
+    """The fingerprint of an image/mask set as the readers return it (columns image, masks)."""
+    return fingerprint([p for row in pairs.itertuples() for p in (row.image, *row.masks)], root=root)
+
+
 def fingerprint(paths, root: str | os.PathLike | None = None) -> str:
     """A content hash of a set of files (names relative to ``root``, and bytes): equal data, equal print."""
     digest = hashlib.blake2b(digest_size=16)

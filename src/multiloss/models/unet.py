@@ -16,6 +16,15 @@ import tf_keras
 
 BACKBONE = "efficientnetb0"
 NO_WEIGHTS = ("", "none", "None", "null")
+SIZE_MULTIPLE = 32   # the encoder halves the image five times
+
+
+def check_size(name: str, size: int) -> int:
+    """``size`` if the U-Net can take it, else an error naming the parameter."""
+    if size % SIZE_MULTIPLE:
+        raise ValueError(f"parameter {name} must be a multiple of {SIZE_MULTIPLE} "
+                         f"(the U-Net halves it five times), got {size}")
+    return size
 
 
 def set_batchnorm_momentum(model: tf_keras.Model, momentum: float | None) -> tf_keras.Model:

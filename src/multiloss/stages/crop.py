@@ -13,6 +13,7 @@ from multiloss import registry, tracking
 from multiloss.cropping import check_out_free, crop_dataset, read_crop_summary
 from multiloss.data.fingerprint import fingerprint
 from multiloss.data.readers import class_counts, find_kermany_root, read_kermany
+from multiloss.models.unet import check_size
 from multiloss.preprocessing import BOX_MARGIN
 from multiloss.stages.cli import integer
 
@@ -43,8 +44,7 @@ def main(argv=None) -> None:
                 raise SystemExit(f"crop: {registry.SEGMENTATION_MODEL} has no alias top{k}; run segment_eval "
                                  f"with top_k >= {args.top_k} first") from err
         seg_size = args.seg_size or int(members[0].tags.get("img_size", 0)) or args.img_size
-        if seg_size % 32:
-            raise SystemExit(f"crop: seg_size must be a multiple of 32, got {seg_size}")
+        check_size("seg_size", seg_size)
         tracking.log_params({"data": str(Path(args.data).resolve()), "out": str(out), "top_k": args.top_k,
                              "img_size": args.img_size, "seg_size": seg_size, "margin": args.margin,
                              "members": ",".join(str(m.version) for m in members)})

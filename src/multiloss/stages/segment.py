@@ -11,13 +11,13 @@ import numpy as np
 import tf_keras
 
 from multiloss import registry, tracking
-from multiloss.data.fingerprint import fingerprint
+from multiloss.data.fingerprint import mask_set_fingerprint
 from multiloss.data.pipeline import mask_dataset
 from multiloss.data.readers import read_mask_set
 from multiloss.data.split import random_split
 from multiloss.losses import SEGMENTATION_LOSSES, segmentation_loss
 from multiloss.metrics.segmentation import dice_coefficient, lung_iou, segmentation_scores
-from multiloss.models.unet import build_unet
+from multiloss.models.unet import build_unet, check_size
 from multiloss.plots import mask_overlays
 from multiloss.stages.cli import integer, optional_float
 from multiloss.training import STRATEGIES, distribution_strategy, fit_keeping_best, seed_everything
@@ -44,8 +44,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="seed of the validation split (fixed when seed varies)")
     parser.add_argument("--strategy", choices=STRATEGIES, default="default")
     args = parser.parse_args(argv)
-    if args.img_size % 32:
-        parser.error(f"parameter img_size must be a multiple of 32 (the U-Net halves it 5 times), got {args.img_size}")
+    try:
+        check_size("img_size", args.img_size)
+    except ValueError as err:
+        parser.error(str(err))
     return args
 
 
@@ -59,7 +61,7 @@ def main(argv=None) -> None:
     seed_everything(args.seed)
 
     with tracking.stage_run("segmentation", run_name=f"segment-{args.loss}"):
-        data_print = fingerprint([p for row in pairs.itertuples() for p in (row.image, *row.masks)], root=args.data)
+        data_print = mask_set_fingerprint(pairs, root=args.data)
         tracking.log_params({"loss": args.loss, "data": str(Path(args.data).resolve()), "img_size": args.img_size,
                              "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                              "encoder_weights": args.encoder_weights, "bn_momentum": args.bn_momentum, "patience": args.patience,

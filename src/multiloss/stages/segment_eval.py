@@ -13,11 +13,12 @@ import numpy as np
 import pandas as pd
 
 from multiloss import registry, tracking
-from multiloss.data.fingerprint import fingerprint
+from multiloss.data.fingerprint import mask_set_fingerprint
 from multiloss.data.pipeline import mask_dataset
 from multiloss.data.readers import read_mask_set
 from multiloss.lungs import and_ensemble, predict_probabilities, rank, score_table
 from multiloss.metrics.segmentation import SCORES
+from multiloss.models.unet import check_size
 from multiloss.plots import polar_scores
 from multiloss.reports import markdown_table, write_table
 from multiloss.stages.cli import integer
@@ -31,8 +32,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--versions", default="", help="comma-separated versions to score (default: all)")
     parser.add_argument("--batch-size", type=integer("batch_size", 1), default=8)
     args = parser.parse_args(argv)
-    if args.img_size % 32:
-        parser.error(f"parameter img_size must be a multiple of 32, got {args.img_size}")
+    try:
+        check_size("img_size", args.img_size)
+    except ValueError as err:
+        parser.error(str(err))
     return args
 
 
@@ -44,7 +47,7 @@ def main(argv=None) -> None:
         found = registry.versions(registry.SEGMENTATION_MODEL, only)
         if not found:
             raise SystemExit(f"segment_eval: no versions of {registry.SEGMENTATION_MODEL} registered; run segment first")
-        holdout_print = fingerprint([p for row in pairs.itertuples() for p in (row.image, *row.masks)], root=args.data)
+        holdout_print = mask_set_fingerprint(pairs, root=args.data)
         tracking.log_params({"data": str(Path(args.data).resolve()), "top_k": args.top_k, "img_size": args.img_size,
                              "versions": ",".join(str(v.version) for v in found), "n_holdout": len(pairs)})
         mlflow.set_tags({"stage": "segment_eval", "holdout_fingerprint": holdout_print})
