@@ -31,3 +31,13 @@ def test_every_float_parameter_has_a_numeric_default():
         for name, p in spec["parameters"].items():
             if p["type"] == "float":
                 float(p["default"])
+
+
+def test_unet_sizes_must_be_multiples_of_32(capsys):
+    from multiloss.stages import segment, segment_eval
+    for module in (segment, segment_eval):
+        args = ["--loss", "bce", "--data", "x"] if module is segment else ["--data", "x"]
+        with pytest.raises(SystemExit):
+            module.parse_args([*args, "--img-size", "48"])
+        assert "img_size must be a multiple of 32" in capsys.readouterr().err
+        assert module.parse_args([*args, "--img-size", "64.0"]).img_size == 64

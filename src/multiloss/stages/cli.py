@@ -27,6 +27,21 @@ def integer(name: str, minimum: int | None = None, maximum: int | None = None):
     return parse
 
 
+def unet_size(name: str):
+    """An integer image size the U-Net can take (a multiple of 32)."""
+    from multiloss.models.unet import check_size
+
+    as_integer = integer(name, 32)
+
+    def parse(text: str) -> int:
+        try:
+            return check_size(name, as_integer(text))
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    parse.__name__ = name
+    return parse
+
+
 def optional_float(name: str):
     """A float, or empty / "none" for "use the loss's default from its table"."""
     def parse(text: str):

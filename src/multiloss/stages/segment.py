@@ -17,9 +17,9 @@ from multiloss.data.readers import read_mask_set
 from multiloss.data.split import random_split
 from multiloss.losses import SEGMENTATION_LOSSES, segmentation_loss
 from multiloss.metrics.segmentation import dice_coefficient, lung_iou, segmentation_scores
-from multiloss.models.unet import build_unet, check_size
+from multiloss.models.unet import build_unet
 from multiloss.plots import mask_overlays
-from multiloss.stages.cli import integer, optional_float
+from multiloss.stages.cli import integer, unet_size, optional_float
 from multiloss.training import STRATEGIES, distribution_strategy, fit_keeping_best, seed_everything
 
 
@@ -27,7 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="segment", description=__doc__)
     parser.add_argument("--loss", required=True, choices=list(SEGMENTATION_LOSSES))
     parser.add_argument("--data", required=True, help="image/mask pairs: images/ + masks/, or a Montgomery layout")
-    parser.add_argument("--img-size", type=integer("img_size", 32), default=128)
+    parser.add_argument("--img-size", type=unet_size("img_size"), default=128)
     parser.add_argument("--epochs", type=integer("epochs", 1), default=20)
     parser.add_argument("--batch-size", type=integer("batch_size", 1), default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -43,12 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--split-seed", type=integer("split_seed", 0), default=42,
                         help="seed of the validation split (fixed when seed varies)")
     parser.add_argument("--strategy", choices=STRATEGIES, default="default")
-    args = parser.parse_args(argv)
-    try:
-        check_size("img_size", args.img_size)
-    except ValueError as err:
-        parser.error(str(err))
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv=None) -> None:

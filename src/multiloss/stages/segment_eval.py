@@ -18,25 +18,19 @@ from multiloss.data.pipeline import mask_dataset
 from multiloss.data.readers import read_mask_set
 from multiloss.lungs import and_ensemble, predict_probabilities, rank, score_table
 from multiloss.metrics.segmentation import SCORES
-from multiloss.models.unet import check_size
 from multiloss.plots import polar_scores
 from multiloss.reports import markdown_table, write_table
-from multiloss.stages.cli import integer
+from multiloss.stages.cli import integer, unet_size
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="segment_eval", description=__doc__)
     parser.add_argument("--data", required=True, help="holdout image/mask set (Montgomery layout or images/ + masks/)")
     parser.add_argument("--top-k", type=integer("top_k", 1), default=3)
-    parser.add_argument("--img-size", type=integer("img_size", 32), default=128)
+    parser.add_argument("--img-size", type=unet_size("img_size"), default=128)
     parser.add_argument("--versions", default="", help="comma-separated versions to score (default: all)")
     parser.add_argument("--batch-size", type=integer("batch_size", 1), default=8)
-    args = parser.parse_args(argv)
-    try:
-        check_size("img_size", args.img_size)
-    except ValueError as err:
-        parser.error(str(err))
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv=None) -> None:
