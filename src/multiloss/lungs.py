@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from multiloss.metrics.segmentation import SCORES, segmentation_scores, summarize
+from multiloss.metrics.segmentation import segmentation_scores, summarize
 from multiloss.preprocessing import and_masks
 
 # The paper picks its top-3 on accuracy, IoU and Dice; we rank on mean Dice, ties broken by the
@@ -35,4 +35,3 @@ def and_ensemble(probabilities: list[np.ndarray], threshold: float = 0.5) -> np.
     return and_masks(np.stack(probabilities), threshold)
 
 
-__all__ = ["SCORES", "RANK_ON", "predict_probabilities", "score_table", "rank", "and_ensemble"]
