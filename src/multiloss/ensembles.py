@@ -40,6 +40,15 @@ def majority_vote(member_probs) -> np.ndarray:
     return np.where(tied, mean, -np.inf).argmax(1)
 
 
+def majority_probs(member_probs, tie_weight: float = 1e-6) -> np.ndarray:
+    """(N, C) scores for the majority vote: the vote shares, nudged by ``tie_weight`` × the mean
+    probability so that the arg-max is :func:`majority_vote`'s class and ranking metrics
+    (AUROC, AUPRC) see the shares."""
+    probs = _check(member_probs)
+    scores = vote_shares(probs) + tie_weight * probs.mean(0)
+    return scores / scores.sum(1, keepdims=True)
+
+
 def mean_probs(member_probs) -> np.ndarray:
     return _check(member_probs).mean(0)
 
@@ -89,3 +98,27 @@ def optimize_weights(member_probs, y_true, restarts: int = 10, seed: int = 0) ->
             if value < best_value:
                 best_w, best_value = w, value
     return best_w
+
+
+def out_of_fold(fit_predict, member_probs, y_true, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """(N, C) predictions where each image's comes from a combiner fitted without it.
+
+    ``fit_predict(train_probs, train_labels, held_out_probs)`` fits on the first two and
+    predicts the third. Scores of fitted combiners on these are honest; on the images they were
+    fitted on they are not. Folds are stratified by class where every class has enough images.
+    """
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    probs = _check(member_probs)
+    y_true = np.asarray(y_true, int)
+    n = probs.shape[1]
+    folds = min(folds, n)
+    if folds < 2:
+        raise ValueError(f"out_of_fold needs at least 2 images, got {n}")
+    counts = np.bincount(y_true)
+    splitter = (StratifiedKFold(folds, shuffle=True, random_state=seed) if counts[counts > 0].min() >= folds
+                else KFold(folds, shuffle=True, random_state=seed))
+    result = np.zeros((n, probs.shape[2]))
+    for train, held in splitter.split(np.zeros(n), y_true):
+        result[held] = fit_predict(probs[:, train], y_true[train], probs[:, held])
+    return result

@@ -75,7 +75,7 @@ def set_alias(registered_name: str, alias: str, version: str) -> str | None:
     """Point ``alias`` at ``version``; returns the version it pointed at before (or None)."""
     client = mlflow.MlflowClient()
     try:
-        before = client.get_model_version_by_alias(registered_name, alias).version
+        before = str(client.get_model_version_by_alias(registered_name, alias).version)
     except mlflow.exceptions.MlflowException:
         before = None
     client.set_registered_model_alias(registered_name, alias, str(version))

@@ -37,8 +37,9 @@ class MlflowEpochLogger(tf_keras.callbacks.Callback):
     """Logs every epoch's metrics (and learning rate, and images/s) to the active run, and prints
     one progress line, so a long training is visible both in the terminal and in the UI."""
 
-    def __init__(self, images_per_epoch: int, total_epochs: int):
+    def __init__(self, images_per_epoch: int, total_epochs: int, prefix: str = ""):
         super().__init__()
+        self.prefix = prefix
         self.images_per_epoch = images_per_epoch
         self.total_epochs = total_epochs
         self.images_per_second: list[float] = []
@@ -58,19 +59,20 @@ class MlflowEpochLogger(tf_keras.callbacks.Callback):
         metrics["lr"] = float(tf_keras.backend.get_value(self.model.optimizer.learning_rate))
         metrics["train_images_per_s"] = self.images_per_epoch / train_seconds
         self.images_per_second.append(metrics["train_images_per_s"])
-        mlflow.log_metrics(metrics, step=epoch)
+        mlflow.log_metrics({f"{self.prefix}{k}": v for k, v in metrics.items()}, step=epoch)
         shown = "  ".join(f"{k}={v:.4g}" for k, v in metrics.items())
         print(f"epoch {epoch + 1}/{self.total_epochs} ({seconds:.1f} s): {shown}", flush=True)
 
 
 def fit_keeping_best(model: tf_keras.Model, train, val, *, epochs: int, images_per_epoch: int,
-                     patience: int, class_weight: dict | None = None, extra_callbacks=()) -> dict:
+                     patience: int, class_weight: dict | None = None, extra_callbacks=(),
+                     metric_prefix: str = "") -> dict:
     """Fit with reduce-on-plateau and early stopping, then restore the lowest-val_loss weights.
 
     Returns the best epoch (counted from 1, as the progress lines) and its validation loss, and
     the steady training images/s (epochs 2+, validation excluded).
     """
-    logger = MlflowEpochLogger(images_per_epoch, epochs)
+    logger = MlflowEpochLogger(images_per_epoch, epochs, metric_prefix)
     with tempfile.TemporaryDirectory() as tmp:
         best_path = os.path.join(tmp, "best.weights.h5")
         callbacks = [

@@ -132,12 +132,27 @@ def read_mask(paths: str | os.PathLike | tuple | list) -> np.ndarray:
     return mask
 
 
+def encode_image(pixels: np.ndarray, suffix: str, jpeg_quality: int = 95) -> bytes:
+    """The file bytes ``write_image`` writes for ``suffix`` (e.g. ``.jpeg``, ``.png``)."""
+    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if suffix.lower() in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(suffix, pixels, params)
+    if not ok:
+        raise DataError(f"cannot encode image as {suffix}")
+    return buf.tobytes()
+
+
+def as_if_written(pixels: np.ndarray, suffix: str) -> np.ndarray:
+    """``pixels`` after a write to and read from a ``suffix`` file (lossy for JPEG): what a model
+    trained on written files saw, for serving the same input without writing."""
+    return cv2.imdecode(np.frombuffer(encode_image(pixels, suffix), np.uint8), cv2.IMREAD_UNCHANGED)
+
+
 def write_image(path: str | os.PathLike, pixels: np.ndarray, jpeg_quality: int = 95) -> None:
     """Encode by suffix and write through a temporary name, so a crash leaves no half file."""
     path = Path(path)
-    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if path.suffix.lower() in (".jpg", ".jpeg") else []
-    ok, buf = cv2.imencode(path.suffix, pixels, params)
-    if not ok:
-        raise DataError(f"{path}: cannot encode image as {path.suffix}")
+    try:
+        data = encode_image(pixels, path.suffix, jpeg_quality)
+    except DataError as err:
+        raise DataError(f"{path}: {err}") from None
     with replacing(path) as tmp:
-        tmp.write_bytes(buf.tobytes())
+        tmp.write_bytes(data)

@@ -23,7 +23,10 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 def load_image(path: str, img_size: int) -> np.ndarray:
     """8-bit grayscale, resized (bicubic, as the paper) to img_size × img_size."""
-    pixels = read_gray(path)
+    return resize_gray(read_gray(path), img_size)
+
+
+def resize_gray(pixels: np.ndarray, img_size: int) -> np.ndarray:
     if pixels.shape != (img_size, img_size):
         pixels = cv2.resize(pixels, (img_size, img_size), interpolation=cv2.INTER_CUBIC)
     return pixels
@@ -61,6 +64,12 @@ def _decoded(n: int, load, out_shape, cache: bool | str) -> tf.data.Dataset:
     if cache:
         ds = ds.cache("" if cache is True else str(cache))
     return ds
+
+
+def model_input(pixels: np.ndarray, channels: int = 3) -> np.ndarray:
+    """uint8 images (N, S, S) → float32 (N, S, S, channels) in [0, 1], as the datasets feed them."""
+    image = np.asarray(pixels, np.float32)[..., np.newaxis] / np.float32(255.0)
+    return np.repeat(image, channels, axis=-1)
 
 
 def _to_float(pixels: tf.Tensor, channels: int) -> tf.Tensor:

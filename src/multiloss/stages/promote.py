@@ -1,0 +1,41 @@
+"""Entry point ``promote``: point an alias (default ``champion``) at the best version of a
+registered model by a metric, or at a named version; prints what moved from where."""
+
+from __future__ import annotations
+
+import argparse
+
+from multiloss import registry, selection, tracking
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="promote", description=__doc__)
+    parser.add_argument("--model", default=registry.CLASSIFIER_MODEL, help="registered model name")
+    parser.add_argument("--metric", default="val_mcc",
+                        help="source-run metric or version tag to rank on (ece, brier, nll, loss rank low to high)")
+    parser.add_argument("--alias", default="champion")
+    parser.add_argument("--version", default="", help="a version number; empty: the best by --metric")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> str:
+    args = parse_args(argv)
+    tracking.configure()
+    if not args.alias or args.alias.isdigit() or args.alias.lower() == "latest":
+        raise SystemExit(f"promote: alias {args.alias!r} is not allowed (empty, a number or 'latest')")
+    if args.version:
+        target = str(registry.versions(args.model, only=[args.version])[0].version)
+        reason = "as named"
+    else:
+        ranked = selection.rank_versions(args.model, args.metric)
+        if not ranked:
+            raise SystemExit(f"promote: no version of {args.model} has a {args.metric!r} metric or tag")
+        target, reason = str(ranked[0].version.version), f"best {args.metric} = {ranked[0].value:.6g}"
+    before = registry.set_alias(args.model, args.alias, target)
+    moved = "unchanged" if before == str(target) else f"was {before or 'unset'}"
+    print(f"promote: {args.model}@{args.alias} -> version {target} ({reason}; {moved})")
+    return str(target)
+
+
+if __name__ == "__main__":
+    main()
