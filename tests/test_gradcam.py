@@ -101,6 +101,8 @@ def test_bad_layers_and_classes_are_named():
         gradcam(model, images, layer="head")
     with pytest.raises(ValueError, match=r"class_index must lie in \[0, 1\]"):
         gradcam(model, images, class_index=2)
+    with pytest.raises(ValueError, match=r"one class or one per image \(1\), got shape \(2,\)"):
+        gradcam(model, images, class_index=[0, 1])
     with pytest.raises(ValueError, match="batch shaped"):
         gradcam(model, images[0])
     assert model.get_layer("conv").call.__func__ is layers.Conv2D.call     # the catch is undone
@@ -218,9 +220,9 @@ def test_images_to_explain_from_a_kermany_layout_a_folder_or_a_file(kermany_dir)
 @pytest.mark.slow
 def test_gradcam_stage_logs_overlays_and_the_models_own_probabilities(kermany_dir):
     tf_keras.utils.set_random_seed(5)
+    model = build_classifier(build_unet())
     with tracking.stage_run("classification", run_name="untrained classifier"):
-        version = registry.log_and_register(build_classifier(build_unet()), registry.CLASSIFIER_MODEL,
-                                            {"img_size": 64})
+        version = registry.log_and_register(model, registry.CLASSIFIER_MODEL, {"img_size": 64})
     registry.set_alias(registry.CLASSIFIER_MODEL, "champion", version.version)
 
     gradcam_stage.main(["--images", str(kermany_dir), "--per-class", "1", "--threshold", "0.2"])
@@ -234,7 +236,6 @@ def test_gradcam_stage_logs_overlays_and_the_models_own_probabilities(kermany_di
     assert len(client.list_artifacts(run.info.run_id, "gradcam")) == 3
     table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="gradcam.csv"))
     assert list(table["label"]) == ["normal", "bacterial", "viral"] and set(table["layer"]) == {DEEPEST_CONV}
-    model = registry.load_keras("models:/cxr-classifier@champion")
     expected = model.predict(image_dataset(table["path"], img_size=64, batch_size=2), verbose=0)
     np.testing.assert_allclose(table[PROBABILITY_COLUMNS].to_numpy(), expected, atol=1e-5)
     assert list(table["predicted"]) == [("normal", "bacterial", "viral")[k] for k in expected.argmax(1)]

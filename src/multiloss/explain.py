@@ -138,7 +138,11 @@ def _caught(layer: tf_keras.layers.Layer, keep: str, tape: tf.GradientTape | Non
 def _class_indices(class_index, n: int, n_classes: int) -> np.ndarray | None:
     if class_index is None:
         return None
-    indices = np.broadcast_to(np.asarray(class_index), (n,)).astype(int)
+    try:
+        indices = np.broadcast_to(np.asarray(class_index), (n,)).astype(int)
+    except ValueError:
+        raise ValueError(f"class_index must be one class or one per image ({n}), "
+                         f"got shape {np.shape(class_index)}") from None
     if np.any(indices < 0) or np.any(indices >= n_classes):
         raise ValueError(f"class_index must lie in [0, {n_classes - 1}], got {sorted(set(indices.tolist()))}")
     return indices
@@ -161,7 +165,9 @@ def gradcam(model: tf_keras.Model, images, layer: str | None = None, class_index
     target = find_layer(model, name)
     head = output_layer(model)
     logits_from = _logit_source(head)
-    chosen = None
+    if model.outputs[0].shape.rank != 2:
+        raise ValueError(f"model {model.name!r} outputs shape {model.outputs[0].shape}; Grad-CAM needs (N, classes)")
+    chosen = _class_indices(class_index, len(images), int(model.outputs[0].shape[1]))
     maps = []
     for start in range(0, len(images), batch_size):
         batch = tf.constant(images[start:start + batch_size])
@@ -170,11 +176,7 @@ def gradcam(model: tf_keras.Model, images, layer: str | None = None, class_index
             features = stack.enter_context(_caught(target, "output", tape))
             head_inputs = stack.enter_context(_caught(head, "input")) if logits_from else []
             outputs = model(batch, training=False)
-            if outputs.shape.rank != 2:
-                raise ValueError(f"model {model.name!r} outputs shape {outputs.shape}; Grad-CAM needs (N, classes)")
             scores = _logits(head, head_inputs, logits_from) if logits_from else outputs
-            if chosen is None:
-                chosen = _class_indices(class_index, len(images), int(outputs.shape[1]))
             picked = outputs.numpy().argmax(1) if chosen is None else chosen[start:start + len(batch)]
             score = tf.reduce_sum(tf.gather(scores, picked, axis=1, batch_dims=1))
         if len(features) != 1:
