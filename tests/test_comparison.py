@@ -215,11 +215,13 @@ def test_report_places_ours_beside_the_paper_rows():
     assert voting["Members"].tolist() == ["cal_cce, cce_entropy, cal_neg_entropy", "cce, cal_cce, kld"]
     assert voting["McNemar p"].tolist() == ["—", "0.5"]
     assert prediction.loc["Top-5 Stacking", "Row"].tolist() == ["paper", f"ours: {NOT_RUN}"]
+    assert prediction.loc["Top-5 Weighted averaging", "MCC 95% CI"].iloc[0] == "(0.8791, 0.9157)†"
     assert "(cce (v1))" in markdown           # the single model the p-values refer to
 
     model = table_after(blocks, "4.")
     assert model.loc["Weighted averaging", "Row"].tolist() == ["paper", "ours: weighted model-level top-3+5"]
     assert model.loc["Weighted averaging", "MCC"].tolist() == ["0.9068", "0.9700"]
+    assert model.loc["Weighted averaging", "MCC 95% CI"].iloc[0] == "(0.8839, 0.9297)"   # no † outside Table 3
 
     best = table_after(blocks, "5.")
     assert best.loc["Best of ours by test MCC", "Row"] == "ours: weighted model-level top-3+5"

@@ -200,7 +200,7 @@ def _finished_runs(stage: str) -> list:
         return []
     return client.search_runs([experiment.experiment_id],
                               filter_string=f"tags.stage = '{stage}' and attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time DESC"], max_results=50000)
+                              order_by=["attributes.start_time DESC"])
 
 
 def _given_run(run_id: str, stage: str, parameter: str):
@@ -226,14 +226,13 @@ def _artifact_csv(run, name: str, **read_csv) -> pd.DataFrame:
         return pd.read_csv(local, **read_csv)
 
 
-def _data_path(run) -> str:
-    params = run.data.params
-    return params.get("resolved.data") or params.get("data", "")
-
-
 def _param(run, key: str) -> str | None:
     params = run.data.params
     return params.get(f"resolved.{key}") or params.get(key)
+
+
+def _data_path(run) -> str:
+    return _param(run, "data") or ""
 
 
 def _classification_row(run) -> dict:
@@ -270,6 +269,8 @@ def collect(segment_eval_run: str | None = None, classify_runs: list[str] | None
     ensemble runs and the finished classify runs of the latest batch (same data fingerprint and
     image size), newest first, one run per loss variant and seed. ``dataset_label``: "synthetic",
     "real" or None to infer it from the runs' data paths."""
+    if dataset_label and dataset_label not in DATASET_LABELS:
+        raise ValueError(f"dataset_label must be one of {sorted(DATASET_LABELS)} or empty, got {dataset_label!r}")
     runs = {}
     seg = _given_run(segment_eval_run, "segment_eval", "segment_eval_run") if segment_eval_run \
         else next(iter(_finished_runs("segment_eval")), None)
@@ -294,8 +295,6 @@ def collect(segment_eval_run: str | None = None, classify_runs: list[str] | None
         runs["ensemble"] = [ens.info.run_id]
 
     if dataset_label:
-        if dataset_label not in DATASET_LABELS:
-            raise ValueError(f"dataset_label must be one of {sorted(DATASET_LABELS)} or empty, got {dataset_label!r}")
         dataset = DATASET_LABELS[dataset_label]
     else:
         paths = classification["data"].tolist() if classification is not None else []
@@ -367,9 +366,9 @@ def _classification_cells(values: Mapping[str, tuple[float, float]], interval: s
     return cells
 
 
-def _paper_cells(row: Mapping, flagged: set[str]) -> dict[str, str]:
+def _paper_cells(table: Mapping, row: Mapping, flagged: set[tuple[int, str]]) -> dict[str, str]:
     values = {ours: (row.get(theirs), math.nan) for _, ours, theirs in CLASSIFICATION_COLUMNS}
-    flag = "†" if _paper_row_name(row) in flagged else ""
+    flag = "†" if (table["number"], _paper_row_name(row)) in flagged else ""
     return _classification_cells(values, _interval(row.get("mcc_low"), row.get("mcc_high"), flag), paper=True)
 
 
@@ -463,9 +462,10 @@ def _segmentation_row(label: str, source: str, scores: pd.Series) -> dict:
                for header, ours, _ in SEGMENTATION_COLUMNS}}
 
 
-def _flagged(paper: Mapping) -> set[str]:
+def _flagged(paper: Mapping) -> set[tuple[int, str]]:
+    """(table number, row name) of the paper's intervals that differ from the Wald recomputation."""
     checks = interval_checks(paper)
-    return set(checks.loc[~checks["agrees"], "label"]) if len(checks) else set()
+    return {(r.table, r.label) for r in checks.itertuples() if not r.agrees}
 
 
 def _classification_section(ours: OurResults, paper: Mapping) -> list:
@@ -484,7 +484,7 @@ def _classification_section(ours: OurResults, paper: Mapping) -> list:
             "† marks a paper interval that differs from the Wald recomputation (see the notes)."))
     rows, matched = [], set()
     for row in table["rows"]:
-        rows.append({"Loss": row["label"], "Row": "paper", **_paper_cells(row, flagged), "Runs (seeds)": "1"})
+        rows.append({"Loss": row["label"], "Row": "paper", **_paper_cells(table, row, flagged), "Runs (seeds)": "1"})
         if aggregated is None:
             continue
         mine = aggregated[aggregated["loss"] == row["loss"]]
@@ -537,7 +537,7 @@ def _ensemble_section(ours: OurResults, paper: Mapping, name: str, title: str) -
     rows, matched = [], set()
     for row in table["rows"]:
         label = _paper_row_name(row)
-        rows.append({"Ensemble": label, "Row": "paper", **_paper_cells(row, flagged),
+        rows.append({"Ensemble": label, "Row": "paper", **_paper_cells(table, row, flagged),
                      "Members": ", ".join(members.get(row.get("k"), [])) or DASH, "McNemar p": DASH,
                      "Bootstrap p": DASH})
         if ensembles is None:
@@ -563,7 +563,7 @@ def _best_section(ours: OurResults, paper: Mapping) -> list:
     table = paper["tables"]["literature"]
     blocks = [Heading("5. Best results (paper Table 5)"), _caption(table)]
     flagged = _flagged(paper)
-    rows = [{"Study / model": row["label"], "Row": "paper", **_paper_cells(row, flagged)} for row in table["rows"]]
+    rows = [{"Study / model": row["label"], "Row": "paper", **_paper_cells(table, row, flagged)} for row in table["rows"]]
     candidates = []          # (test MCC, row label, cells)
     if ours.ensembles is not None:
         for _, r in _ensembles_matching(ours.ensembles, "model_level_weighted", None).iterrows():
@@ -574,7 +574,7 @@ def _best_section(ours: OurResults, paper: Mapping) -> list:
                        for variant, r in aggregate_seeds(ours.classification).iterrows()]
     candidates = [c for c in candidates if not math.isnan(c[0])]
     if candidates:
-        mcc, name, cells = max(candidates, key=lambda c: c[0])
+        _, name, cells = max(candidates, key=lambda c: c[0])
         rows.append({"Study / model": "Best of ours by test MCC", "Row": f"ours: {name}", **cells})
         blocks.append(Text("Ours: the counterpart of the paper's proposed method, and our best single model or "
                            "ensemble by test MCC (a choice made on the test split, so optimistic, like the paper's)."))
