@@ -269,7 +269,7 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
 
 def overlay_figure(image, heatmap, path, title: str, alpha: float = 0.4, threshold: float = 0.0) -> Path:
     """The image and its Grad-CAM overlay side by side, under ``title``."""
-    fig = Figure(figsize=(6.0, 3.4))
+    fig = Figure(figsize=(6.0, 3.3), layout="constrained")
     for k, pixels in enumerate((_rgb_float(image), overlay(image, heatmap, alpha, threshold))):
         ax = fig.add_subplot(1, 2, k + 1)
         ax.imshow(pixels)

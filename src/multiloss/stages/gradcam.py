@@ -99,7 +99,7 @@ def main(argv=None) -> None:
     img_size = args.img_size or trained_img_size(args.model, version, run)
     experiment = mlflow.MlflowClient().get_experiment(run.info.experiment_id).name if run else DEFAULT_EXPERIMENT
 
-    with tracking.stage_run(experiment, run_name="gradcam"):
+    with tracking.stage_run(experiment, run_name="gradcam") as active:
         model = registry.load_keras(args.model)
         layer = args.layer or default_layer(model)
         find_layer(model, layer)
@@ -128,8 +128,9 @@ def main(argv=None) -> None:
             overlay_grid(images, heatmaps, titles, Path(tmp) / "gradcam_grid.png", args.alpha, args.threshold)
             table.to_csv(Path(tmp) / "gradcam.csv", index=False)
             mlflow.log_artifacts(tmp)
+        logged_to = mlflow.MlflowClient().get_experiment(active.info.experiment_id).name
         print(f"gradcam: {len(picked)} maps of {args.model} at layer {layer} ({img_size} px) "
-              f"logged to experiment {experiment!r}")
+              f"logged to experiment {logged_to!r}")
 
 
 if __name__ == "__main__":
