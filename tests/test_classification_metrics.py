@@ -7,7 +7,8 @@ from sklearn.metrics import accuracy_score, f1_score, log_loss, matthews_corrcoe
 
 from multiloss.metrics.classification import (brier_score, classification_scores, expected_calibration_error,
                                               mcc_bootstrap_ci, mcc_interval, mcnemar_exact,
-                                              paired_bootstrap_mcc_difference, proportion_ci, reliability_bins)
+                                              paired_bootstrap_mcc_difference, proportion_ci, reliability_bins,
+                                              resampled_mcc)
 
 
 def random_predictions(seed, n=200, skill=1.5):
@@ -76,6 +77,15 @@ def test_mcc_bootstrap_is_seeded_and_brackets_the_estimate():
     assert ci == mcc_bootstrap_ci(y, pred, n_resamples=500, seed=7)
     assert ci[0] < matthews_corrcoef(y, pred) < ci[1]
     assert mcc_interval(y, pred, "wald") == proportion_ci(matthews_corrcoef(y, pred), len(y), "wald")
+
+
+def test_resampled_mcc_equals_scikit_learn_per_resample():
+    y, p = random_predictions(5, n=80)
+    pred = p.argmax(1)
+    index = np.random.default_rng(2).integers(0, 80, (40, 80))
+    index[0] = 0                                   # one resample of a single image: MCC undefined → 0
+    expected = [matthews_corrcoef(y[i], pred[i]) for i in index]
+    np.testing.assert_allclose(resampled_mcc(y, pred, index), expected, atol=1e-12)
 
 
 def test_mcnemar_exact_by_hand():
