@@ -244,3 +244,18 @@ def test_gradcam_stage_logs_overlays_and_the_models_own_probabilities(kermany_di
     with pytest.raises(SystemExit, match="pass the parameter img_size"):
         gradcam_stage.main(["--model", f"models:/{registry.CLASSIFIER_MODEL}/{version.version}",
                             "--images", str(Path(table["path"][0]))])
+
+
+def test_image_size_comes_from_the_run_that_logged_a_model(tmp_path):
+    model = tf_keras.Sequential([tf_keras.Input((4,)), layers.Dense(3, activation="softmax")])
+    with tracking.stage_run("ensembles", run_name="model-level ensemble") as run:
+        tracking.log_params({"img_size": 96})
+        info = mlflow.tensorflow.log_model(model, name="model_level_top2", pip_requirements=[])
+    assert info.model_uri.startswith("models:/m-")
+    for uri in (info.model_uri, f"runs:/{run.info.run_id}/model_level_top2"):
+        version, source = gradcam_stage.source_run(uri)
+        assert version is None and source.info.run_id == run.info.run_id
+        assert gradcam_stage.trained_img_size(uri, version, source) == 96
+    assert gradcam_stage.source_run(str(tmp_path / "saved_model")) == (None, None)
+    with pytest.raises(SystemExit, match="pass the parameter img_size"):
+        gradcam_stage.trained_img_size("x", None, None)
