@@ -11,6 +11,7 @@ import textwrap
 import time
 
 import mlflow
+import optuna
 import pytest
 import tf_keras
 import yaml
@@ -66,40 +67,40 @@ def test_settings_budget_and_errors():
 
 
 def by_trial_number(trial, params, report):
-    """Later trials look worse from the first epoch on: the median pruner stops them."""
+    """Later trials look worse from the first epoch on: the median pruner stops them (after the
+    two epochs every trial runs)."""
     for epoch in (1, 2, 3):
         report(epoch, trial.number + params["lam"] / 100 + 1 / epoch)
     return trial.number + params["lam"] / 100
 
 
-def test_pruned_trial_is_pruned_in_optuna_and_finished_tagged_in_mlflow():
+def test_pruned_trials_and_a_tpe_budget_that_resumes():
     settings = sweeps.SweepSettings("cal_cce", {"lam": [1.0, 2.0, 5.0, 10.0]}, {"epochs": 3}, pruner="median")
     with tracking.stage_run("sweeps", run_name="pruning") as run:
         outcome = sweeps.run_sweep(settings, by_trial_number)
     study = outcome.study
     states = {t.number: t.state for t in study.get_trials()}
-    assert states == {0: TrialState.COMPLETE, 1: TrialState.COMPLETE, 2: TrialState.PRUNED, 3: TrialState.PRUNED}
-    assert [len(t.intermediate_values) for t in study.get_trials()] == [3, 3, 1, 1]
+    assert states == {0: TrialState.COMPLETE, 1: TrialState.PRUNED, 2: TrialState.PRUNED, 3: TrialState.PRUNED}
+    assert [len(t.intermediate_values) for t in study.get_trials()] == [3, 2, 2, 2]
     assert outcome.parent_run_id == run.info.run_id and outcome.registered_version is None
 
     runs = {int(r.data.tags["sweep.trial"]): r for r in children(run.info.run_id)}
     assert sorted(runs) == [0, 1, 2, 3]
     for number, child in runs.items():
         assert child.info.status == "FINISHED"
-        assert child.data.tags.get("pruned") == ("true" if number >= 2 else None)
-        assert child.data.metrics["trial_epochs"] == (3 if number < 2 else 1)
+        assert child.data.tags.get("pruned") == ("true" if number >= 1 else None)
+        assert child.data.metrics["trial_epochs"] == (3 if number == 0 else 2)
     parent = mlflow.MlflowClient().get_run(run.info.run_id)
     best = study.best_trial
     assert best.number == 0
-    assert parent.data.tags["best.lam"] == str(best.params["lam"]) and parent.data.tags["sweep.n_pruned"] == "2"
+    assert parent.data.tags["best.lam"] == str(best.params["lam"]) and parent.data.tags["sweep.n_pruned"] == "3"
     assert parent.data.metrics["best_value"] == pytest.approx(best.value)
-    assert parent.data.metrics["epochs_spent"] == 8
+    assert parent.data.metrics["epochs_spent"] == 9
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "sweep")}
     assert {"sweep/trials.csv", "sweep/trials.md", "sweep/optimization_history.png",
             "sweep/intermediate_values.png"} <= artifacts
 
-
-def test_tpe_budget_counts_the_study_and_a_rerun_resumes():
+    # TPE in the same store: the budget counts the study's trials, and a re-run resumes it.
     settings = sweeps.SweepSettings("cal_focal", {"lam": [1.0, 2.0], "gamma": [1.0, 2.0]}, {}, sampler="tpe",
                                     n_trials=3, study="tpe")
     with tracking.stage_run("sweeps"):
@@ -122,15 +123,15 @@ WORKER = textwrap.dedent("""
     from multiloss import sweeps, tracking
 
     folder, mode, lams = pathlib.Path(sys.argv[1]), sys.argv[2], [float(v) for v in sys.argv[3].split(",")]
-    settings = sweeps.SweepSettings("cal_cce", {"lam": lams}, {"epochs": 2}, study="shared",
+    settings = sweeps.SweepSettings("cal_cce", {"lam": lams}, {"epochs": 2}, study=mode,
                                     storage=str(folder / "journal.log"), heartbeat=1)
 
     def objective(trial, params, report):
-        marker = folder / f"started-{trial.number}"
+        marker = folder / f"started-{mode}-{trial.number}"
         marker.write_text(str(params["lam"]))
         if mode == "meet":       # hold the first trial until the other worker holds one too
             deadline = time.time() + 120
-            while len(list(folder.glob("started-*"))) < 2 and time.time() < deadline:
+            while len(list(folder.glob("started-meet-*"))) < 2 and time.time() < deadline:
                 time.sleep(0.1)
         if mode == "hang":
             time.sleep(600)
@@ -146,6 +147,7 @@ WORKER = textwrap.dedent("""
 
 
 def start_worker(tmp_path, mode: str, lams: str) -> subprocess.Popen:
+    tracking.ensure_experiment("sweeps")   # the store exists before workers start (two creating it race)
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     return subprocess.Popen([sys.executable, str(script), str(tmp_path), mode, lams], env=dict(os.environ),
@@ -153,7 +155,8 @@ def start_worker(tmp_path, mode: str, lams: str) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_two_workers_share_one_grid_through_one_journal(tmp_path):
+def test_workers_share_one_journal_and_a_killed_workers_trial_is_retried(tmp_path):
+    # Two worker processes, one grid: each point trained once, all trials under one parent run.
     lams = [0.5, 1.0, 2.0, 5.0, 10.0, 15.0]
     workers = [start_worker(tmp_path, "meet", ",".join(map(str, lams))) for _ in range(2)]
     outputs = [w.communicate(timeout=300)[0] for w in workers]
@@ -162,41 +165,33 @@ def test_two_workers_share_one_grid_through_one_journal(tmp_path):
     run_ids = [o.split("RAN ")[-1].split()[0] for o in outputs]
     assert all(ran) and sorted(ran[0] + ran[1]) == list(range(6))   # both worked, no trial twice
 
-    settings = sweeps.SweepSettings("cal_cce", {"lam": lams}, {"epochs": 2}, study="shared",
-                                    storage=str(tmp_path / "journal.log"))
-    tracking.configure()
-    with tracking.stage_run("sweeps") as run:   # a late worker: nothing left, the study is joined
-        study = sweeps.run_sweep(settings, by_trial_number).study
+    study = optuna.load_study(study_name="meet", storage=sweeps.open_storage(str(tmp_path / "journal.log")))
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
     assert sorted(t.params["lam"] for t in trials) == lams                 # every point exactly once
     parent_id = study.user_attrs[sweeps.PARENT_ATTR]
-    assert parent_id in run_ids
+    worker_id = next(rid for rid in run_ids if rid != parent_id)
     client = mlflow.MlflowClient()
-    roles = {rid: client.get_run(rid).data.tags for rid in [*run_ids, run.info.run_id]}
-    assert roles[parent_id]["sweep.role"] == "parent"
-    for rid, tags in roles.items():
-        if rid != parent_id:
-            assert tags["sweep.role"] == "worker" and tags["mlflow.parentRunId"] == parent_id
+    assert client.get_run(parent_id).data.tags["sweep.role"] == "parent"
+    worker_tags = client.get_run(worker_id).data.tags
+    assert worker_tags["sweep.role"] == "worker" and worker_tags["mlflow.parentRunId"] == parent_id
     trial_runs = [r for r in children(parent_id) if r.data.tags["sweep.role"] == "trial"]
     assert sorted(int(r.data.tags["sweep.trial"]) for r in trial_runs) == list(range(6))
     assert {r.info.run_id for r in trial_runs} == {t.user_attrs["mlflow_run_id"] for t in trials}
     parent = client.get_run(parent_id)
     assert parent.data.tags["best.lam"] == "0.5" and parent.data.tags["sweep.n_complete"] == "6"
 
-
-@pytest.mark.slow
-def test_a_killed_workers_trial_is_retried_by_the_next_worker(tmp_path):
+    # A worker killed mid-trial: once its heartbeat is stale, the next worker retries the trial first.
     worker = start_worker(tmp_path, "hang", "1,2,3")
     deadline = time.time() + 180
-    while not list(tmp_path.glob("started-*")):
+    while not list(tmp_path.glob("started-hang-*")):
         assert worker.poll() is None and time.time() < deadline, worker.stdout.read()[-3000:]
         time.sleep(0.2)
     worker.send_signal(signal.SIGKILL)
     worker.wait(timeout=30)
     time.sleep(2.5)   # past the grace period (twice the 1 s heartbeat)
 
-    settings = sweeps.SweepSettings("cal_cce", {"lam": [1.0, 2.0, 3.0]}, {"epochs": 2}, study="shared",
+    settings = sweeps.SweepSettings("cal_cce", {"lam": [1.0, 2.0, 3.0]}, {"epochs": 2}, study="hang",
                                     storage=str(tmp_path / "journal.log"), heartbeat=1)
     with tracking.stage_run("sweeps"):
         outcome = sweeps.run_sweep(settings, by_trial_number)
@@ -208,7 +203,6 @@ def test_a_killed_workers_trial_is_retried_by_the_next_worker(tmp_path):
     assert outcome.trials_run[0] == retry[0].number                     # the retry runs first
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert sorted(t.params["lam"] for t in complete) == [1.0, 2.0, 3.0]
-    client = mlflow.MlflowClient()
     dead_run = client.get_run(killed.user_attrs["mlflow_run_id"])
     assert dead_run.info.status == "KILLED" and dead_run.data.tags["retried"] == "true"
     assert client.get_run(retry[0].user_attrs["mlflow_run_id"]).data.tags["sweep.retry_of"] == str(killed.number)

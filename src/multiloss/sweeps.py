@@ -67,6 +67,7 @@ PRUNERS = ("none", "median", "hyperband")
 OBJECTIVE = "val_nll"
 EPOCH_METRIC = "cross_entropy"   # compiled in, so Keras reports val_cross_entropy every epoch
 MAX_RETRIES = 3
+MIN_EPOCHS = 2   # epochs every trial runs before a pruner may stop it
 READY_TIMEOUT_S = 120
 
 # Study and trial attributes this module writes.
@@ -278,15 +279,17 @@ def storage_label(spec: str) -> str:
 # --- study ---------------------------------------------------------------------------------------
 
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
-    """Steps are epochs counted from 1. Median: after two finished trials, stop a trial whose
-    validation NLL is worse than the median of earlier trials at the same epoch. Hyperband: rungs
-    from 1 epoch up to ``epochs``, keeping the best third at each."""
+    """Steps are epochs counted from 1, and no trial is judged on its first epoch alone (MIN_EPOCHS).
+    Median: once one trial has finished, stop a trial whose validation NLL is worse than the median
+    of earlier trials at the same epoch. Hyperband: rungs from MIN_EPOCHS up to ``epochs``, keeping
+    the best third at each."""
+    first = max(1, min(MIN_EPOCHS, epochs))
     if name == "none":
         return optuna.pruners.NopPruner()
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+        return optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=first)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, epochs), reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=first, max_resource=max(first, epochs), reduction_factor=3)
     raise ValueError(f"pruner must be one of {', '.join(PRUNERS)}, got {name!r}")
 
 
