@@ -7,7 +7,7 @@ Trials run with patience = epochs, so an unpruned trial always runs every epoch 
 budget is exactly points × epochs. Target: the pruned sweeps reach the grid's best value with
 ≤ 40 % of that budget.
 
-    .venv/bin/python bench/sweep_pruning.py --loss cal_cce --epochs 8 --img-size 32 --n-cls 90
+    .venv/bin/python bench/sweep_pruning.py --loss cal_cce --epochs 8 --img-size 32 --n-cls 90 --home /tmp/sweep-bench
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--img-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--bn-momentum", type=float, default=0.9,
+                        help="BatchNorm momentum (0.99, the default, lags over a few hundred CPU steps)")
     parser.add_argument("--n-cls", type=int, default=90, help="synthetic classification images per class (80 % train, 20 % test)")
     parser.add_argument("--n-seg", type=int, default=40, help="synthetic lung masks for the encoder's U-Net")
     parser.add_argument("--size", type=int, default=64, help="synthetic image size on disk")
@@ -51,12 +53,14 @@ def main() -> None:
     if not data.exists():
         write_synthetic(data, n_seg=args.n_seg, n_cls=args.n_cls, size=args.size, seed=args.seed)
     segment.main(["--loss", "bce_dice", "--data", str(data / "lungs"), "--img-size", str(max(32, args.img_size)),
-                  "--epochs", str(args.unet_epochs), "--batch-size", "8", "--seed", str(args.seed)])
+                  "--epochs", str(args.unet_epochs), "--batch-size", "8", "--seed", str(args.seed),
+                  "--bn-momentum", str(args.bn_momentum)])
     encoder = f"models:/{registry.SEGMENTATION_MODEL}/{registry.versions(registry.SEGMENTATION_MODEL)[-1].version}"
 
     space = sweeps.search_space(args.loss, sweeps.load_grid(args.grid or None))
     training = {"data": str(data / "chest_xray"), "encoder": encoder, "img_size": args.img_size,
                 "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+                "bn_momentum": args.bn_momentum,
                 "ci_method": "wald", "patience": args.epochs}
     rows = []
     for pruner in pruners:

@@ -433,12 +433,14 @@ def run_trial(study: optuna.Study, storage, trial: optuna.Trial, objective: Obje
     """Run one trial as an MLflow run nested under the sweep's parent and tell Optuna its outcome.
 
     The objective calls ``report(epoch, value)`` after each epoch (epochs from 1); when the pruner
-    says so, ``report`` raises TrialPruned and the trial ends PRUNED in Optuna and FINISHED,
-    tagged ``pruned=true``, in MLflow. Any other error fails both and is re-raised.
+    says so (before the last epoch), ``report`` raises TrialPruned and the trial ends PRUNED in
+    Optuna and FINISHED, tagged ``pruned=true``, in MLflow. Any other error fails both and is re-raised.
     """
+    last_epoch = int(settings.training.get("epochs", 0))
+
     def report(epoch: int, value: float) -> None:
         trial.report(value, step=epoch)
-        if trial.should_prune():
+        if epoch != last_epoch and trial.should_prune():   # stopping after the last epoch saves nothing
             raise optuna.TrialPruned(f"trial {trial.number} pruned after epoch {epoch} ({OBJECTIVE} {value:.4g})")
 
     state, value = TrialState.COMPLETE, None
