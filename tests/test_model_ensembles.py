@@ -128,3 +128,17 @@ def test_rank_versions_reads_run_metrics_then_tags_and_keeps_one_per_loss():
         promote.main(["--metric", "test_auroc"])
     with pytest.raises(ValueError, match="has no version 99"):
         promote.main(["--version", "99"])
+
+
+def test_choose_best_breaks_a_tie_by_the_lower_log_loss():
+    from multiloss.ensembling import Ensemble, choose_best
+
+    labels = np.array([0, 1, 2, 0])
+    sure = np.eye(3)[labels] * 0.97 + 0.01
+    unsure = np.eye(3)[labels] * 0.4 + 0.2
+    wrong = np.roll(np.eye(3)[labels], 1, axis=1) * 0.9 + 0.1 / 3
+    entries = [Ensemble(name, "mean", ["a"], probs, probs) for name, probs in
+               (("unsure", unsure), ("sure", sure), ("wrong", wrong))]
+    best, values = choose_best(entries, "mcc", labels)
+    assert best.name == "sure" and values["unsure"] == values["sure"] == 1.0
+    assert choose_best(entries, "mcc", labels, higher_is_better=False)[0].name == "wrong"

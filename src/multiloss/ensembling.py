@@ -1,0 +1,196 @@
+"""Every ensemble of SPEC §9 over chosen members, scored and compared with the best single model.
+
+Fitting uses validation data only: SLSQP weights and the stacking learner are fitted on the
+members' validation predictions; the model-level heads train on the training split and stop on
+validation loss. Each ensemble also carries *honest* validation predictions (out of fold for the
+fitted combiners), so the best one can be chosen without the test set and without flattering
+whatever was fitted on validation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import mlflow
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+import tf_keras
+
+from multiloss.data.classes import CLASSES
+from multiloss.data.pipeline import image_dataset, one_hot
+from multiloss.ensembles import majority_probs, mean_probs, optimize_weights, out_of_fold, weighted_mean
+from multiloss.evaluation import read_predictions, score_split
+from multiloss.metrics.classification import classification_scores, mcnemar_exact, paired_bootstrap_mcc_difference
+from multiloss.models.ensemble import ModelLevel, fit_stacking, stacking_inputs
+from multiloss.training import fit_keeping_best
+
+# Feature caches above this size train the model-level head through the full model instead.
+MAX_FEATURE_CACHE_BYTES = 2 * 1024**3
+
+
+@dataclass
+class SplitPredictions:
+    """The members' predictions on one split, aligned on the same images."""
+    paths: list[str]
+    labels: np.ndarray
+    probs: np.ndarray                  # (members, images, classes)
+
+
+@dataclass
+class Ensemble:
+    name: str
+    kind: str                          # majority, mean, weighted, stacking, model_level, model_level_weighted
+    members: list[str]                 # member names, best first
+    val_probs: np.ndarray              # honest: out of fold where the combiner was fitted on validation
+    test_probs: np.ndarray
+    weights: np.ndarray | None = None
+    stacker: tf_keras.Model | None = None
+    parts: list = field(default_factory=list)   # model-level ensembles: their ModelLevel objects
+
+
+def member_predictions(run_ids: list[str], split: str) -> SplitPredictions:
+    """Read ``<split>_predictions.csv`` of every member run and align them on the image paths."""
+    frames = []
+    for run_id in run_ids:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{split}_predictions.csv")
+        frames.append(read_predictions(local))
+    first = frames[0][0]
+    order = first["path"].tolist()
+    probs = []
+    for run_id, (frame, labels, member_probs) in zip(run_ids, frames):
+        if sorted(frame["path"]) != sorted(order):
+            raise ValueError(f"run {run_id}: its {split} predictions cover other images than run {run_ids[0]}'s; "
+                             "members must be scored on the same data")
+        position = {p: i for i, p in enumerate(frame["path"])}
+        index = [position[p] for p in order]
+        if not np.array_equal(labels[index], frames[0][1]):
+            raise ValueError(f"run {run_id}: its {split} labels differ from run {run_ids[0]}'s")
+        probs.append(member_probs[index])
+    return SplitPredictions(order, frames[0][1], np.stack(probs))
+
+
+def prediction_level(names: list[str], val: SplitPredictions, test: SplitPredictions, *, seed: int = 0,
+                     stacking_epochs: int = 300) -> list[Ensemble]:
+    """Majority vote, mean, SLSQP-weighted mean and stacking of the given members."""
+    k = len(names)
+    v, t, y = val.probs, test.probs, val.labels
+    label = f"top-{k}"
+
+    def weighted_fit_predict(train_probs, train_labels, held_probs):
+        return weighted_mean(held_probs, optimize_weights(train_probs, train_labels, seed=seed))
+
+    def stacking_fit_predict(train_probs, train_labels, held_probs):
+        model = fit_stacking(train_probs, train_labels, epochs=stacking_epochs, seed=seed)
+        return model.predict(stacking_inputs(held_probs), verbose=0)
+
+    weights = optimize_weights(v, y, seed=seed)
+    stacker = fit_stacking(v, y, epochs=stacking_epochs, seed=seed)
+    return [
+        Ensemble(f"majority {label}", "majority", names, majority_probs(v), majority_probs(t)),
+        Ensemble(f"mean {label}", "mean", names, mean_probs(v), mean_probs(t)),
+        Ensemble(f"weighted {label}", "weighted", names, out_of_fold(weighted_fit_predict, v, y, seed=seed),
+                 weighted_mean(t, weights), weights=weights),
+        Ensemble(f"stacking {label}", "stacking", names, out_of_fold(stacking_fit_predict, v, y, seed=seed),
+                 stacker.predict(stacking_inputs(t), verbose=0), stacker=stacker),
+    ]
+
+
+def _features(model: tf_keras.Model, paths: list[str], img_size: int, batch_size: int) -> np.ndarray:
+    return model.predict(image_dataset(paths, img_size=img_size, batch_size=batch_size, cache=False), verbose=0)
+
+
+def model_level(names: list[str], members: list[tf_keras.Model], *, train_paths: list[str], train_labels: list[str],
+                val: SplitPredictions, test: SplitPredictions, img_size: int, epochs: int, batch_size: int,
+                lr: float, patience: int, seed: int = 0, metric_prefix: str = "",
+                max_cache_bytes: int = MAX_FEATURE_CACHE_BYTES) -> Ensemble:
+    """Train the model-level ensemble's new layers (SGD with momentum, as the classifiers) on the
+    training split, keeping the lowest-validation-loss weights; the members stay frozen."""
+    tf_keras.utils.set_random_seed(seed)
+    ensemble = ModelLevel(members, names)
+    classes = [str(c) for c in np.asarray(train_labels)]
+    val_labels = [CLASSES[i] for i in val.labels]
+    ensemble.head.compile(optimizer=tf_keras.optimizers.SGD(lr, momentum=0.9), loss="categorical_crossentropy")
+    probe = ensemble.features.predict(np.zeros((1, img_size, img_size, 3), np.float32), verbose=0)
+    cache_bytes = probe.nbytes * (len(train_paths) + len(val.paths))
+    if cache_bytes <= max_cache_bytes:
+        x_train = _features(ensemble.features, train_paths, img_size, batch_size)
+        x_val = _features(ensemble.features, val.paths, img_size, batch_size)
+        train = (tf.data.Dataset.from_tensor_slices((x_train, one_hot(classes)))
+                 .shuffle(len(x_train), seed=seed).batch(batch_size))
+        val_ds = tf.data.Dataset.from_tensor_slices((x_val, one_hot(val_labels))).batch(batch_size)
+        trained = ensemble.head
+    else:
+        train = image_dataset(train_paths, classes, img_size=img_size, batch_size=batch_size, shuffle=True, seed=seed)
+        val_ds = image_dataset(val.paths, val_labels, img_size=img_size, batch_size=batch_size)
+        ensemble.full.compile(optimizer=tf_keras.optimizers.SGD(lr, momentum=0.9), loss="categorical_crossentropy")
+        trained = ensemble.full
+    fit_keeping_best(trained, train, val_ds, epochs=epochs, images_per_epoch=len(train_paths), patience=patience,
+                     metric_prefix=metric_prefix)
+    predict = lambda paths: ensemble.full.predict(  # noqa: E731
+        image_dataset(paths, img_size=img_size, batch_size=batch_size, cache=False), verbose=0)
+    return Ensemble(f"model-level top-{len(names)}", "model_level", names, predict(val.paths), predict(test.paths),
+                    parts=[ensemble])
+
+
+def weighted_model_level(levels: list[Ensemble], val: SplitPredictions, seed: int = 0) -> Ensemble:
+    """The SLSQP-weighted mean of model-level ensembles (the paper's top-3 + top-5)."""
+    v = np.stack([e.val_probs for e in levels])
+    t = np.stack([e.test_probs for e in levels])
+    weights = optimize_weights(v, val.labels, seed=seed)
+
+    def fit_predict(train_probs, train_labels, held_probs):
+        return weighted_mean(held_probs, optimize_weights(train_probs, train_labels, seed=seed))
+
+    sizes = "+".join(str(len(e.members)) for e in levels)
+    members = list(dict.fromkeys(m for e in levels for m in e.members))
+    return Ensemble(f"weighted model-level top-{sizes}", "model_level_weighted", members,
+                    out_of_fold(fit_predict, v, val.labels, seed=seed), weighted_mean(t, weights), weights=weights,
+                    parts=[p for e in levels for p in e.parts])
+
+
+def score_table(singles: list[Ensemble], ensembles: list[Ensemble], test_labels: np.ndarray, val_labels: np.ndarray, *,
+                reference: Ensemble, ci_method: str = "bootstrap", seed: int = 0) -> pd.DataFrame:
+    """One row per model: test scores with the MCC interval, the honest validation MCC, and
+    McNemar's and the paired-bootstrap p-value against ``reference`` (the best single model)."""
+    rows = {}
+    reference_pred = reference.test_probs.argmax(1)
+    for entry in [*singles, *ensembles]:
+        scores = score_split(test_labels, entry.test_probs, ci_method, seed=seed)
+        row = {"kind": entry.kind, "k": len(entry.members), "members": ";".join(entry.members), **scores,
+               "val_mcc": classification_scores(val_labels, entry.val_probs)["mcc"]}
+        if entry is reference:
+            row.update(mcnemar_p=np.nan, bootstrap_p=np.nan)
+        else:
+            predicted = entry.test_probs.argmax(1)
+            row["mcnemar_p"] = mcnemar_exact(test_labels, predicted, reference_pred)
+            row["bootstrap_p"] = paired_bootstrap_mcc_difference(test_labels, predicted, reference_pred, seed=seed)["p_value"]
+        rows[entry.name] = row
+    table = pd.DataFrame(rows).T
+    table.index.name = "name"
+    numeric = [c for c in table.columns if c not in ("kind", "members")]
+    table[numeric] = table[numeric].astype(float)
+    table["k"] = table["k"].astype(int)
+    return table
+
+
+def choose_best(entries: list[Ensemble], score: str, labels: np.ndarray, *, on: str = "val",
+                higher_is_better: bool = True) -> tuple[Ensemble, dict[str, float]]:
+    """The best entry by ``score`` (a classification_scores key) on its honest validation
+    predictions (``on="val"``) or, reproducing the paper, on the test split; and every entry's value.
+    Small validation sets tie often (several ensembles at MCC 1.0): the lower log-loss wins a tie."""
+    scores = {e.name: classification_scores(labels, e.val_probs if on == "val" else e.test_probs) for e in entries}
+    sign = 1.0 if higher_is_better else -1.0
+    best = max(entries, key=lambda e: (sign * scores[e.name][score], -scores[e.name]["nll"]))
+    return best, {name: s[score] for name, s in scores.items()}
+
+
+def serving_parts(best: Ensemble, members: list[tf_keras.Model]) -> tuple[list[tf_keras.Model], str]:
+    """The image → probabilities models of ``best`` and the combiner over their outputs."""
+    if best.kind == "model_level":
+        return [best.parts[0].full], "mean"
+    if best.kind == "model_level_weighted":
+        return [p.full for p in best.parts], "weighted"
+    if best.kind == "single":
+        return members[:1], "mean"
+    return members[:len(best.members)], best.kind
