@@ -29,7 +29,7 @@ def test_user_tracking_uri_wins(monkeypatch, tmp_path):
 
 def test_experiments_are_created_once_with_artifacts_in_our_store():
     ids = tracking.ensure_experiments()
-    assert set(ids) == {"data", "segmentation", "classification", "sweeps", "ensembles"}
+    assert set(ids) == {"data", "segmentation", "classification", "sweeps", "ensembles", "pipeline"}
     assert tracking.ensure_experiments() == ids
     experiment = mlflow.MlflowClient().get_experiment(ids["segmentation"])
     assert experiment.artifact_location == (tracking.artifact_root() / "segmentation").as_uri()

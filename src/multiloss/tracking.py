@@ -19,7 +19,7 @@ from pathlib import Path
 
 import mlflow
 
-EXPERIMENTS = ("data", "segmentation", "classification", "sweeps", "ensembles")
+EXPERIMENTS = ("data", "segmentation", "classification", "sweeps", "ensembles", "pipeline")
 
 
 def project_root() -> Path:

@@ -1,0 +1,108 @@
+"""Benchmark: the demo pipeline as the README's first command runs it (``mlflow run . -e main``),
+in a fresh MULTILOSS_HOME (or a given one), then once more to time the all-reused rerun.
+
+Prints, per step, the wall time of its child run (from the run's start and end times), its headline
+metric and whether it ran or was reused; the total against the 15-minute target (SPEC §12); the
+peak memory of the pipeline process; and the load average, since the machine may be shared.
+
+    .venv/bin/python bench/demo_pipeline.py                      # fresh home under bench/out/
+    .venv/bin/python bench/demo_pipeline.py --home /tmp/h --runs 1 -- -P seeds=0,1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET_SECONDS = 15 * 60
+HEADLINE = {"segment": "val_dice_best", "segment_eval": "champion_dice_mean", "classify": "test_mcc",
+            "ensemble": "test_mcc"}
+
+
+def launch(home: Path, profile: str, extra: list[str], log: Path) -> tuple[float, float, str]:
+    """Run main once; returns wall seconds, peak RSS (MiB) of the processes it started, parent id."""
+    bin_dir = str(Path(sys.executable).parent)           # the stage commands call `python`: ours
+    env = {**os.environ, "MULTILOSS_HOME": str(home), "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    env.pop("MLFLOW_RUN_ID", None)
+    uri = subprocess.run([sys.executable, "-m", "multiloss.tracking", "uri"], env=env, cwd=REPO, check=True,
+                         capture_output=True, text=True).stdout.strip()
+    env["MLFLOW_TRACKING_URI"] = uri
+    subprocess.run([sys.executable, "-m", "multiloss.tracking", "init"], env=env, cwd=REPO, check=True,
+                   capture_output=True)
+    command = [str(Path(bin_dir) / "mlflow"), "run", ".", "-e", "main", "--env-manager", "local", "--experiment-name", "pipeline",
+               "-P", f"profile={profile}", *extra]
+    started = time.monotonic()
+    with open(log, "w") as out:
+        result = subprocess.run(command, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    seconds = time.monotonic() - started
+    if result.returncode:
+        raise SystemExit(f"main failed (exit {result.returncode}); see {log}")
+    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    parent = [line for line in log.read_text().splitlines() if "main: done in" in line]
+    return seconds, peak_mib, parent[-1].rsplit("parent run ", 1)[1].rstrip(")") if parent else ""
+
+
+def step_table(home: Path, parent_id: str) -> list[dict]:
+    os.environ["MULTILOSS_HOME"] = str(home)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    import mlflow
+
+    from multiloss import tracking
+    tracking.configure()
+    client = mlflow.MlflowClient()
+    with tempfile.TemporaryDirectory() as tmp:
+        steps = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=parent_id, artifact_path="steps.json",
+                                                                    dst_path=tmp)).read_text())
+    rows = []
+    for name, step in steps.items():
+        row = {"step": name, "how": step["how"], "seconds": 0.0, "metric": ""}
+        if step["run_id"]:
+            run = client.get_run(step["run_id"])
+            if step["how"] == "ran":
+                row["seconds"] = (run.info.end_time - run.info.start_time) / 1000
+            key = HEADLINE.get(step["entry_point"])
+            if key and key in run.data.metrics:
+                row["metric"] = f"{key} {run.data.metrics[key]:.4f}"
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict], total: float, peak_mib: float, loads: tuple) -> str:
+    lines = ["| step | ran / reused | seconds | headline |", "|---|---|---:|---|"]
+    lines += [f"| {r['step']} | {r['how']} | {r['seconds']:.1f} | {r['metric']} |" for r in rows]
+    in_steps = sum(r["seconds"] for r in rows)
+    lines += [f"| (outside steps: imports, fingerprints, launcher) | | {total - in_steps:.1f} | |",
+              f"| **total** | | **{total:.1f}** | target {TARGET_SECONDS} s: "
+              f"{'met' if total <= TARGET_SECONDS else 'MISSED'} |"]
+    lines.append(f"\npeak memory (largest process): {peak_mib:.0f} MiB; load average before/after: "
+                 f"{loads[0]:.2f} / {loads[1]:.2f} on {os.cpu_count()} CPUs")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--home", type=Path, help="MULTILOSS_HOME to use (default: a new folder under bench/out)")
+    parser.add_argument("--profile", default="demo")
+    parser.add_argument("--runs", type=int, default=2, help="2: also time the rerun, which should reuse every step")
+    parser.add_argument("extra", nargs="*", help="more `mlflow run` arguments after --, e.g. -P seeds=0,1")
+    args = parser.parse_args(argv)
+    home = args.home or Path(tempfile.mkdtemp(prefix="demo-home-", dir=REPO / "bench" / "out"))
+    home.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, args.runs + 1):
+        before = os.getloadavg()[0]
+        total, peak_mib, parent = launch(home, args.profile, args.extra, home / f"main-{attempt}.log")
+        rows = step_table(home, parent)
+        print(f"\n## run {attempt} ({args.profile}, home {home}, parent run {parent})\n")
+        print(markdown(rows, total, peak_mib, (before, os.getloadavg()[0])), flush=True)
+
+
+if __name__ == "__main__":
+    main()
