@@ -37,8 +37,8 @@ def launch(home: Path, profile: str, extra: list[str], log: Path) -> tuple[float
     env["MLFLOW_TRACKING_URI"] = uri
     subprocess.run([sys.executable, "-m", "multiloss.tracking", "init"], env=env, cwd=REPO, check=True,
                    capture_output=True)
-    command = [str(Path(bin_dir) / "mlflow"), "run", ".", "-e", "main", "--env-manager", "local", "--experiment-name", "pipeline",
-               "-P", f"profile={profile}", *extra]
+    command = [str(Path(bin_dir) / "mlflow"), "run", ".", "-e", "main", "--env-manager", "local",
+               "--experiment-name", "pipeline", "-P", f"profile={profile}", *extra]
     started = time.monotonic()
     with open(log, "w") as out:
         result = subprocess.run(command, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)

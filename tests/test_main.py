@@ -1,5 +1,6 @@
 """The ``main`` pipeline: profiles, parameters, skipped steps, and resume after a kill."""
 
+import importlib
 import os
 import re
 import signal
@@ -62,13 +63,8 @@ def test_params_are_strings_with_defaults_and_absolute_paths(tmp_path, monkeypat
     assert params["alpha"] == "" and params["patience"] == str(PROJECT["segment"]["parameters"]["patience"]["default"])
     module, argv = workflow.stage_argv(PROJECT["segment"], params)
     assert module == "multiloss.stages.segment"
-    parsed = importlib_parse(module, argv)
+    parsed = importlib.import_module(module).parse_args(argv)
     assert (parsed.loss, parsed.img_size, parsed.alpha, parsed.data) == ("bce", 64, None, str(tmp_path / "lungs"))
-
-
-def importlib_parse(module, argv):
-    import importlib
-    return importlib.import_module(module).parse_args(argv)
 
 
 def test_overrides_apply_to_both_trainings_and_leave_the_profile_alone():

@@ -162,7 +162,9 @@ def end_dead_pipelines() -> list[str]:
     ended = []
     for pipeline in pipelines.values():
         tags = pipeline.data.tags
-        if PID_TAG not in tags or tags.get(HOST_TAG) != host or _process_alive(int(tags[PID_TAG]), tags.get(PID_START_TAG, "")):
+        if PID_TAG not in tags or tags.get(HOST_TAG) != host:
+            continue            # not a pipeline, or one on another machine: we cannot tell
+        if _process_alive(int(tags[PID_TAG]), tags.get(PID_START_TAG, "")):
             continue
         for child in children.get(pipeline.info.run_id, []):
             deleted = end_run_killed(child.info.run_id)

@@ -310,7 +310,8 @@ def run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int],
     ensemble_run = pipeline.step("ensemble", "ensemble", {**_settings(profile, "ensemble"), "data": cropped,
                                                           "seed": seeds[0]},
                                  json.dumps({"data": cropped_print, "pool": pool}),
-                                 aliases=[(registry.CLASSIFIER_MODEL, "champion"), (registry.ENSEMBLE_MODEL, "champion")])
+                                 aliases=[(registry.CLASSIFIER_MODEL, "champion"),
+                                          (registry.ENSEMBLE_MODEL, "champion")])
     runs["ensemble"] = ensemble_run
     if stop_after("ensemble"):
         return runs

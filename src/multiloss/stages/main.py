@@ -107,12 +107,13 @@ def main(argv=None) -> None:
         raise
     reused = sum(step["how"] == "reused" for step in pipeline.steps.values())
     ran = sum(step["how"] == "ran" for step in pipeline.steps.values())
-    for name, value in {"steps_ran": ran, "steps_reused": reused, "pipeline_seconds": time.monotonic() - started}.items():
+    seconds = time.monotonic() - started
+    for name, value in {"steps_ran": ran, "steps_reused": reused, "pipeline_seconds": seconds}.items():
         client.log_metric(parent, name, value)
     report = workflow.report_text(runs.get("report"))
     if report:
         print(report)
-    print(f"main: done in {time.monotonic() - started:.0f} s: {ran} steps ran, {reused} reused "
+    print(f"main: done in {seconds:.0f} s: {ran} steps ran, {reused} reused "
           f"(parent run {parent})", flush=True)
     if not launched:
         client.set_terminated(parent, "FINISHED")
