@@ -92,8 +92,9 @@ def test_model_level_refuses_a_member_without_the_cut_layer():
 def test_selection_key_and_direction():
     assert selection.selection_key("mcc", "val") == "val_mcc"
     assert selection.selection_key("test_mcc", "test") == "test_mcc"
-    with pytest.raises(ValueError, match="measured on 'val' but select_on is 'test'"):
-        selection.selection_key("val_mcc", "test")
+    assert selection.selection_key("val_mcc", "test") == "test_mcc"      # the split comes from select_on
+    with pytest.raises(ValueError, match="select_on must be one of"):
+        selection.selection_key("mcc", "train")
     assert selection.higher_is_better("val_mcc") and selection.higher_is_better("holdout_dice")
     assert not selection.higher_is_better("val_ece") and not selection.higher_is_better("nll")
 
@@ -142,3 +143,46 @@ def test_choose_best_breaks_a_tie_by_the_lower_log_loss():
     best, values = choose_best(entries, "mcc", labels)
     assert best.name == "sure" and values["unsure"] == values["sure"] == 1.0
     assert choose_best(entries, "mcc", labels, higher_is_better=False)[0].name == "wrong"
+
+
+def test_rebase_maps_members_predictions_onto_another_copy_of_the_data(tmp_path):
+    import pandas as pd
+
+    from multiloss.ensembling import SplitPredictions, rebase
+
+    here = [str(tmp_path / "copy" / "chest_xray" / "train" / "NORMAL" / f"IM-{i}.jpeg") for i in range(3)]
+    frame = pd.DataFrame({"path": here + [str(tmp_path / "copy" / "chest_xray" / "test" / "NORMAL" / "IM-9.jpeg")],
+                          "split": ["train"] * 3 + ["test"]})
+    elsewhere = SplitPredictions(["/old/machine/chest_xray/train/NORMAL/IM-2.jpeg",
+                                  "/old/machine/chest_xray/train/NORMAL/IM-0.jpeg"],
+                                 np.array([0, 0]), np.zeros((1, 2, 3)))
+    assert rebase(elsewhere, frame, "val", "train").paths == [here[2], here[0]]
+    with pytest.raises(ValueError, match="not in the data's test split"):
+        rebase(elsewhere, frame, "test", "test")
+    wrong = SplitPredictions(["/old/chest_xray/train/NORMAL/IM-7.jpeg"], np.array([0]), np.zeros((1, 1, 3)))
+    with pytest.raises(ValueError, match="1 of the members' val images are not in the data's train split"):
+        rebase(wrong, frame, "val", "train")
+
+
+def test_pyfunc_inputs_arrays_read_like_files(tmp_path):
+    import cv2
+
+    from multiloss.data.imageio import read_gray
+    from multiloss.serving import expand_inputs
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "scan.png"), rgb[..., ::-1])          # a file stores BGR
+    names, images, codecs = expand_inputs([str(tmp_path)])
+    assert names == [str(tmp_path / "scan.png")] and codecs == [".png"]
+    np.testing.assert_array_equal(images[0], read_gray(tmp_path / "scan.png"))
+    _, from_array, array_codecs = expand_inputs(rgb)                   # one RGB image, not 20 rows
+    assert len(from_array) == 1 and array_codecs == [None]
+    np.testing.assert_array_equal(from_array[0], images[0])
+    _, floats, _ = expand_inputs(rgb.astype(np.float32) / 255.0)
+    assert np.abs(floats[0].astype(int) - images[0]).max() <= 1
+    twelve_bit = (rng.integers(0, 4096, (2, 8, 8))).astype(np.uint16)   # a batch of two 12-bit images
+    _, batch, _ = expand_inputs(twelve_bit)
+    assert len(batch) == 2 and batch[0].max() > 200 and (batch[0] < 255).mean() > 0.9
+    with pytest.raises(ValueError, match="no images given"):
+        expand_inputs([])

@@ -2,14 +2,16 @@
 
 Fitting uses validation data only: SLSQP weights and the stacking learner are fitted on the
 members' validation predictions; the model-level heads train on the training split and stop on
-validation loss. Each ensemble also carries *honest* validation predictions (out of fold for the
-fitted combiners), so the best one can be chosen without the test set and without flattering
-whatever was fitted on validation.
+validation loss. Each ensemble also carries validation predictions for choosing the best one
+without the test set: out of fold for SLSQP and stacking (scored on the images they were fitted on,
+they would always win). The model-level heads' are only nearly honest: their checkpoint was chosen
+on the validation loss, a mild optimism shared by every early-stopped model, members included.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -68,6 +70,27 @@ def member_predictions(run_ids: list[str], split: str) -> SplitPredictions:
             raise ValueError(f"run {run_id}: its {split} labels differ from run {run_ids[0]}'s")
         probs.append(member_probs[index])
     return SplitPredictions(order, frames[0][1], np.stack(probs))
+
+
+def layout_key(path: str) -> str:
+    """``split/CLASS/file`` — what names an image in a Kermany layout wherever the copy lives."""
+    return "/".join(Path(path).parts[-3:])
+
+
+def rebase(predictions: SplitPredictions, frame: pd.DataFrame, split: str, subset: str) -> SplitPredictions:
+    """The members' predictions re-keyed onto the images of ``frame`` (from read_kermany of the
+    data the ensemble uses): members may have been trained on another copy of the same data (the
+    fingerprint ignores location). Every image must be found in ``frame``'s ``subset`` split
+    (validation images inside train, test images as the test split)."""
+    where = {layout_key(p): p for p in frame.loc[frame["split"] == subset, "path"].astype(str)}
+    missing = [p for p in predictions.paths if layout_key(p) not in where]
+    if missing:
+        raise ValueError(f"{len(missing)} of the members' {split} images are not in the data's {subset} split "
+                         f"(first: {missing[0]}); were the members trained on other data?")
+    if split == "test" and len(where) != len(predictions.paths):
+        raise ValueError(f"the members were tested on {len(predictions.paths)} images, the data's test split has "
+                         f"{len(where)}; were the members trained on other data?")
+    return SplitPredictions([where[layout_key(p)] for p in predictions.paths], predictions.labels, predictions.probs)
 
 
 def prediction_level(names: list[str], val: SplitPredictions, test: SplitPredictions, *, seed: int = 0,
@@ -191,6 +214,38 @@ def serving_parts(best: Ensemble, members: list[tf_keras.Model]) -> tuple[list[t
         return [best.parts[0].full], "mean"
     if best.kind == "model_level_weighted":
         return [p.full for p in best.parts], "weighted"
-    if best.kind == "single":
-        return members[:1], "mean"
     return members[:len(best.members)], best.kind
+
+
+def build_all(names: list[str], members: list[tf_keras.Model], frame: pd.DataFrame, val: SplitPredictions,
+              test: SplitPredictions, *, top_k: list[int], img_size: int, epochs: int, batch_size: int, lr: float,
+              patience: int, seed: int = 0) -> tuple[list[Ensemble], list[Ensemble], list[Ensemble]]:
+    """Singles, every ensemble for each K in ``top_k`` (members are best first, so the top-K are a
+    prefix), and the model-level ones among them. The model-level heads train on the training split
+    minus the validation images."""
+    val_keys = {layout_key(p) for p in val.paths}
+    train = frame[(frame["split"] == "train") & ~frame["path"].astype(str).map(layout_key).isin(val_keys)]
+    singles = [Ensemble(name, "single", [name], val.probs[i], test.probs[i]) for i, name in enumerate(names)]
+    ensembles, levels = [], []
+    for k in top_k:
+        top_val = SplitPredictions(val.paths, val.labels, val.probs[:k])
+        top_test = SplitPredictions(test.paths, test.labels, test.probs[:k])
+        ensembles += prediction_level(names[:k], top_val, top_test, seed=seed)
+        levels.append(model_level(names[:k], members[:k], train_paths=train["path"].astype(str).tolist(),
+                                  train_labels=train["label"].tolist(), val=top_val, test=top_test, img_size=img_size,
+                                  epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
+                                  metric_prefix=f"{level_slug(k)}."))
+    ensembles += levels
+    if len(levels) > 1:
+        ensembles.append(weighted_model_level(levels, val, seed=seed))
+    return singles, ensembles, levels
+
+
+def level_slug(k: int) -> str:
+    return f"model_level_top{k}"
+
+
+def describe(entries: list[Ensemble]) -> dict:
+    """Every ensemble's kind, members and fitted weights, for an auditable JSON artifact."""
+    return {e.name: {"kind": e.kind, "members": e.members,
+                     "weights": None if e.weights is None else [float(w) for w in e.weights]} for e in entries}

@@ -25,26 +25,26 @@ class Ranked:
 
 
 def selection_key(metric: str, select_on: str | None) -> str:
-    """The metric name to rank on: ``metric`` on split ``select_on``.
+    """The metric name to rank on: ``metric``'s score on split ``select_on``.
 
-    ``metric`` may carry its split (``val_mcc``) or not (``mcc``); a split that contradicts
-    ``select_on`` is an error rather than a silent choice.
+    ``metric`` may carry a split (``val_mcc``, the documented default) or not (``mcc``); the split
+    always comes from ``select_on``, so ``select_on=test`` with the default metric ranks on test_mcc.
     """
     if select_on is None:
         return metric
     if select_on not in SPLITS:
         raise ValueError(f"select_on must be one of {SPLITS}, got {select_on!r}")
-    split, _, base = metric.partition("_")
-    if split in SPLITS and base:
-        if split != select_on:
-            raise ValueError(f"metric {metric!r} is measured on {split!r} but select_on is {select_on!r}")
-        return metric
-    return f"{select_on}_{metric}"
+    return f"{select_on}_{base_score(metric)}"
+
+
+def base_score(key: str) -> str:
+    """``val_mcc`` → ``mcc``; a name without a split prefix is returned as it is."""
+    split, _, base = key.partition("_")
+    return base if split in SPLITS and base else key
 
 
 def higher_is_better(key: str) -> bool:
-    split, _, base = key.partition("_")
-    return (base if split in SPLITS and base else key) not in LOWER_IS_BETTER
+    return base_score(key) not in LOWER_IS_BETTER
 
 
 def version_value(version: ModelVersion, key: str, client: mlflow.MlflowClient | None = None) -> float | None:

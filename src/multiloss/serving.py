@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from multiloss.data.classes import CLASSES
-from multiloss.data.imageio import as_if_written, list_images, read_gray
+from multiloss.data.imageio import as_if_written, list_images, read_gray, to_gray8
 from multiloss.data.pipeline import model_input, resize_gray
 from multiloss.ensembles import majority_probs, mean_probs, weighted_mean
 from multiloss.evaluation import PROBABILITY_COLUMNS
@@ -28,61 +28,75 @@ from multiloss.lungs import and_ensemble, predict_probabilities
 from multiloss.preprocessing import crop_lungs
 
 COMBINERS = ("majority", "mean", "weighted", "stacking")
+CHUNK = 32          # images preprocessed and predicted at a time
 
 
-def expand_inputs(model_input) -> tuple[list[str], list[np.ndarray]]:
-    """(names, 8-bit grayscale originals) from a DataFrame with a ``path`` column (files or
-    folders of images) or an ``image`` column (arrays), a list of paths, or an array batch."""
+def expand_inputs(model_input) -> tuple[list[str], list[np.ndarray], list[str]]:
+    """(names, 8-bit grayscale originals, codecs) from a DataFrame with a ``path`` column (files or
+    folders of images) or an ``image`` column (arrays), a list of paths, or arrays: one image
+    (H, W) or (H, W, 3|4 RGB), or a batch (N, H, W) or (N, H, W, 3|4).
+
+    The codec of a file is its own suffix (the crop stage writes each crop with its source's
+    suffix); an array's is None (the model's default)."""
     if isinstance(model_input, pd.DataFrame):
         if "path" in model_input.columns:
             return expand_inputs(model_input["path"].tolist())
         if "image" in model_input.columns:
-            images = [np.asarray(v) for v in model_input["image"]]
-            return [str(i) for i in range(len(images))], [_as_gray(i, v) for i, v in enumerate(images)]
+            return _arrays([np.asarray(v) for v in model_input["image"]])
         raise ValueError(f"input needs a 'path' or an 'image' column, got columns {list(model_input.columns)}")
     if isinstance(model_input, np.ndarray):
-        batch = model_input[np.newaxis] if model_input.ndim == 2 else model_input
-        return [str(i) for i in range(len(batch))], [_as_gray(i, v) for i, v in enumerate(batch)]
-    names, images = [], []
+        single = model_input.ndim == 2 or (model_input.ndim == 3 and model_input.shape[-1] in (3, 4))
+        return _arrays([model_input] if single else list(model_input))
+    names, images, codecs = [], [], []
     for entry in model_input:
         path = Path(str(entry))
-        files = list_images(path) if path.is_dir() else [path]
-        for file in files:
+        for file in (list_images(path) if path.is_dir() else [path]):
             names.append(str(file))
             images.append(read_gray(file))
-    return names, images
+            codecs.append(file.suffix.lower())
+    if not names:
+        raise ValueError("no images given")
+    return names, images, codecs
 
 
-def _as_gray(index: int, image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[-1] in (3, 4):
-        image = image[..., :3].mean(-1)
-    if image.ndim != 2:
-        raise ValueError(f"image {index}: expected a (H, W) or (H, W, 3) array, got shape {image.shape}")
-    if image.dtype != np.uint8:
-        top = 1.0 if image.max() <= 1.0 else 255.0
-        image = np.clip(np.rint(image.astype(np.float64) / top * 255), 0, 255).astype(np.uint8)
-    return image
+def _arrays(arrays: list[np.ndarray]) -> tuple[list[str], list[np.ndarray], list[None]]:
+    """Arrays as the file reader would give them: RGB(A) reordered to OpenCV's BGR(A), floats in
+    [0, 1] or [0, 255] to 8 bits, 16-bit scaled by its bit depth, then the same gray conversion."""
+    if not arrays:
+        raise ValueError("no images given")
+    images = []
+    for i, image in enumerate(arrays):
+        image = np.asarray(image)
+        if image.ndim == 3 and image.shape[-1] in (3, 4):
+            image = image[..., [2, 1, 0, 3][: image.shape[-1]]]
+        if image.dtype.kind == "f":
+            top = 1.0 if image.max() <= 1.0 else 255.0
+            image = np.clip(np.rint(image.astype(np.float64) / top * 255), 0, 255).astype(np.uint8)
+        images.append(to_gray8(image, f"image {i}"))
+    return [str(i) for i in range(len(images))], images, [None] * len(images)
 
 
 def pipeline_config(crop_summary: dict, cls_size: int, cropped_paths) -> dict:
     """What the pyfunc needs to repeat the crop stage: its sizes and margin (from ``crop.json``),
-    the classifiers' size, and the codec of the cropped files (their most common suffix)."""
+    the classifiers' size, and the codec for array inputs (the cropped files' most common suffix;
+    a file input uses its own)."""
     suffixes = Counter(Path(p).suffix.lower() for p in cropped_paths)
     return {"seg_size": int(crop_summary["seg_size"]), "crop_size": int(crop_summary["img_size"]),
             "margin": float(crop_summary["margin"]), "cls_size": int(cls_size),
             "codec": suffixes.most_common(1)[0][0] if suffixes else "", "classes": list(CLASSES)}
 
 
-def crop_inputs(originals: list[np.ndarray], segmenters: list, config: dict, batch_size: int = 8) -> np.ndarray:
+def crop_inputs(originals: list[np.ndarray], segmenters: list, config: dict, codecs: list | None = None,
+                batch_size: int = 8) -> np.ndarray:
     """Classifier inputs (N, S, S, 3) for raw images, the crop stage's way."""
     seg = model_input(np.stack([resize_gray(o, config["seg_size"]) for o in originals]))
     masks = and_ensemble([predict_probabilities(m, seg, batch_size) for m in segmenters])
     crops = []
-    for original, mask in zip(originals, masks):
+    for original, mask, codec in zip(originals, masks, codecs or [None] * len(originals)):
         pixels = crop_lungs(original, mask, config["crop_size"], config["margin"]).image
-        if config.get("codec"):
-            pixels = as_if_written(pixels, config["codec"])
+        codec = codec or config.get("codec")
+        if codec:
+            pixels = as_if_written(pixels, codec)
         crops.append(resize_gray(pixels, config["cls_size"]))
     return model_input(np.stack(crops))
 
@@ -116,15 +130,21 @@ class EnsemblePipeline(mlflow.pyfunc.PythonModel):
         self.parts = [load(f"part{i}") for i in range(self.config["n_parts"])]
         self.stacker = load("stacker") if "stacker" in artifacts else None
 
-    def predict_arrays(self, originals: list[np.ndarray]) -> np.ndarray:
-        inputs = crop_inputs(originals, self.segmenters, self.config)
-        part_probs = np.stack([p.predict(inputs, batch_size=16, verbose=0) for p in self.parts])
-        probs = combine(self.config["combiner"], part_probs, self.config.get("weights"), self.stacker)
+    def predict_arrays(self, originals: list[np.ndarray], codecs: list | None = None) -> np.ndarray:
+        """Class probabilities (N, C), in chunks so a folder of full-size X-rays fits in memory."""
+        codecs = codecs or [None] * len(originals)
+        chunks = []
+        for start in range(0, len(originals), CHUNK):
+            inputs = crop_inputs(originals[start:start + CHUNK], self.segmenters, self.config,
+                                 codecs[start:start + CHUNK])
+            part_probs = np.stack([p.predict(inputs, batch_size=16, verbose=0) for p in self.parts])
+            chunks.append(combine(self.config["combiner"], part_probs, self.config.get("weights"), self.stacker))
+        probs = np.concatenate(chunks)
         return probs / probs.sum(1, keepdims=True)
 
     def predict(self, context, model_input, params=None):
-        names, originals = expand_inputs(model_input)
-        probs = self.predict_arrays(originals)
+        names, originals, codecs = expand_inputs(model_input)
+        probs = self.predict_arrays(originals, codecs)
         frame = pd.DataFrame(probs, columns=PROBABILITY_COLUMNS)
         frame.insert(0, "path", names)
         frame["predicted"] = [CLASSES[i] for i in probs.argmax(1)]

@@ -93,7 +93,13 @@ def read_gray(path: str | os.PathLike) -> np.ndarray:
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None or pixels.size == 0:
         raise DataError(f"{path}: not a readable image (decoder failed)")
-    pixels = _to_uint8(path, pixels)
+    return to_gray8(pixels, str(path))
+
+
+def to_gray8(pixels: np.ndarray, source: str) -> np.ndarray:
+    """Decoded pixels (cv2's BGR/BGRA order for colour) as 8-bit grayscale (H, W); ``source``
+    names the image in errors. The one conversion for files and for arrays handed to a model."""
+    pixels = _to_uint8(Path(source), pixels)
     if pixels.ndim == 3:
         channels = pixels.shape[2]
         if channels == 4:
@@ -103,7 +109,9 @@ def read_gray(path: str | os.PathLike) -> np.ndarray:
         elif channels in (1, 2):  # gray, gray + alpha
             pixels = pixels[:, :, 0]
         else:
-            raise DataError(f"{path}: unsupported image with {channels} channels")
+            raise DataError(f"{source}: unsupported image with {channels} channels")
+    elif pixels.ndim != 2:
+        raise DataError(f"{source}: expected a (H, W) or (H, W, channels) image, got shape {pixels.shape}")
     return np.ascontiguousarray(pixels)
 
 
