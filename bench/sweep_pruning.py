@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--bn-momentum", type=float, default=0.9,
                         help="BatchNorm momentum (0.99, the default, lags over a few hundred CPU steps)")
-    parser.add_argument("--n-cls", type=int, default=90, help="synthetic classification images per class (80 % train, 20 % test)")
+    parser.add_argument("--n-cls", type=int, default=90, help="synthetic classification images per class (80 %% train, 20 %% test)")
     parser.add_argument("--n-seg", type=int, default=40, help="synthetic lung masks for the encoder's U-Net")
     parser.add_argument("--size", type=int, default=64, help="synthetic image size on disk")
     parser.add_argument("--unet-epochs", type=int, default=2)
