@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -40,15 +39,15 @@ def launch(home: Path, profile: str, extra: list[str], log: Path) -> tuple[float
                    capture_output=True)
     command = [str(Path(bin_dir) / "mlflow"), "run", ".", "-e", "main", "--env-manager", "local",
                "--experiment-name", "pipeline", "-P", f"profile={profile}", *extra]
-    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     with open(log, "w") as out:
-        result = subprocess.run(command, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)     # this launch's process tree only
     seconds = time.monotonic() - started
-    if result.returncode:
-        raise SystemExit(f"main failed (exit {result.returncode}); see {log}")
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = usage.ru_utime + usage.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        raise SystemExit(f"main failed (exit {process.returncode}); see {log}")
+    cpu = usage.ru_utime + usage.ru_stime
     peak_mib = usage.ru_maxrss / 1024
     parent = [line for line in log.read_text().splitlines() if "main: done in" in line]
     return seconds, cpu, peak_mib, parent[-1].rsplit("parent run ", 1)[1].rstrip(")") if parent else ""
