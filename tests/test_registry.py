@@ -80,3 +80,13 @@ def test_inference_copy_drops_training_only_regularisers_and_keeps_outputs():
     assert "multiloss" not in str(copy.get_config())
     x = np.random.default_rng(0).random((2, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(copy.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_inference_copy_clones_only_what_carries_training_terms():
+    inner = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(3, activity_regularizer="l2")])
+    clean = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(3)])
+    assert registry.inference_copy(clean) is clean
+    outer = tf_keras.Sequential([tf_keras.Input((4,)), inner])            # a regulariser one level down
+    assert registry.inference_copy(outer) is not outer
+    clean.compile(optimizer="sgd", loss="mse")                             # optimizer state: cloned
+    assert registry.inference_copy(clean) is not clean

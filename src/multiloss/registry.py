@@ -38,9 +38,20 @@ def _without_training_terms(layer: tf_keras.layers.Layer) -> tf_keras.layers.Lay
     return layer.__class__.from_config(config)
 
 
+def _has_training_terms(model: tf_keras.Model) -> bool:
+    if getattr(model, "optimizer", None) is not None:
+        return True
+    return any(getattr(layer, "activity_regularizer", None) is not None
+               or (isinstance(layer, tf_keras.Model) and _has_training_terms(layer)) for layer in model.layers)
+
+
 def inference_copy(model: tf_keras.Model) -> tf_keras.Model:
     """An uncompiled copy with the same weights: no optimizer state, no loss or regulariser to
-    deserialize, so serving it needs none of our code."""
+    deserialize, so serving it needs none of our code. A model that has none of these already
+    (one loaded from the registry, an ensemble of such) is returned as it is: cloning a U-Net
+    costs seconds."""
+    if not _has_training_terms(model):
+        return model
     copy = tf_keras.models.clone_model(model, clone_function=_without_training_terms)
     copy.set_weights(model.get_weights())
     return copy
