@@ -17,7 +17,8 @@ from mlflow.entities import Metric, Param
 from multiloss import comparison, tracking
 from multiloss.comparison import NOT_RUN, REAL, SYNTHETIC, UNKNOWN, OurResults
 
-PAPER_DIR = Path("/work/shared/paper")
+# the paper ships in ../shared beside the checkout (as CI lays it out)
+PAPER_DIR = Path(__file__).resolve().parents[2] / "shared" / "paper"
 PAPER = comparison.load_paper()
 NUMBER = r"(NA|\d+(?:\.\d+)?(?:e-?\d+)?)"
 
