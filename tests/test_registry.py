@@ -53,7 +53,7 @@ def test_champion_loads_in_a_fresh_process_predicts_the_same_and_carries_tags(re
     version = mlflow.MlflowClient().get_model_version(registry.SEGMENTATION_MODEL, registered_unet.version)
     assert version.tags["loss"] == "bce" and version.tags["img_size"] == "64"
     assert registry.versions(registry.SEGMENTATION_MODEL)[0].aliases == ["champion"]
-    assert registry.set_alias(registry.SEGMENTATION_MODEL, "champion", registered_unet.version) == registered_unet.version
+    assert registry.set_alias(registry.SEGMENTATION_MODEL, "champion", registered_unet.version) == str(registered_unet.version)
     with pytest.raises(ValueError, match="cxr-lung-seg has no version 7"):
         registry.versions(registry.SEGMENTATION_MODEL, only=["7"])
 
