@@ -90,3 +90,48 @@ def test_inference_copy_clones_only_what_carries_training_terms():
     assert registry.inference_copy(outer) is not outer
     clean.compile(optimizer="sgd", loss="mse")                             # optimizer state: cloned
     assert registry.inference_copy(clean) is not clean
+
+
+def _tiny_trained_model() -> tf_keras.Model:
+    tf_keras.utils.set_random_seed(1)
+    inputs = tf_keras.Input((4,))
+    x = tf_keras.layers.Dense(8, activation="relu", name="hidden")(inputs)
+    x = tf_keras.layers.BatchNormalization(name="norm")(x)
+    model = tf_keras.Model(inputs, tf_keras.layers.Dense(3, activation="softmax", name="out")(x))
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    x = np.random.default_rng(1).random((16, 4)).astype(np.float32)
+    model.fit(x, np.eye(3)[np.arange(16) % 3], epochs=1, verbose=0)      # BN statistics move
+    return model
+
+
+def test_models_kept_in_memory_hand_out_independent_copies_of_what_was_registered(monkeypatch):
+    disk_loads = []
+    real_load = mlflow.tensorflow.load_model
+    monkeypatch.setattr(mlflow.tensorflow, "load_model", lambda uri: disk_loads.append(uri) or real_load(uri))
+    x = np.random.default_rng(2).random((5, 4)).astype(np.float32)
+    first, second = _tiny_trained_model(), _tiny_trained_model()
+    with tracking.stage_run("classification", run_name="outside"):
+        outside = registry.log_and_register(first, registry.CLASSIFIER_MODEL, {})
+    registry.set_alias(registry.CLASSIFIER_MODEL, "champion", outside.version)
+
+    with registry.models_kept_in_memory():
+        with tracking.stage_run("classification", run_name="inside"):
+            inside = registry.log_and_register(second, registry.CLASSIFIER_MODEL, {})
+        copy = registry.load_keras(f"models:/{registry.CLASSIFIER_MODEL}/{inside.version}")
+        assert disk_loads == []                        # registered in this block: never read back
+        np.testing.assert_allclose(copy.predict(x, verbose=0), second.predict(x, verbose=0), atol=1e-6)
+        copy.get_layer("hidden").trainable = False     # what a caller may do to its copy
+        copy.set_weights([np.zeros_like(w) for w in copy.get_weights()])
+        again = registry.load_keras(f"models:/{registry.CLASSIFIER_MODEL}/{inside.version}")
+        assert again is not copy and again.get_layer("hidden").trainable
+        np.testing.assert_allclose(again.predict(x, verbose=0), second.predict(x, verbose=0), atol=1e-6)
+
+        # a version registered before the block is read from disk once, by number or alias
+        by_alias = registry.load_keras(f"models:/{registry.CLASSIFIER_MODEL}@champion")
+        by_number = registry.load_keras(f"models:/{registry.CLASSIFIER_MODEL}/{outside.version}")
+        assert len(disk_loads) == 1
+        for model in (by_alias, by_number):
+            np.testing.assert_allclose(model.predict(x, verbose=0), first.predict(x, verbose=0), atol=1e-6)
+
+    registry.load_keras(f"models:/{registry.CLASSIFIER_MODEL}/{inside.version}")
+    assert len(disk_loads) == 2                        # outside the block every load reads the store

@@ -505,10 +505,11 @@ def run_sweep(settings: SweepSettings, objective: Objective | None = None) -> Sw
           f"budget {settings.budget} trials, pruner {settings.pruner})", flush=True)
     objective = objective or classifier_objective(settings)
     outcome = SweepOutcome(study, created, parent_run_id, [])
-    while (trial := next_trial(study, storage, settings)) is not None:
-        state = run_trial(study, storage, trial, objective, settings, parent_run_id)
-        outcome.trials_run.append(trial.number)
-        print(f"sweep: trial {trial.number} {state.name.lower()}", flush=True)
+    with registry.models_kept_in_memory():     # every trial starts from the same encoder
+        while (trial := next_trial(study, storage, settings)) is not None:
+            state = run_trial(study, storage, trial, objective, settings, parent_run_id)
+            outcome.trials_run.append(trial.number)
+            print(f"sweep: trial {trial.number} {state.name.lower()}", flush=True)
     if study_idle(study, settings):
         outcome.summary = summarise(study, settings, parent_run_id)
         outcome.registered_version = register_best(study, parent_run_id)

@@ -242,7 +242,13 @@ def run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int],
               until: str = STAGES[-1]) -> dict[str, str | None]:
     """synth (no data) → segment ×losses → segment_eval → crop → classify ×losses ×seeds →
     ensemble → gradcam (champion classifier, model-level ensemble) → report, stopping after
-    stage ``until``. Returns the run ids of segment_eval, ensemble and report (None if not run)."""
+    stage ``until``. Returns the run ids of segment_eval, ensemble and report (None if not run).
+    Models stay in memory between steps (:func:`registry.models_kept_in_memory`)."""
+    with registry.models_kept_in_memory():
+        return _run_chain(pipeline, profile, data, seeds, until)
+
+
+def _run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int], until: str) -> dict[str, str | None]:
     runs = dict.fromkeys(("segment_eval", "ensemble", "report"))
 
     def stop_after(stage: str) -> bool:
