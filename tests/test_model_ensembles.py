@@ -7,7 +7,8 @@ import tf_keras
 from multiloss import registry, selection, tracking
 from multiloss.ensembles import majority_probs, majority_vote, out_of_fold
 from multiloss.models.classifier import DEEPEST_CONV
-from multiloss.models.ensemble import ENSEMBLE_CONV, ModelLevel, fit_stacking, stacking_inputs
+from multiloss.models.ensemble import (ENSEMBLE_CONV, ModelLevel, build_stacking, fit_stacking, stacking_inputs,
+                                       stacking_predict)
 
 
 def test_stacking_inputs_put_each_image_members_side_by_side():
@@ -27,6 +28,28 @@ def test_stacking_learns_to_trust_the_good_member():
     new = np.stack([rng.dirichlet(np.ones(3), 60), np.eye(3)[new_labels] * 0.8 + 0.2 / 3, rng.dirichlet(np.ones(3), 60)])
     predicted = model.predict(stacking_inputs(new), verbose=0).argmax(1)
     assert (predicted == new_labels).mean() > 0.95
+
+
+def test_stacking_fit_takes_the_steps_keras_adam_would_take():
+    """The NumPy steps against Keras' own full-batch Adam fit from the same seeded weights."""
+    import tensorflow as tf
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 3, 40)
+    probs = rng.dirichlet(np.ones(3), size=(2, 40))
+    ours = fit_stacking(probs, labels, epochs=25, lr=0.01, seed=3)
+
+    tf_keras.utils.set_random_seed(3)
+    start = build_stacking(2).get_weights()
+    tf_keras.utils.set_random_seed(3)
+    reference = build_stacking(2)
+    reference.compile(optimizer=tf_keras.optimizers.Adam(0.01), loss="categorical_crossentropy")
+    batch = tf.data.Dataset.from_tensors((stacking_inputs(probs), np.eye(3, dtype=np.float32)[labels])).repeat(25)
+    reference.fit(batch, epochs=1, verbose=0)
+    for mine, theirs, first in zip(ours.get_weights(), reference.get_weights(), start):
+        assert not np.allclose(theirs, first)                          # 25 steps moved every weight
+        np.testing.assert_allclose(mine, theirs, atol=2e-5)
+    np.testing.assert_allclose(stacking_predict(ours, probs), reference.predict(stacking_inputs(probs), verbose=0),
+                               atol=1e-5)
 
 
 def test_majority_probs_agree_with_the_vote_including_ties():
@@ -87,6 +110,43 @@ def test_model_level_refuses_a_member_without_the_cut_layer():
     plain = tf_keras.Sequential([tf_keras.Input((8, 8, 3)), tf_keras.layers.Conv2D(2, 1, name="other")])
     with pytest.raises(ValueError, match="member b: no layer 'cls_conv'"):
         ModelLevel([tiny_member(0), plain], ["a", "b"])
+
+
+def test_model_level_reuses_each_members_features_and_predicts_what_the_full_model_does(tmp_path, monkeypatch):
+    import cv2
+    from multiloss import ensembling
+    from multiloss.data.classes import CLASSES
+    from multiloss.ensembling import SplitPredictions
+
+    rng = np.random.default_rng(4)
+    paths = []
+    for i in range(18):
+        path = tmp_path / f"{i}.png"
+        cv2.imwrite(str(path), rng.integers(0, 256, (20, 20), dtype=np.uint8))
+        paths.append(str(path))
+    labels = np.arange(18) % 3
+    split = lambda part: SplitPredictions(part, labels[:len(part)], np.full((3, len(part), 3), 1 / 3))  # noqa: E731
+    computed = []
+    real_features = ensembling._features
+    monkeypatch.setattr(ensembling, "_features", lambda model, p, *a: computed.append(model.name) or real_features(model, p, *a))
+    members, names = [tiny_member(1), tiny_member(2), tiny_member(3)], ["a (v1)", "b (v2)", "c (v3)"]
+    cache = {}
+    common = dict(train_paths=paths[:12], train_labels=[CLASSES[i] for i in labels[:12]],
+                  val=split(paths[12:15]), test=split(paths[15:]), img_size=16, epochs=2, batch_size=4, lr=0.1,
+                  patience=2, feature_cache=cache)
+    two = ensembling.model_level(names[:2], members[:2], **common)
+    assert len(computed) == 6 and set(cache) == {(n, s) for n in names[:2] for s in ("train", "val", "test")}
+    three = ensembling.model_level(names, members, **common)
+    assert len(computed) == 9                        # only the third member's features were new
+    for level, k in ((two, 2), (three, 3)):
+        full = level.parts[0].full
+        for part, probs in ((paths[12:15], level.val_probs), (paths[15:], level.test_probs)):
+            np.testing.assert_allclose(probs, real_features(full, part, 16, 4), atol=1e-5)
+        assert len(level.members) == k
+
+    # beyond the cache limit it trains and predicts through the full model, with no cache
+    fallback = ensembling.model_level(names[:2], members[:2], **{**common, "feature_cache": None}, max_cache_bytes=0)
+    np.testing.assert_allclose(fallback.test_probs, real_features(fallback.parts[0].full, paths[15:], 16, 4), atol=1e-6)
 
 
 def test_selection_key_and_direction():

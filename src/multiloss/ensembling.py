@@ -24,7 +24,7 @@ from multiloss.data.pipeline import image_dataset, one_hot
 from multiloss.ensembles import majority_probs, mean_probs, optimize_weights, out_of_fold, weighted_mean
 from multiloss.evaluation import read_predictions, score_split
 from multiloss.metrics.classification import classification_scores, mcnemar_exact, paired_bootstrap_mcc_difference
-from multiloss.models.ensemble import ModelLevel, fit_stacking, stacking_inputs
+from multiloss.models.ensemble import ModelLevel, fit_stacking, stacking_predict
 from multiloss.training import fit_keeping_best
 
 # Feature caches above this size train the model-level head through the full model instead.
@@ -104,8 +104,7 @@ def prediction_level(names: list[str], val: SplitPredictions, test: SplitPredict
         return weighted_mean(held_probs, optimize_weights(train_probs, train_labels, seed=seed))
 
     def stacking_fit_predict(train_probs, train_labels, held_probs):
-        model = fit_stacking(train_probs, train_labels, epochs=stacking_epochs, seed=seed)
-        return model.predict(stacking_inputs(held_probs), verbose=0)
+        return stacking_predict(fit_stacking(train_probs, train_labels, epochs=stacking_epochs, seed=seed), held_probs)
 
     weights = optimize_weights(v, y, seed=seed)
     stacker = fit_stacking(v, y, epochs=stacking_epochs, seed=seed)
@@ -115,7 +114,7 @@ def prediction_level(names: list[str], val: SplitPredictions, test: SplitPredict
         Ensemble(f"weighted {label}", "weighted", names, out_of_fold(weighted_fit_predict, v, y, seed=seed),
                  weighted_mean(t, weights), weights=weights),
         Ensemble(f"stacking {label}", "stacking", names, out_of_fold(stacking_fit_predict, v, y, seed=seed),
-                 stacker.predict(stacking_inputs(t), verbose=0), stacker=stacker),
+                 stacking_predict(stacker, t), stacker=stacker),
     ]
 
 
@@ -126,33 +125,46 @@ def _features(model: tf_keras.Model, paths: list[str], img_size: int, batch_size
 def model_level(names: list[str], members: list[tf_keras.Model], *, train_paths: list[str], train_labels: list[str],
                 val: SplitPredictions, test: SplitPredictions, img_size: int, epochs: int, batch_size: int,
                 lr: float, patience: int, seed: int = 0, metric_prefix: str = "",
-                max_cache_bytes: int = MAX_FEATURE_CACHE_BYTES) -> Ensemble:
+                max_cache_bytes: int = MAX_FEATURE_CACHE_BYTES,
+                feature_cache: dict[tuple[str, str], np.ndarray] | None = None) -> Ensemble:
     """Train the model-level ensemble's new layers (SGD with momentum, as the classifiers) on the
-    training split, keeping the lowest-validation-loss weights; the members stay frozen."""
+    training split, keeping the lowest-validation-loss weights; the members stay frozen.
+
+    Frozen members' features never change, so when they fit in ``max_cache_bytes`` each member's
+    are computed once per split, kept in ``feature_cache`` (keyed by member name and split, so the
+    top-3 and top-5 ensembles share them), and the head trains and predicts on them."""
     tf_keras.utils.set_random_seed(seed)
     ensemble = ModelLevel(members, names)
     classes = [str(c) for c in np.asarray(train_labels)]
     val_labels = [CLASSES[i] for i in val.labels]
     ensemble.head.compile(optimizer=tf_keras.optimizers.SGD(lr, momentum=0.9), loss="categorical_crossentropy")
     probe = ensemble.features.predict(np.zeros((1, img_size, img_size, 3), np.float32), verbose=0)
-    cache_bytes = probe.nbytes * (len(train_paths) + len(val.paths))
-    if cache_bytes <= max_cache_bytes:
-        x_train = _features(ensemble.features, train_paths, img_size, batch_size)
-        x_val = _features(ensemble.features, val.paths, img_size, batch_size)
-        train = (tf.data.Dataset.from_tensor_slices((x_train, one_hot(classes)))
-                 .shuffle(len(x_train), seed=seed).batch(batch_size))
-        val_ds = tf.data.Dataset.from_tensor_slices((x_val, one_hot(val_labels))).batch(batch_size)
-        trained = ensemble.head
-    else:
+    cache_bytes = probe.nbytes * (len(train_paths) + len(val.paths) + len(test.paths))
+    if cache_bytes > max_cache_bytes:
         train = image_dataset(train_paths, classes, img_size=img_size, batch_size=batch_size, shuffle=True, seed=seed)
         val_ds = image_dataset(val.paths, val_labels, img_size=img_size, batch_size=batch_size)
         ensemble.full.compile(optimizer=tf_keras.optimizers.SGD(lr, momentum=0.9), loss="categorical_crossentropy")
-        trained = ensemble.full
-    fit_keeping_best(trained, train, val_ds, epochs=epochs, images_per_epoch=len(train_paths), patience=patience,
+        fit_keeping_best(ensemble.full, train, val_ds, epochs=epochs, images_per_epoch=len(train_paths),
+                         patience=patience, metric_prefix=metric_prefix)
+        predict = lambda paths: _features(ensemble.full, paths, img_size, batch_size)  # noqa: E731
+        return Ensemble(f"model-level top-{len(names)}", "model_level", names, predict(val.paths), predict(test.paths),
+                        parts=[ensemble])
+
+    cache = {} if feature_cache is None else feature_cache
+
+    def features(split: str, paths: list[str]) -> np.ndarray:
+        for name, member in zip(names, ensemble.member_features):
+            if (name, split) not in cache:
+                cache[(name, split)] = _features(member, paths, img_size, batch_size)
+        return np.concatenate([cache[(name, split)] for name in names], axis=-1)
+
+    x_train, x_val, x_test = features("train", train_paths), features("val", val.paths), features("test", test.paths)
+    train = tf.data.Dataset.from_tensor_slices((x_train, one_hot(classes))).shuffle(len(x_train), seed=seed).batch(batch_size)
+    val_ds = tf.data.Dataset.from_tensor_slices((x_val, one_hot(val_labels))).batch(batch_size)
+    fit_keeping_best(ensemble.head, train, val_ds, epochs=epochs, images_per_epoch=len(train_paths), patience=patience,
                      metric_prefix=metric_prefix)
-    predict = lambda paths: ensemble.full.predict(  # noqa: E731
-        image_dataset(paths, img_size=img_size, batch_size=batch_size, cache=False), verbose=0)
-    return Ensemble(f"model-level top-{len(names)}", "model_level", names, predict(val.paths), predict(test.paths),
+    predict = lambda x: ensemble.head.predict(x, batch_size=batch_size, verbose=0)  # noqa: E731
+    return Ensemble(f"model-level top-{len(names)}", "model_level", names, predict(x_val), predict(x_test),
                     parts=[ensemble])
 
 
@@ -226,7 +238,7 @@ def build_all(names: list[str], members: list[tf_keras.Model], frame: pd.DataFra
     val_keys = {layout_key(p) for p in val.paths}
     train = frame[(frame["split"] == "train") & ~frame["path"].astype(str).map(layout_key).isin(val_keys)]
     singles = [Ensemble(name, "single", [name], val.probs[i], test.probs[i]) for i, name in enumerate(names)]
-    ensembles, levels = [], []
+    ensembles, levels, feature_cache = [], [], {}
     for k in top_k:
         top_val = SplitPredictions(val.paths, val.labels, val.probs[:k])
         top_test = SplitPredictions(test.paths, test.labels, test.probs[:k])
@@ -234,7 +246,7 @@ def build_all(names: list[str], members: list[tf_keras.Model], frame: pd.DataFra
         levels.append(model_level(names[:k], members[:k], train_paths=train["path"].astype(str).tolist(),
                                   train_labels=train["label"].tolist(), val=top_val, test=top_test, img_size=img_size,
                                   epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
-                                  metric_prefix=f"{level_slug(k)}."))
+                                  metric_prefix=f"{level_slug(k)}.", feature_cache=feature_cache))
     ensembles += levels
     if len(levels) > 1:
         ensembles.append(weighted_model_level(levels, val, seed=seed))

@@ -110,8 +110,8 @@ def combine(kind: str, part_probs: np.ndarray, weights=None, stacker=None) -> np
     if kind == "weighted":
         return weighted_mean(part_probs, weights)
     if kind == "stacking":
-        from multiloss.models.ensemble import stacking_inputs
-        return stacker.predict(stacking_inputs(part_probs), verbose=0)
+        from multiloss.models.ensemble import stacking_predict
+        return stacking_predict(stacker, part_probs)
     raise ValueError(f"unknown combiner {kind!r}; expected one of {COMBINERS}")
 
 
