@@ -131,22 +131,32 @@ def test_model_level_reuses_each_members_features_and_predicts_what_the_full_mod
     monkeypatch.setattr(ensembling, "_features", lambda model, p, *a: computed.append(model.name) or real_features(model, p, *a))
     members, names = [tiny_member(1), tiny_member(2), tiny_member(3)], ["a (v1)", "b (v2)", "c (v3)"]
     cache = {}
-    common = dict(train_paths=paths[:12], train_labels=[CLASSES[i] for i in labels[:12]],
-                  val=split(paths[12:15]), test=split(paths[15:]), img_size=16, epochs=2, batch_size=4, lr=0.1,
-                  patience=2, feature_cache=cache)
-    two = ensembling.model_level(names[:2], members[:2], **common)
-    assert len(computed) == 6 and set(cache) == {(n, s) for n in names[:2] for s in ("train", "val", "test")}
-    three = ensembling.model_level(names, members, **common)
-    assert len(computed) == 9                        # only the third member's features were new
-    for level, k in ((two, 2), (three, 3)):
-        full = level.parts[0].full
-        for part, probs in ((paths[12:15], level.val_probs), (paths[15:], level.test_probs)):
-            np.testing.assert_allclose(probs, real_features(full, part, 16, 4), atol=1e-5)
-        assert len(level.members) == k
+    with tracking.stage_run("ensembles", run_name="model-level"):     # fit_keeping_best logs per epoch
+        common = dict(train_paths=paths[:12], train_labels=[CLASSES[i] for i in labels[:12]],
+                      val=split(paths[12:15]), test=split(paths[15:]), img_size=16, epochs=2, batch_size=4, lr=0.1,
+                      patience=2, feature_cache=cache)
+        two = ensembling.model_level(names[:2], members[:2], **common)
+        assert len(computed) == 6 and set(cache) == {(n, s, 16) for n in names[:2] for s in ("train", "val", "test")}
+        three = ensembling.model_level(names, members, **common)
+        assert len(computed) == 9                        # only the third member's features were new
+        for level, k in ((two, 2), (three, 3)):
+            full = level.parts[0].full
+            for part, probs in ((paths[12:15], level.val_probs), (paths[15:], level.test_probs)):
+                np.testing.assert_allclose(probs, real_features(full, part, 16, 4), atol=1e-5)
+            assert len(level.members) == k
 
-    # beyond the cache limit it trains and predicts through the full model, with no cache
-    fallback = ensembling.model_level(names[:2], members[:2], **{**common, "feature_cache": None}, max_cache_bytes=0)
-    np.testing.assert_allclose(fallback.test_probs, real_features(fallback.parts[0].full, paths[15:], 16, 4), atol=1e-6)
+        # past the limit (which counts the test split and the concatenated copy) the cache is emptied and
+        # the full image model trains and predicts
+        limit = 2 * 8 * 8 * 16 * 4 * 18              # two members' 8×8×8 float32 features of 18 images, twice
+        cache.clear()
+        ensembling.model_level(names[:2], members[:2], **common, max_cache_bytes=limit)
+        assert len(cache) == 6                          # exactly at the limit: cached
+        computed.clear()
+        fallback = ensembling.model_level(names[:2], members[:2], **common, max_cache_bytes=limit - 1)
+        assert cache == {} and computed == ["model_level_2", "model_level_2"]   # val and test, through the full model
+        assert fallback.val_probs.shape == (3, 3) and fallback.test_probs.shape == (3, 3)
+        with pytest.raises(ValueError, match="member names must be unique"):
+            ensembling.model_level(["a", "a"], members[:2], **common)
 
 
 def test_selection_key_and_direction():

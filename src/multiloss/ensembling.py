@@ -131,16 +131,22 @@ def model_level(names: list[str], members: list[tf_keras.Model], *, train_paths:
     training split, keeping the lowest-validation-loss weights; the members stay frozen.
 
     Frozen members' features never change, so when they fit in ``max_cache_bytes`` each member's
-    are computed once per split, kept in ``feature_cache`` (keyed by member name and split, so the
-    top-3 and top-5 ensembles share them), and the head trains and predicts on them."""
+    are computed once per split, kept in ``feature_cache`` (keyed by member name, split and image
+    size, so the top-3 and top-5 ensembles share them), and the head trains and predicts on them.
+    The limit counts the cache and the concatenated copy; past it the cache is emptied."""
     tf_keras.utils.set_random_seed(seed)
     ensemble = ModelLevel(members, names)
     classes = [str(c) for c in np.asarray(train_labels)]
     val_labels = [CLASSES[i] for i in val.labels]
     ensemble.head.compile(optimizer=tf_keras.optimizers.SGD(lr, momentum=0.9), loss="categorical_crossentropy")
+    if len(set(names)) != len(names):
+        raise ValueError(f"model_level: member names must be unique (they key the feature cache), got {names}")
+    cache = {} if feature_cache is None else feature_cache
     probe = ensemble.features.predict(np.zeros((1, img_size, img_size, 3), np.float32), verbose=0)
-    cache_bytes = probe.nbytes * (len(train_paths) + len(val.paths) + len(test.paths))
-    if cache_bytes > max_cache_bytes:
+    n_images = len(train_paths) + len(val.paths) + len(test.paths)
+    held = sum(a.nbytes for key, a in cache.items() if key[0] not in names)     # other members' features
+    if held + 2 * probe.nbytes * n_images > max_cache_bytes:                    # the members' and the concatenation
+        cache.clear()
         train = image_dataset(train_paths, classes, img_size=img_size, batch_size=batch_size, shuffle=True, seed=seed)
         val_ds = image_dataset(val.paths, val_labels, img_size=img_size, batch_size=batch_size)
         ensemble.full.compile(optimizer=tf_keras.optimizers.SGD(lr, momentum=0.9), loss="categorical_crossentropy")
@@ -150,13 +156,15 @@ def model_level(names: list[str], members: list[tf_keras.Model], *, train_paths:
         return Ensemble(f"model-level top-{len(names)}", "model_level", names, predict(val.paths), predict(test.paths),
                         parts=[ensemble])
 
-    cache = {} if feature_cache is None else feature_cache
-
     def features(split: str, paths: list[str]) -> np.ndarray:
-        for name, member in zip(names, ensemble.member_features):
-            if (name, split) not in cache:
-                cache[(name, split)] = _features(member, paths, img_size, batch_size)
-        return np.concatenate([cache[(name, split)] for name in names], axis=-1)
+        for name, member in zip(names, ensemble.member_feature_models):
+            key = (name, split, img_size)
+            if key not in cache:
+                cache[key] = _features(member, paths, img_size, batch_size)
+            elif len(cache[key]) != len(paths):
+                raise ValueError(f"model_level: cached {split} features of {name} are for {len(cache[key])} "
+                                 f"images, not {len(paths)} (one cache serves one set of splits)")
+        return np.concatenate([cache[(name, split, img_size)] for name in names], axis=-1)
 
     x_train, x_val, x_test = features("train", train_paths), features("val", val.paths), features("test", test.paths)
     train = tf.data.Dataset.from_tensor_slices((x_train, one_hot(classes))).shuffle(len(x_train), seed=seed).batch(batch_size)

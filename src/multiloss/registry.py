@@ -70,8 +70,8 @@ def log_and_register(model: tf_keras.Model, registered_name: str, tags: dict[str
     for key, value in tags.items():
         client.set_model_version_tag(registered_name, version, key, str(value))
     registered = client.get_model_version(registered_name, version)
-    if _kept is not None and logged is not model:     # a copy no caller holds, so it cannot change
-        _kept[registered.source] = (logged, [np.array(w) for w in logged.get_weights()])
+    if _kept is not None:
+        _keep(registered.source, logged)
     return registered
 
 
@@ -125,16 +125,19 @@ def resolve_version(uri: str) -> str:
     return number
 
 
-# Within models_kept_in_memory(): registered model source -> (architecture template, weights).
-_kept: dict[str, tuple[tf_keras.Model, list[np.ndarray]]] | None = None
+# Within models_kept_in_memory(): registered model source -> (class, config, weights), snapshots
+# taken when the version was registered or first loaded, so what callers do to their copies never
+# reaches them.
+_kept: dict[str, tuple[type, dict, list[np.ndarray]]] | None = None
 
 
 @contextlib.contextmanager
 def models_kept_in_memory() -> Iterator[None]:
-    """Within this block, every registered version loaded or registered is kept in memory, and a
-    later load of it is a fresh in-memory copy. A pipeline or a sweep in one process loads the same
-    U-Net for every classifier: reading an EfficientNet-B0 U-Net back costs ~6 s, a copy ~2 s. A
-    version's model never changes, and each load is its own copy, so callers may train or freeze it."""
+    """Within this block, every registered version registered or loaded is kept in memory
+    (architecture and weights), and a later load of it is rebuilt from memory. A pipeline or a
+    sweep in one process loads the same U-Net for every classifier: reading an EfficientNet-B0
+    U-Net back costs ~6 s, rebuilding it ~2 s. A version's model never changes, and each load is
+    its own model, so callers may train or freeze what they get."""
     global _kept
     outer = _kept
     _kept = {} if outer is None else outer
@@ -144,11 +147,16 @@ def models_kept_in_memory() -> Iterator[None]:
         _kept = outer
 
 
+def _keep(source: str, model: tf_keras.Model) -> None:
+    _kept[source] = (type(model), model.get_config(), [np.array(w) for w in model.get_weights()])
+
+
 def _registered_source(uri: str) -> str | None:
-    """The logged model behind ``models:/name/N`` or ``models:/name@alias``; None for other URIs."""
+    """The logged model behind ``models:/name/N`` or ``models:/name@alias``; None for other URIs
+    (``runs:/``, ``models:/name/latest``), which are always read from the store."""
     name = uri.removeprefix("models:/").partition("@")[0].partition("/")[0]
     version = resolve_version(uri)
-    if not version:
+    if not version.isdigit():
         return None
     return mlflow.MlflowClient().get_model_version(name, version).source
 
@@ -157,12 +165,12 @@ def load_keras(uri: str) -> tf_keras.Model:
     """A registered or logged Keras model, e.g. ``models:/cxr-lung-seg@champion`` (see
     :func:`models_kept_in_memory`)."""
     source = _registered_source(uri) if _kept is not None else None
-    if source is None:
-        return mlflow.tensorflow.load_model(uri)
-    if source not in _kept:
-        model = mlflow.tensorflow.load_model(uri)
-        _kept[source] = (model, [np.array(w) for w in model.get_weights()])
-    template, weights = _kept[source]
-    copy = tf_keras.models.clone_model(template)
-    copy.set_weights(weights)
-    return copy
+    if source is not None and source in _kept:
+        cls, config, weights = _kept[source]
+        model = cls.from_config(config)
+        model.set_weights(weights)
+        return model
+    model = mlflow.tensorflow.load_model(uri)
+    if source is not None:
+        _keep(source, model)
+    return model

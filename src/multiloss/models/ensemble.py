@@ -88,7 +88,7 @@ def member_features(member: tf_keras.Model, name: str, layer: str = DEEPEST_CONV
 
 class ModelLevel:
     """A model-level ensemble: ``full`` maps images to class probabilities; ``features`` maps
-    images to the concatenated member features (``member_features``, in order); ``head`` maps
+    images to the concatenated member features (``member_feature_models``, in order); ``head`` maps
     those features to probabilities.
     ``head`` and ``full`` share the trainable layers."""
 
@@ -98,7 +98,7 @@ class ModelLevel:
             raise ValueError(f"a model-level ensemble needs at least 2 members, got {len(members)}")
         cut = [member_features(m, f"member{i}_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", n).strip("_"))
                for i, (m, n) in enumerate(zip(members, names), start=1)]
-        self.member_features = cut      # each member's frozen features; ``features`` concatenates them
+        self.member_feature_models = cut      # each member's frozen features; ``features`` concatenates them
         image = tf_keras.Input((None, None, 3), name="image")
         concatenated = tf_keras.layers.Concatenate(name="ensemble_concat")([f(image) for f in cut])
         self.features = tf_keras.Model(image, concatenated, name="member_features")
