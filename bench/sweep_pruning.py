@@ -30,6 +30,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--bn-momentum", type=float, default=0.9,
                         help="BatchNorm momentum (0.99, the default, lags over a few hundred CPU steps)")
+    parser.add_argument("--augment", default="none", help="classify's augment (none|paper)")
+    parser.add_argument("--val-fraction", type=float, default=0.1,
+                        help="share of the training images held out for validation (the pruned value's noise)")
     parser.add_argument("--n-cls", type=int, default=90, help="synthetic classification images per class (80 %% train, 20 %% test)")
     parser.add_argument("--n-seg", type=int, default=40, help="synthetic lung masks for the encoder's U-Net")
     parser.add_argument("--size", type=int, default=64, help="synthetic image size on disk")
@@ -60,7 +63,7 @@ def main() -> None:
     space = sweeps.search_space(args.loss, sweeps.load_grid(args.grid or None))
     training = {"data": str(data / "chest_xray"), "encoder": encoder, "img_size": args.img_size,
                 "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-                "bn_momentum": args.bn_momentum,
+                "bn_momentum": args.bn_momentum, "augment": args.augment, "val_fraction": args.val_fraction,
                 "ci_method": "wald", "patience": args.epochs}
     rows = []
     for pruner in pruners:

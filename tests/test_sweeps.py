@@ -74,6 +74,28 @@ def by_trial_number(trial, params, report):
     return trial.number + params["lam"] / 100
 
 
+def test_median_pruner_compares_best_so_far_with_best_so_far():
+    """Finished trials: one with a spike at epoch 3. Optuna's MedianPruner sets a poor trial's best
+    so far against the spike and lets it run; ours sets it against what the finished trials had
+    reached by then (median of 0.8 and 0.7) and stops it."""
+    study = optuna.create_study(direction="minimize")
+    for curve in ({1: 1.1, 2: 0.8, 3: 3.9, 4: 0.75}, {1: 1.1, 2: 0.9, 3: 0.7, 4: 0.65}):
+        study.add_trial(optuna.trial.create_trial(value=min(curve.values()), intermediate_values=curve))
+
+    def running(curve):
+        return optuna.trial.create_trial(state=TrialState.RUNNING, intermediate_values=curve)
+
+    ours, optunas = sweeps.BestSoFarMedianPruner(n_warmup_steps=2), optuna.pruners.MedianPruner(n_warmup_steps=2)
+    poor = running({1: 1.1, 2: 1.0, 3: 1.0})                   # best so far 1.0 > median(0.8, 0.7) = 0.75
+    assert ours.prune(study, poor) and not optunas.prune(study, poor)   # Optuna: 1.0 < median(3.9, 0.7) = 2.3
+    good = running({1: 1.1, 2: 1.0, 3: 0.72})
+    assert not ours.prune(study, good)
+    assert not ours.prune(study, running({1: 5.0}))             # warm-up: no judgement before epoch 2
+    assert ours.prune(study, running({1: float("nan"), 2: float("nan")}))   # diverged
+    assert not ours.prune(optuna.create_study(), poor)        # nothing finished yet
+    assert isinstance(sweeps.make_pruner("median", 8), sweeps.BestSoFarMedianPruner)
+
+
 def test_pruned_trials_and_a_tpe_budget_that_resumes():
     settings = sweeps.SweepSettings("cal_cce", {"lam": [1.0, 2.0, 5.0, 10.0]}, {"epochs": 3}, pruner="median")
     with tracking.stage_run("sweeps", run_name="pruning") as run:

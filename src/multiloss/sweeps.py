@@ -43,6 +43,7 @@ import matplotlib
 matplotlib.use("Agg")  # optuna's matplotlib plots use pyplot; never a display
 
 import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
@@ -278,16 +279,52 @@ def storage_label(spec: str) -> str:
 
 # --- study ---------------------------------------------------------------------------------------
 
+class BestSoFarMedianPruner(optuna.pruners.BasePruner):
+    """Median stopping on best-so-far values: after ``n_warmup_steps``, stop a trial whose lowest
+    value so far is above the median of the lowest values the finished trials had reached by the
+    same step (the study minimises).
+
+    Optuna's MedianPruner sets the trial's best so far against the finished trials' raw value at
+    that step. Early validation NLL spikes (3.8 and 11.3 at epoch 3 of otherwise good trials in
+    bench/sweep_pruning.py), and a spike in a finished trial keeps every poor trial alive at that
+    step: on the benchmark's 16 recorded curves, comparing like with like prunes the same trials
+    sooner (90 epochs instead of 118 of 192) and keeps the best one."""
+
+    def __init__(self, n_startup_trials: int = 1, n_warmup_steps: int = 0):
+        self.n_startup_trials = n_startup_trials
+        self.n_warmup_steps = n_warmup_steps
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None or step < self.n_warmup_steps:
+            return False
+        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if len(finished) < self.n_startup_trials:
+            return False
+        reached = [best_so_far(t, step) for t in finished]
+        reached = [v for v in reached if not np.isnan(v)]
+        if not reached:
+            return False
+        mine = best_so_far(trial, step)
+        return bool(np.isnan(mine) or mine > float(np.median(reached)))
+
+
+def best_so_far(trial: FrozenTrial, step: int) -> float:
+    """The lowest intermediate value up to ``step``; NaN if none (or only NaN) was reported."""
+    values = [v for s, v in trial.intermediate_values.items() if s <= step and not np.isnan(v)]
+    return min(values) if values else float("nan")
+
+
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     """Steps are epochs counted from 1, and no trial is judged on its first epoch alone (MIN_EPOCHS).
-    Median: once one trial has finished, stop a trial whose validation NLL is worse than the median
-    of earlier trials at the same epoch. Hyperband: rungs from MIN_EPOCHS up to ``epochs``, keeping
-    the best third at each."""
+    Median: once one trial has finished, stop a trial whose best validation NLL so far is worse
+    than the median of the finished trials' best by the same epoch (BestSoFarMedianPruner).
+    Hyperband: rungs from MIN_EPOCHS up to ``epochs``, keeping the best third at each."""
     first = max(1, min(MIN_EPOCHS, epochs))
     if name == "none":
         return optuna.pruners.NopPruner()
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=first)
+        return BestSoFarMedianPruner(n_startup_trials=1, n_warmup_steps=first)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=first, max_resource=max(first, epochs), reduction_factor=3)
     raise ValueError(f"pruner must be one of {', '.join(PRUNERS)}, got {name!r}")
