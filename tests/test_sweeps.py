@@ -74,26 +74,29 @@ def by_trial_number(trial, params, report):
     return trial.number + params["lam"] / 100
 
 
-def test_median_pruner_compares_best_so_far_with_best_so_far():
-    """Finished trials: one with a spike at epoch 3. Optuna's MedianPruner sets a poor trial's best
-    so far against the spike and lets it run; ours sets it against what the finished trials had
-    reached by then (median of 0.8 and 0.7) and stops it."""
-    study = optuna.create_study(direction="minimize")
-    for curve in ({1: 1.1, 2: 0.8, 3: 3.9, 4: 0.75}, {1: 1.1, 2: 0.9, 3: 0.7, 4: 0.65}):
-        study.add_trial(optuna.trial.create_trial(value=min(curve.values()), intermediate_values=curve))
+def test_pruners_see_each_trials_best_so_far_and_hyperband_waits_a_quarter_of_the_epochs():
+    """Early validation NLL spikes; what a trial reports is its best so far, so a spike neither
+    saves a poor trial (it would raise the median) nor cuts a good one. A diverged trial (NaN) is pruned."""
+    curves = {0: [1.0, 1.5, 3.9, 0.7, 0.6], 1: [1.1, 1.05, 1.05, 1.05, 1.05], 2: [float("nan")] * 5}
 
-    def running(curve):
-        return optuna.trial.create_trial(state=TrialState.RUNNING, intermediate_values=curve)
+    def objective(trial, params, report):
+        for epoch, value in enumerate(curves[trial.number], start=1):
+            report(epoch, value)
+        return min(curves[trial.number])
 
-    ours, optunas = sweeps.BestSoFarMedianPruner(n_warmup_steps=2), optuna.pruners.MedianPruner(n_warmup_steps=2)
-    poor = running({1: 1.1, 2: 1.0, 3: 1.0})                   # best so far 1.0 > median(0.8, 0.7) = 0.75
-    assert ours.prune(study, poor) and not optunas.prune(study, poor)   # Optuna: 1.0 < median(3.9, 0.7) = 2.3
-    good = running({1: 1.1, 2: 1.0, 3: 0.72})
-    assert not ours.prune(study, good)
-    assert not ours.prune(study, running({1: 5.0}))             # warm-up: no judgement before epoch 2
-    assert ours.prune(study, running({1: float("nan"), 2: float("nan")}))   # diverged
-    assert not ours.prune(optuna.create_study(), poor)        # nothing finished yet
-    assert isinstance(sweeps.make_pruner("median", 8), sweeps.BestSoFarMedianPruner)
+    settings = sweeps.SweepSettings("cal_cce", {"lam": [1.0, 2.0, 5.0]}, {"epochs": 5}, pruner="median")
+    with tracking.stage_run("sweeps", run_name="best-so-far"):
+        study = sweeps.run_sweep(settings, objective).study
+    trials = {t.number: t for t in study.get_trials()}
+    assert trials[0].intermediate_values == {1: 1.0, 2: 1.0, 3: 1.0, 4: 0.7, 5: 0.6}
+    # raw, trial 1's 1.05 would beat the finished trial's spikes (1.5, 3.9) until epoch 4; against
+    # the finished trial's best so far (1.0) it stops at epoch 2
+    assert trials[1].state == TrialState.PRUNED and trials[1].intermediate_values == {1: 1.1, 2: 1.05}
+    assert trials[2].state == TrialState.PRUNED and len(trials[2].intermediate_values) == 2
+
+    hyperband = sweeps.make_pruner("hyperband", 20)
+    assert (hyperband._min_resource, hyperband._max_resource) == (5, 20)
+    assert sweeps.make_pruner("hyperband", 4)._min_resource == 2
 
 
 def test_pruned_trials_and_a_tpe_budget_that_resumes():
