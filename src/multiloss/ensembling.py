@@ -126,7 +126,7 @@ def model_level(names: list[str], members: list[tf_keras.Model], *, train_paths:
                 val: SplitPredictions, test: SplitPredictions, img_size: int, epochs: int, batch_size: int,
                 lr: float, patience: int, seed: int = 0, metric_prefix: str = "",
                 max_cache_bytes: int = MAX_FEATURE_CACHE_BYTES,
-                feature_cache: dict[tuple[str, str], np.ndarray] | None = None) -> Ensemble:
+                feature_cache: dict[tuple[str, str, int], np.ndarray] | None = None) -> Ensemble:
     """Train the model-level ensemble's new layers (SGD with momentum, as the classifiers) on the
     training split, keeping the lowest-validation-loss weights; the members stay frozen.
 
