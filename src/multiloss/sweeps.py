@@ -292,7 +292,7 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=first)
     if name == "hyperband":
-        rung = max(first, min(epochs, epochs // 4))
+        rung = max(first, epochs // 4)
         return optuna.pruners.HyperbandPruner(min_resource=rung, max_resource=max(rung, epochs), reduction_factor=3)
     raise ValueError(f"pruner must be one of {', '.join(PRUNERS)}, got {name!r}")
 
@@ -451,7 +451,7 @@ def run_trial(study: optuna.Study, storage, trial: optuna.Trial, objective: Obje
     def report(epoch: int, value: float) -> None:
         if not np.isnan(value) and not value >= best[0]:     # NaN (diverged) never counts as better
             best[0] = value
-        trial.report(best[0] if not np.isnan(best[0]) else value, step=epoch)
+        trial.report(best[0], step=epoch)                   # NaN only while every value was NaN
         if epoch != last_epoch and trial.should_prune():   # stopping after the last epoch saves nothing
             raise optuna.TrialPruned(f"trial {trial.number} pruned after epoch {epoch} ({OBJECTIVE} {value:.4g}, "
                                      f"best {best[0]:.4g})")
