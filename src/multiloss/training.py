@@ -7,8 +7,6 @@ over all local GPUs, or the CPUs given), ``multiworker`` (MultiWorkerMirroredStr
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 
 import mlflow
@@ -64,6 +62,50 @@ class MlflowEpochLogger(tf_keras.callbacks.Callback):
         print(f"epoch {epoch + 1}/{self.total_epochs} ({seconds:.1f} s): {shown}", flush=True)
 
 
+def create_training_variables(model: tf_keras.Model, element_spec) -> None:
+    """Create the optimizer's slots and the compiled loss and metric trackers before ``fit``.
+
+    Keras creates them inside the first training step, and a ``tf.function`` that creates variables
+    is traced a second time without them: the whole forward and backward graph twice, optimised
+    twice, which is most of a first epoch on CPU. Made here, eagerly on a zero batch of one (no
+    random op runs, no weight changes), ``fit`` traces its step once.
+    """
+    x_spec, y_spec = element_spec[0], element_spec[1]
+    zeros = lambda spec: tf.zeros([1, *spec.shape[1:]], spec.dtype)          # noqa: E731
+    x, y = tf.nest.map_structure(zeros, x_spec), tf.nest.map_structure(zeros, y_spec)
+    y_pred = model(x, training=False)
+    model.compute_loss(x, y, y_pred)
+    model.compute_metrics(x, y, y_pred, None)
+    model.reset_metrics()
+    if hasattr(model.optimizer, "build"):
+        model.optimizer.build(model.trainable_variables)
+    else:                                                   # tf_keras.optimizers.legacy
+        model.optimizer._create_all_weights(model.trainable_variables)
+
+
+class KeepBestWeights(tf_keras.callbacks.Callback):
+    """Holds a copy of the weights (BatchNorm statistics included) of the epoch with the lowest
+    ``val_loss``, as ``ModelCheckpoint(save_best_only=True, save_weights_only=True)`` would, but in
+    memory: writing an EfficientNet-B0 to HDF5 at each better epoch took longer than the epoch's
+    validation at demo scale. A NaN loss is never the best."""
+
+    def __init__(self, monitor: str = "val_loss"):
+        super().__init__()
+        self.monitor = monitor
+        self.best = np.inf
+        self.weights: list[np.ndarray] | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = (logs or {}).get(self.monitor)
+        if current is not None and current < self.best:
+            self.best, self.weights = float(current), self.model.get_weights()
+
+    def restore(self) -> None:
+        """Put the best epoch's weights back (no-op when no epoch had a finite loss)."""
+        if self.weights is not None:
+            self.model.set_weights(self.weights)
+
+
 def fit_keeping_best(model: tf_keras.Model, train, val, *, epochs: int, images_per_epoch: int,
                      patience: int, class_weight: dict | None = None, extra_callbacks=(),
                      metric_prefix: str = "") -> dict:
@@ -73,20 +115,19 @@ def fit_keeping_best(model: tf_keras.Model, train, val, *, epochs: int, images_p
     the steady training images/s (epochs 2+, validation excluded).
     """
     logger = MlflowEpochLogger(images_per_epoch, epochs, metric_prefix)
-    with tempfile.TemporaryDirectory() as tmp:
-        best_path = os.path.join(tmp, "best.weights.h5")
-        callbacks = [
-            logger,          # first, so it logs the learning rate this epoch used
-            tf_keras.callbacks.ModelCheckpoint(best_path, monitor="val_loss", save_best_only=True,
-                                               save_weights_only=True, verbose=0),
-            tf_keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
-                                                 patience=max(1, patience // 2), verbose=0),
-            tf_keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, verbose=0),
-            *extra_callbacks,
-        ]
-        history = model.fit(train, validation_data=val, epochs=epochs, verbose=0, callbacks=callbacks,
-                            class_weight=class_weight)
-        model.load_weights(best_path)
+    create_training_variables(model, train.element_spec)
+    best = KeepBestWeights()
+    callbacks = [
+        logger,          # first, so it logs the learning rate this epoch used
+        best,
+        tf_keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
+                                             patience=max(1, patience // 2), verbose=0),
+        tf_keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, verbose=0),
+        *extra_callbacks,
+    ]
+    history = model.fit(train, validation_data=val, epochs=epochs, verbose=0, callbacks=callbacks,
+                        class_weight=class_weight)
+    best.restore()
     val_loss = history.history["val_loss"]
     best_epoch = int(np.argmin(val_loss)) + 1
     rates = logger.images_per_second

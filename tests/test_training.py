@@ -1,0 +1,80 @@
+"""Training plumbing: the training step is traced once, and creating its variables first changes no result."""
+
+import mlflow
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from multiloss import tracking
+from multiloss.training import KeepBestWeights, create_training_variables, fit_keeping_best
+
+
+def tiny_model(optimizer) -> tf_keras.Model:
+    tf_keras.utils.set_random_seed(3)
+    inputs = tf_keras.Input((8, 8, 1))
+    x = tf_keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = tf_keras.layers.BatchNormalization()(x)
+    outputs = tf_keras.layers.Dense(3, activation="softmax")(tf_keras.layers.GlobalAveragePooling2D()(x))
+    model = tf_keras.Model(inputs, outputs)
+    model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def batches() -> tf.data.Dataset:
+    rng = np.random.default_rng(0)
+    x = rng.random((20, 8, 8, 1)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 20)]
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(6)       # 6, 6, 6, 2: a partial last batch
+
+
+OPTIMIZERS = {"sgd_momentum": lambda: tf_keras.optimizers.SGD(0.1, momentum=0.9),
+              "legacy_adam": lambda: tf_keras.optimizers.legacy.Adam(0.01)}
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_variables_made_before_fit_spare_a_second_trace_and_change_no_weight(optimizer):
+    plain, prepared = tiny_model(OPTIMIZERS[optimizer]()), tiny_model(OPTIMIZERS[optimizer]())
+    np.testing.assert_array_equal(plain.get_weights()[0], prepared.get_weights()[0])
+    create_training_variables(prepared, batches().element_spec)
+    slots = prepared.optimizer.variables
+    assert len(slots() if callable(slots) else slots) > 1 and prepared.optimizer.iterations.numpy() == 0
+    plain_history = plain.fit(batches(), validation_data=batches(), epochs=2, verbose=0).history
+    prepared_history = prepared.fit(batches(), validation_data=batches(), epochs=2, verbose=0).history
+
+    assert plain.train_function.experimental_get_tracing_count() == 2       # Keras alone: traced twice
+    assert prepared.train_function.experimental_get_tracing_count() == 1
+    for key in ("loss", "accuracy", "val_loss"):
+        np.testing.assert_allclose(prepared_history[key], plain_history[key], rtol=1e-6)
+    for a, b in zip(prepared.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_fit_keeping_best_traces_its_step_once():
+    model = tiny_model(tf_keras.optimizers.SGD(0.1, momentum=0.9))
+    tracking.configure()
+    with mlflow.start_run():
+        result = fit_keeping_best(model, batches(), batches(), epochs=2, images_per_epoch=20, patience=2)
+    assert model.train_function.experimental_get_tracing_count() == 1
+    assert result["epochs_run"] == 2
+
+
+def test_the_best_epochs_weights_come_back_and_a_nan_loss_is_never_the_best():
+    model = tiny_model(tf_keras.optimizers.SGD(0.1))
+    keep = KeepBestWeights()
+    keep.set_model(model)
+    snapshots = []
+    for epoch, val_loss in enumerate([3.0, 1.0, float("nan"), 2.0]):
+        model.set_weights([np.full_like(w, epoch) for w in model.get_weights()])
+        snapshots.append(model.get_weights())
+        keep.on_epoch_end(epoch, {"val_loss": val_loss})
+    keep.restore()
+    for restored, expected in zip(model.get_weights(), snapshots[1]):
+        np.testing.assert_array_equal(restored, expected)
+    assert keep.best == 1.0
+
+    never = KeepBestWeights()
+    never.set_model(model)
+    never.on_epoch_end(0, {"val_loss": float("nan")})
+    never.restore()                                     # nothing better than inf: the weights stay
+    np.testing.assert_array_equal(model.get_weights()[0], snapshots[1][0])
