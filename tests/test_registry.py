@@ -139,3 +139,22 @@ def test_models_kept_in_memory_hand_out_independent_copies_of_what_was_registere
 
     registry.load_keras(f"models:/{registry.CLASSIFIER_MODEL}/{inside.version}")
     assert len(disk_loads) == 3                        # outside the block every load reads the store
+
+
+def test_a_logged_model_is_kept_only_when_asked_and_loads_back_by_its_uri(monkeypatch):
+    disk_loads = []
+    real_load = mlflow.tensorflow.load_model
+    monkeypatch.setattr(mlflow.tensorflow, "load_model", lambda uri: disk_loads.append(uri) or real_load(uri))
+    x = np.random.default_rng(3).random((5, 4)).astype(np.float32)
+    kept, other = _tiny_trained_model(), _tiny_trained_model()
+    with registry.models_kept_in_memory():
+        with tracking.stage_run("ensembles", run_name="logged"):
+            kept_uri = registry.log_keras(kept, "kept", keep_in_memory=True).model_uri
+            other_uri = registry.log_keras(other, "other").model_uri
+        assert registry.LOGGED_MODEL_URI.fullmatch(kept_uri)
+        np.testing.assert_allclose(registry.load_keras(kept_uri).predict(x, verbose=0), kept.predict(x, verbose=0),
+                                   atol=1e-6)
+        assert disk_loads == []
+        np.testing.assert_allclose(registry.load_keras(other_uri).predict(x, verbose=0), other.predict(x, verbose=0),
+                                   atol=1e-6)
+        assert disk_loads == [other_uri]

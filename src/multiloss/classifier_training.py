@@ -145,9 +145,7 @@ def train_classifier(config: ClassifierConfig, *, epoch_hooks: Sequence[EpochHoo
 def log_unregistered(trained: TrainedClassifier) -> str:
     """Log the model into the active run without registering it; returns its model URI (a sweep
     registers only its best trial's model, later, possibly from another worker)."""
-    info = mlflow.tensorflow.log_model(registry.inference_copy(trained.model), name="model",
-                                       pip_requirements=registry.pip_requirements())
-    return info.model_uri
+    return registry.log_keras(trained.model).model_uri
 
 
 def register_logged(model_uri: str, tags: dict[str, object]):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import re
 from collections.abc import Iterator
 
 import mlflow
@@ -58,6 +59,17 @@ def inference_copy(model: tf_keras.Model) -> tf_keras.Model:
     copy = tf_keras.models.clone_model(model, clone_function=_without_training_terms)
     copy.set_weights(model.get_weights())
     return copy
+
+
+def log_keras(model: tf_keras.Model, name: str = "model", *, keep_in_memory: bool = False):
+    """Log the inference copy of ``model`` into the active run, unregistered; returns MLflow's
+    ModelInfo, whose ``model_uri`` (``models:/m-<id>``) loads it back. ``keep_in_memory``: also
+    within :func:`models_kept_in_memory` (not for a sweep's every trial: ~16 MB each)."""
+    logged = inference_copy(model)
+    info = mlflow.tensorflow.log_model(logged, name=name, pip_requirements=pip_requirements())
+    if keep_in_memory and _kept is not None:
+        _keep(info.model_uri, logged)
+    return info
 
 
 def log_and_register(model: tf_keras.Model, registered_name: str, tags: dict[str, object]) -> ModelVersion:
@@ -129,6 +141,7 @@ def resolve_version(uri: str) -> str:
 # taken when the version was registered or first loaded, so what callers do to their copies never
 # reaches them.
 _kept: dict[str, tuple[type, dict, list[np.ndarray]]] | None = None
+LOGGED_MODEL_URI = re.compile(r"models:/m-[0-9a-f]+")
 
 
 @contextlib.contextmanager
@@ -152,8 +165,11 @@ def _keep(source: str, model: tf_keras.Model) -> None:
 
 
 def _registered_source(uri: str) -> str | None:
-    """The logged model behind ``models:/name/N`` or ``models:/name@alias``; None for other URIs
-    (``runs:/``, ``models:/name/latest``), which are always read from the store."""
+    """The logged model behind ``models:/name/N``, ``models:/name@alias`` or ``models:/m-<id>``
+    (a logged model itself); None for other URIs (``runs:/``, ``models:/name/latest``), which are
+    always read from the store."""
+    if LOGGED_MODEL_URI.fullmatch(uri):
+        return uri
     name = uri.removeprefix("models:/").partition("@")[0].partition("/")[0]
     version = resolve_version(uri)
     if not version.isdigit():

@@ -143,9 +143,8 @@ def main(argv=None) -> None:
         mlflow.log_metric("val_mcc", float(headline["val_mcc"]))
 
         for level in levels:
-            info = mlflow.tensorflow.log_model(registry.inference_copy(level.parts[0].full),
-                                               name=level_slug(len(level.members)),
-                                               pip_requirements=registry.pip_requirements())
+            info = registry.log_keras(level.parts[0].full, name=level_slug(len(level.members)),
+                                      keep_in_memory=level is best_level)      # main's Grad-CAM loads it next
             if level is best_level:
                 mlflow.set_tag("model_level_uri", info.model_uri)
         mlflow.set_tag("best_ensemble", best.name)
