@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from multiloss import cropping
 from multiloss.cropping import crop_dataset
 from multiloss.data.readers import class_counts, read_kermany
 
@@ -56,7 +57,8 @@ def test_cropped_dataset_reads_back_with_the_same_counts(kermany_dir, tmp_path):
     assert read_gray(again["path"].iloc[0]).shape == (24, 24)
 
 
-def test_interrupted_crop_leaves_nothing_behind(kermany_dir, tmp_path):
+def test_interrupted_crop_leaves_nothing_behind(kermany_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(cropping, "CHUNK_PIXELS", 1)         # one batch per predict call: killed after 8 images
     out = tmp_path / "cropped"
     with pytest.raises(RuntimeError, match="killed mid-crop"):
         crop_dataset(read_kermany(kermany_dir), kermany_dir, out, [Exploding()], seg_size=32, img_size=24,
