@@ -1,5 +1,10 @@
 """Training plumbing: the training step is traced once, and creating its variables first changes no result."""
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import mlflow
 import numpy as np
 import pytest
@@ -78,3 +83,33 @@ def test_the_best_epochs_weights_come_back_and_a_nan_loss_is_never_the_best():
     never.on_epoch_end(0, {"val_loss": float("nan")})
     never.restore()                                     # nothing better than inf: the weights stay
     np.testing.assert_array_equal(model.get_weights()[0], snapshots[1][0])
+
+
+@pytest.mark.slow
+def test_under_mirrored_strategy_keras_makes_the_variables_and_fit_keeping_best_still_trains():
+    code = textwrap.dedent("""
+        import multiloss
+        import mlflow, numpy as np, tensorflow as tf, tf_keras
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from multiloss import tracking
+        from multiloss.training import distribution_strategy, fit_keeping_best
+        strategy = distribution_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
+        with strategy.scope():
+            inputs = tf_keras.Input((8, 8, 1))
+            x = tf_keras.layers.GlobalAveragePooling2D()(tf_keras.layers.Conv2D(4, 3)(inputs))
+            model = tf_keras.Model(inputs, tf_keras.layers.Dense(3, activation="softmax")(x))
+            model.compile(optimizer=tf_keras.optimizers.SGD(0.1, momentum=0.9), loss="categorical_crossentropy",
+                          metrics=["accuracy"])
+        rng = np.random.default_rng(0)
+        data = tf.data.Dataset.from_tensor_slices((rng.random((12, 8, 8, 1)).astype("float32"),
+                                                   np.eye(3, dtype="float32")[np.arange(12) % 3])).batch(4)
+        tracking.configure()
+        with mlflow.start_run():
+            result = fit_keeping_best(model, data, data, epochs=2, images_per_epoch=12, patience=2)
+        print("epochs", result["epochs_run"], "traces", model.train_function.experimental_get_tracing_count())
+    """)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-4:] == ["epochs", "2", "traces", "2"]

@@ -68,8 +68,12 @@ def create_training_variables(model: tf_keras.Model, element_spec) -> None:
     Keras creates them inside the first training step, and a ``tf.function`` that creates variables
     is traced a second time without them: the whole forward and backward graph twice, optimised
     twice, which is most of a first epoch on CPU. Made here, eagerly on a zero batch of one (no
-    random op runs, no weight changes), ``fit`` traces its step once.
+    random op runs, no weight changes), ``fit`` traces its step once. Not under a distribution
+    strategy (its metric variables sum over replicas and cannot be updated outside them): Keras
+    makes them there, as before.
     """
+    if model.distribute_strategy is not tf.distribute.get_strategy():
+        return
     x_spec, y_spec = element_spec[0], element_spec[1]
     zeros = lambda spec: tf.zeros([1, *spec.shape[1:]], spec.dtype)          # noqa: E731
     x, y = tf.nest.map_structure(zeros, x_spec), tf.nest.map_structure(zeros, y_spec)
