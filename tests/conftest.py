@@ -3,6 +3,10 @@ in the manner of torchxrayvision's tests, so the real readers run without the re
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import cv2
@@ -82,3 +86,26 @@ def isolated_store(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+
+
+TWO_CPU_PREAMBLE = """
+import multiloss
+import numpy as np, tensorflow as tf, tf_keras
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from multiloss.training import distribution_strategy
+strategy = distribution_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
+"""
+
+
+@pytest.fixture
+def python_on_two_cpus():
+    """Runs code in a fresh Python whose CPU is split into two logical devices (possible only before
+    TensorFlow starts), with ``strategy`` a MirroredStrategy over them; returns its stdout."""
+    def run(body: str) -> str:
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+        result = subprocess.run([sys.executable, "-c", TWO_CPU_PREAMBLE + textwrap.dedent(body)], env=env,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+    return run

@@ -104,10 +104,16 @@ def _tiny_trained_model() -> tf_keras.Model:
     return model
 
 
-def test_models_kept_in_memory_hand_out_independent_copies_of_what_was_registered(monkeypatch):
-    disk_loads = []
+@pytest.fixture
+def disk_loads(monkeypatch) -> list[str]:
+    """The URIs read from the store, in order."""
+    loads = []
     real_load = mlflow.tensorflow.load_model
-    monkeypatch.setattr(mlflow.tensorflow, "load_model", lambda uri: disk_loads.append(uri) or real_load(uri))
+    monkeypatch.setattr(mlflow.tensorflow, "load_model", lambda uri: loads.append(uri) or real_load(uri))
+    return loads
+
+
+def test_models_kept_in_memory_hand_out_independent_copies_of_what_was_registered(disk_loads):
     x = np.random.default_rng(2).random((5, 4)).astype(np.float32)
     first, second = _tiny_trained_model(), _tiny_trained_model()
     with tracking.stage_run("classification", run_name="outside"):
@@ -141,10 +147,7 @@ def test_models_kept_in_memory_hand_out_independent_copies_of_what_was_registere
     assert len(disk_loads) == 3                        # outside the block every load reads the store
 
 
-def test_a_logged_model_is_kept_only_when_asked_and_loads_back_by_its_uri(monkeypatch):
-    disk_loads = []
-    real_load = mlflow.tensorflow.load_model
-    monkeypatch.setattr(mlflow.tensorflow, "load_model", lambda uri: disk_loads.append(uri) or real_load(uri))
+def test_a_logged_model_is_kept_only_when_asked_and_loads_back_by_its_uri(disk_loads):
     x = np.random.default_rng(3).random((5, 4)).astype(np.float32)
     kept, other = _tiny_trained_model(), _tiny_trained_model()
     with registry.models_kept_in_memory():

@@ -1,10 +1,5 @@
 """Training plumbing: the training step is traced once, and creating its variables first changes no result."""
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import mlflow
 import numpy as np
 import pytest
@@ -86,15 +81,11 @@ def test_the_best_epochs_weights_come_back_and_a_nan_loss_is_never_the_best():
 
 
 @pytest.mark.slow
-def test_under_mirrored_strategy_keras_makes_the_variables_and_fit_keeping_best_still_trains():
-    code = textwrap.dedent("""
-        import multiloss
-        import mlflow, numpy as np, tensorflow as tf, tf_keras
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+def test_under_mirrored_strategy_keras_makes_the_variables_and_fit_keeping_best_still_trains(python_on_two_cpus):
+    out = python_on_two_cpus("""
+        import mlflow
         from multiloss import tracking
-        from multiloss.training import distribution_strategy, fit_keeping_best
-        strategy = distribution_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
+        from multiloss.training import fit_keeping_best
         with strategy.scope():
             inputs = tf_keras.Input((8, 8, 1))
             x = tf_keras.layers.GlobalAveragePooling2D()(tf_keras.layers.Conv2D(4, 3)(inputs))
@@ -109,7 +100,4 @@ def test_under_mirrored_strategy_keras_makes_the_variables_and_fit_keeping_best_
             result = fit_keeping_best(model, data, data, epochs=2, images_per_epoch=12, patience=2)
         print("epochs", result["epochs_run"], "traces", model.train_function.experimental_get_tracing_count())
     """)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split()[-4:] == ["epochs", "2", "traces", "2"]
+    assert out.split()[-4:] == ["epochs", "2", "traces", "2"]
