@@ -160,6 +160,17 @@ def models_kept_in_memory() -> Iterator[None]:
         _kept = outer
 
 
+def kept_models() -> dict[str, tuple[type, dict, list[np.ndarray]]]:
+    """What :func:`models_kept_in_memory` holds now (empty outside it): source -> snapshot."""
+    return dict(_kept or {})
+
+
+def keep_models(snapshots: dict[str, tuple[type, dict, list[np.ndarray]]]) -> None:
+    """Add snapshots another process took (:func:`kept_models` there); a no-op outside the block."""
+    if _kept is not None:
+        _kept.update(snapshots)
+
+
 def _keep(source: str, model: tf_keras.Model) -> None:
     _kept[source] = (type(model), model.get_config(), [np.array(w) for w in model.get_weights()])
 

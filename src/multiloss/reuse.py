@@ -142,6 +142,20 @@ def end_run_killed(run_id: str) -> list[str]:
     return delete_registered_versions(run_id)
 
 
+def end_unfinished_children(parent_run_id: str, experiment_id: str) -> list[str]:
+    """Mark KILLED (deleting what they registered) the RUNNING children of a pipeline that is
+    alive but whose workers were killed: nothing else will end them. Returns their ids."""
+    client = mlflow.MlflowClient()
+    query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
+    ended = []
+    for child in client.search_runs([experiment_id], query):
+        deleted = end_run_killed(child.info.run_id)
+        ended.append(child.info.run_id)
+        print(f"main: run {child.info.run_id} ({child.info.run_name}) did not finish; marked KILLED"
+              + (f"; deleted {', '.join(deleted)}" if deleted else ""), flush=True)
+    return ended
+
+
 def end_dead_pipelines() -> list[str]:
     """Mark KILLED every RUNNING pipeline run of this host whose process is gone, and every
     RUNNING child of such a pipeline (deleting what it registered), whatever the parent's status

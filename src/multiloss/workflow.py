@@ -5,19 +5,26 @@ and the stage's own ``main(argv)`` joins it through ``MLFLOW_RUN_ID``, exactly a
 ``mlflow run``. A subprocess per step would pay the TensorFlow import again for each of ~20 steps
 (6.5 s each on an idle 2-core CPU, measured); Keras state is cleared between steps instead. The
 argv comes from the entry point's command in MLproject, so a step runs what ``mlflow run`` runs.
+With ``workers`` > 1, the independent steps of a stage (the U-Nets, the classifiers) also run in
+long-lived worker processes beside this one, each taking the next step when it is free.
 
 Profiles (``experiments/<name>.yaml``) hold every setting of a pipeline, in one place each.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import dataclasses
 import gc
 import importlib
 import json
 import os
 import shlex
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -27,6 +34,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_PROJECT_ENTRY_
 from multiloss import registry, reuse, tracking
 from multiloss.data.fingerprint import fingerprint, mask_set_fingerprint
 from multiloss.data.readers import find_kermany_root, read_kermany, read_mask_set
+from multiloss.workers import Worker, WorkerDied, WorkerError
 
 PROFILE_DIR = reuse.PROJECT_FILE.parent / "experiments"
 ALIASES_TAG = "pipeline.aliases"
@@ -105,16 +113,106 @@ def kermany_fingerprint(folder: str | os.PathLike) -> str:
     return fingerprint(read_kermany(folder)["path"], root=find_kermany_root(folder))
 
 
-class Pipeline:
-    """Runs steps as children of ``parent_run_id`` and records which run did each step."""
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One step of the chain. ``aliases``: registry aliases the step sets; a run is reused only
+    while they still point where it left them. ``output_intact(run)``: False when the files the run
+    wrote are gone."""
+    name: str
+    entry_point: str
+    given: dict
+    input_fingerprint: str = ""
+    aliases: tuple[tuple[str, str], ...] = ()
+    output_intact: Callable | None = None
 
-    def __init__(self, parent_run_id: str, *, fresh: bool = False, project_file: Path = reuse.PROJECT_FILE):
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """What starting a step's child run takes, resolved by the parent; picklable for a worker."""
+    experiment_id: str
+    parent_run_id: str
+    name: str
+    entry_point: str
+    spec: dict
+    params: dict[str, str]
+    code: str
+    input_fingerprint: str
+
+
+def launch(job: Launch) -> str:
+    """Create the step's child run and run the stage's ``main(argv)`` in it, in this process; the
+    run ends KILLED on an interrupt, FAILED if the stage failed before its run began."""
+    client = mlflow.MlflowClient()
+    run = client.create_run(job.experiment_id, run_name=job.name, tags={
+        MLFLOW_PARENT_RUN_ID: job.parent_run_id, MLFLOW_PROJECT_ENTRY_POINT: job.entry_point, STEP_TAG: job.name,
+        reuse.CODE_VERSION_TAG: job.code, reuse.INPUT_FINGERPRINT_TAG: job.input_fingerprint})
+    run_id = run.info.run_id
+    client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in job.params.items()])
+    module_name, argv = stage_argv(job.spec, job.params)
+    print(f"main: step {job.name}: {module_name} {shlex.join(argv)} (run {run_id})", flush=True)
+    outer = os.environ.get("MLFLOW_RUN_ID")
+    os.environ["MLFLOW_RUN_ID"] = run_id
+    try:
+        while os.environ.get(HOLD_ENV) == job.name:
+            print(f"main: holding step {job.name} (run {run_id}) in process {os.getpid()} for {HOLD_ENV}",
+                  flush=True)
+            time.sleep(60)
+        importlib.import_module(module_name).main(argv)
+    except KeyboardInterrupt:
+        reuse.end_run_killed(run_id)
+        raise
+    except BaseException:
+        if client.get_run(run_id).info.status == "RUNNING":      # it failed before its run began
+            client.set_terminated(run_id, "FAILED")
+        raise
+    finally:
+        if outer is None:
+            os.environ.pop("MLFLOW_RUN_ID", None)
+        else:
+            os.environ["MLFLOW_RUN_ID"] = outer
+        _clear_keras()
+    status = client.get_run(run_id).info.status
+    if status != "FINISHED":
+        raise RuntimeError(f"step {job.name}: run {run_id} ended {status}")
+    return run_id
+
+
+def _launch_in_worker(job: Launch) -> tuple[str, dict]:
+    """:func:`launch` in a worker; also hands back the models the step kept in the worker's
+    memory, so that the parent's later steps rebuild them instead of reading them from disk."""
+    before = set(registry.kept_models())
+    run_id = launch(job)
+    return run_id, {source: kept for source, kept in registry.kept_models().items() if source not in before}
+
+
+_worker_models = contextlib.ExitStack()
+
+
+def _worker_setup() -> None:
+    """Once per worker: the parent's tracking store, and a model store for the worker's life."""
+    tracking.configure()
+    _worker_models.enter_context(registry.models_kept_in_memory())
+
+
+class Pipeline:
+    """Runs steps as children of ``parent_run_id`` and records which run did each step.
+
+    ``workers`` > 1: :meth:`run_steps` runs independent steps that many at a time, this process
+    and ``workers - 1`` spawned worker processes (:mod:`multiloss.workers`), kept until :meth:`close`.
+    """
+
+    def __init__(self, parent_run_id: str, *, fresh: bool = False, project_file: Path = reuse.PROJECT_FILE,
+                 workers: int = 1):
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
         self.client = mlflow.MlflowClient()
         self.parent_run_id = parent_run_id
         self.experiment_id = self.client.get_run(parent_run_id).info.experiment_id
         self.fresh = fresh
+        self.workers = workers
         self.entry_points = entry_points(project_file)
         self.steps: dict[str, dict] = {}
+        self._helpers: list[Worker] = []
 
     def has(self, entry_point: str) -> bool:
         return entry_point in self.entry_points
@@ -122,29 +220,108 @@ class Pipeline:
     def step(self, name: str, entry_point: str, given: dict[str, object], input_fingerprint: str = "", *,
              aliases: list[tuple[str, str]] = (), output_intact=None) -> str | None:
         """The run id of step ``name``: a reused finished run, or a new child run of the stage.
+        Returns None (and says so) when MLproject has no such entry point. See :class:`Step`."""
+        return self.run_steps([Step(name, entry_point, given, input_fingerprint, tuple(aliases), output_intact)])[0]
 
-        ``aliases``: registry aliases the step sets; a run is reused only while they still point
-        where it left them. ``output_intact(run)``: False when the files the run wrote are gone.
-        Returns None (and says so) when MLproject has no such entry point.
-        """
-        if not self.has(entry_point):
-            print(f"main: step {name} skipped: MLproject has no entry point {entry_point!r}", flush=True)
-            self._record(name, entry_point, {}, None, "skipped")
-            return None
-        spec = self.entry_points[entry_point]
-        params = resolve_params(entry_point, spec, given)
-        code = reuse.code_version(stage_argv(spec, params)[0], spec)
-        if not self.fresh:
-            found = reuse.find_reusable(entry_point, params, code, input_fingerprint)
-            if found is not None and self._still_valid(found, aliases, output_intact):
-                print(f"main: step {name} reuses run {found.info.run_id}", flush=True)
-                self._record(name, entry_point, params, found.info.run_id, "reused")
-                return found.info.run_id
-        run_id = self._launch(name, entry_point, spec, params, code, input_fingerprint)
-        if aliases:
-            self.client.set_tag(run_id, ALIASES_TAG, json.dumps(alias_targets(list(aliases)), sort_keys=True))
-        self._record(name, entry_point, params, run_id, "ran")
-        return run_id
+    def run_steps(self, steps: list[Step]) -> list[str | None]:
+        """The run ids of independent steps, in order: reused where possible, the others run up to
+        ``workers`` at a time. If one fails, no further step starts, those running finish, and its
+        error is raised; an interrupt kills the workers and ends their runs KILLED."""
+        outcomes: dict[int, tuple[str | None, str, dict]] = {}
+        jobs: dict[int, Launch] = {}
+        for index, step in enumerate(steps):
+            if not self.has(step.entry_point):
+                print(f"main: step {step.name} skipped: MLproject has no entry point {step.entry_point!r}",
+                      flush=True)
+                outcomes[index] = (None, "skipped", {})
+                continue
+            spec = self.entry_points[step.entry_point]
+            params = resolve_params(step.entry_point, spec, step.given)
+            code = reuse.code_version(stage_argv(spec, params)[0], spec)
+            if not self.fresh:
+                found = reuse.find_reusable(step.entry_point, params, code, step.input_fingerprint)
+                if found is not None and self._still_valid(found, step.aliases, step.output_intact):
+                    print(f"main: step {step.name} reuses run {found.info.run_id}", flush=True)
+                    outcomes[index] = (found.info.run_id, "reused", params)
+                    continue
+            jobs[index] = Launch(self.experiment_id, self.parent_run_id, step.name, step.entry_point, spec, params,
+                                 code, step.input_fingerprint)
+        ran, errors = self._run(jobs)
+        for index, step in enumerate(steps):
+            if index in ran:
+                if step.aliases:
+                    self.client.set_tag(ran[index], ALIASES_TAG,
+                                        json.dumps(alias_targets(list(step.aliases)), sort_keys=True))
+                outcomes[index] = (ran[index], "ran", jobs[index].params)
+            if index in outcomes:
+                run_id, how, params = outcomes[index]
+                self._record(step.name, step.entry_point, params, run_id, how)
+        if errors:
+            raise errors[min(errors)]
+        return [outcomes[index][0] for index in range(len(steps))]
+
+    def _run(self, jobs: dict[int, Launch]) -> tuple[dict[int, str], dict[int, BaseException]]:
+        """Each worker takes jobs from the front of the queue, this process from the back (alone:
+        in order), each the next one as soon as it is free."""
+        helpers = self._start_helpers(min(self.workers - 1, len(jobs) - 1))
+        queue, lock, stop = collections.deque(jobs), threading.Lock(), threading.Event()
+        ran: dict[int, str] = {}
+        errors: dict[int, BaseException] = {}
+
+        def take(front: bool) -> int | None:
+            with lock:
+                if stop.is_set() or not queue:
+                    return None
+                return queue.popleft() if front else queue.pop()
+
+        def feed(worker: Worker) -> None:
+            while (index := take(front=True)) is not None:
+                try:
+                    ran[index], kept = worker.call(_launch_in_worker, jobs[index])
+                    registry.keep_models(kept)
+                except (WorkerError, WorkerDied) as error:
+                    errors[index] = type(error)(f"step {jobs[index].name}: {error}")
+                    stop.set()
+
+        threads = [threading.Thread(target=feed, args=(worker,), daemon=True) for worker in helpers]
+        try:
+            for thread in threads:
+                thread.start()
+            while (index := take(front=not threads)) is not None:
+                try:
+                    ran[index] = launch(jobs[index])
+                except Exception as error:       # noqa: BLE001 - raised once the others have finished
+                    errors[index] = error
+                    stop.set()
+            for thread in threads:
+                thread.join()
+        except BaseException:                    # an interrupt (SIGTERM, Ctrl-C): stop everything now
+            stop.set()
+            self._kill_helpers()
+            for thread in threads:
+                thread.join(10)
+            reuse.end_unfinished_children(self.parent_run_id, self.experiment_id)
+            raise
+        if any(isinstance(error, WorkerDied) for error in errors.values()):
+            self._helpers = [worker for worker in self._helpers if worker.process.is_alive()]
+            reuse.end_unfinished_children(self.parent_run_id, self.experiment_id)
+        return ran, errors
+
+    def _start_helpers(self, count: int) -> list[Worker]:
+        while len(self._helpers) < count:
+            self._helpers.append(Worker(len(self._helpers) + 1, _worker_setup))
+        return self._helpers[:max(count, 0)]
+
+    def _kill_helpers(self) -> None:
+        for worker in self._helpers:
+            worker.kill()
+        self._helpers = []
+
+    def close(self) -> None:
+        """Stop the worker processes (each after the step it is running)."""
+        for worker in self._helpers:
+            worker.close()
+        self._helpers = []
 
     def _still_valid(self, run, aliases, output_intact) -> bool:
         if aliases and run.data.tags.get(ALIASES_TAG) != json.dumps(alias_targets(list(aliases)), sort_keys=True):
@@ -154,39 +331,6 @@ class Pipeline:
             print(f"main: run {run.info.run_id} not reused: the files it wrote are missing or changed", flush=True)
             return False
         return True
-
-    def _launch(self, name, entry_point, spec, params, code, input_fingerprint) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=name, tags={
-            MLFLOW_PARENT_RUN_ID: self.parent_run_id, MLFLOW_PROJECT_ENTRY_POINT: entry_point, STEP_TAG: name,
-            reuse.CODE_VERSION_TAG: code, reuse.INPUT_FINGERPRINT_TAG: input_fingerprint})
-        run_id = run.info.run_id
-        self.client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in params.items()])
-        module_name, argv = stage_argv(spec, params)
-        print(f"main: step {name}: {module_name} {shlex.join(argv)} (run {run_id})", flush=True)
-        outer = os.environ.get("MLFLOW_RUN_ID")
-        os.environ["MLFLOW_RUN_ID"] = run_id
-        try:
-            while os.environ.get(HOLD_ENV) == name:
-                print(f"main: holding step {name} (run {run_id}) for {HOLD_ENV}", flush=True)
-                time.sleep(60)
-            importlib.import_module(module_name).main(argv)
-        except KeyboardInterrupt:
-            reuse.end_run_killed(run_id)
-            raise
-        except BaseException:
-            if self.client.get_run(run_id).info.status == "RUNNING":      # it failed before its run began
-                self.client.set_terminated(run_id, "FAILED")
-            raise
-        finally:
-            if outer is None:
-                os.environ.pop("MLFLOW_RUN_ID", None)
-            else:
-                os.environ["MLFLOW_RUN_ID"] = outer
-            _clear_keras()
-        status = self.client.get_run(run_id).info.status
-        if status != "FINISHED":
-            raise RuntimeError(f"step {name}: run {run_id} ended {status}")
-        return run_id
 
     def _record(self, name, entry_point, params, run_id, how) -> None:
         self.steps[name] = {"entry_point": entry_point, "run_id": run_id, "how": how, "params": params}
@@ -249,7 +393,10 @@ def run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int],
     stage ``until``. Returns the run ids of segment_eval, ensemble and report (None if not run).
     Models stay in memory between steps (:func:`registry.models_kept_in_memory`)."""
     with registry.models_kept_in_memory():
-        return _run_chain(pipeline, profile, data, seeds, until)
+        try:
+            return _run_chain(pipeline, profile, data, seeds, until)
+        finally:
+            pipeline.close()
 
 
 def _run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int], until: str) -> dict[str, str | None]:
@@ -272,11 +419,10 @@ def _run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int], u
 
     segment = _settings(profile, "segment")
     seg_print = mask_set_fingerprint(read_mask_set(lungs), root=lungs)
-    seg_versions = []
-    for loss in profile["segment"]["losses"]:
-        run_id = pipeline.step(f"segment.{loss}", "segment", {**segment, "loss": loss, "data": lungs}, seg_print,
-                               output_intact=_registered)
-        seg_versions.append(registered_version(run_id, registry.SEGMENTATION_MODEL))
+    seg_runs = pipeline.run_steps([Step(f"segment.{loss}", "segment", {**segment, "loss": loss, "data": lungs},
+                                        seg_print, output_intact=_registered)
+                                   for loss in profile["segment"]["losses"]])
+    seg_versions = [registered_version(run_id, registry.SEGMENTATION_MODEL) for run_id in seg_runs]
     if stop_after("segment"):
         return runs
 
@@ -306,12 +452,10 @@ def _run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int], u
     champion = targets[f"{registry.SEGMENTATION_MODEL}@champion"]
     encoder_input = json.dumps({"data": cropped_print,
                                 "encoder": version_reference(registry.SEGMENTATION_MODEL, champion)})
-    for seed in seeds:
-        for loss in profile["classify"]["losses"]:
-            pipeline.step(f"classify.{loss}.seed{seed}", "classify", {
-                **classify, "loss": loss, "data": cropped, "seed": seed,
-                "encoder": f"models:/{registry.SEGMENTATION_MODEL}/{champion}"}, encoder_input,
-                output_intact=_registered)
+    pipeline.run_steps([Step(f"classify.{loss}.seed{seed}", "classify", {
+        **classify, "loss": loss, "data": cropped, "seed": seed,
+        "encoder": f"models:/{registry.SEGMENTATION_MODEL}/{champion}"}, encoder_input, output_intact=_registered)
+        for seed in seeds for loss in profile["classify"]["losses"]])
     if stop_after("classify"):
         return runs
 

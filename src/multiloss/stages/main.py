@@ -53,6 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--until", choices=workflow.STAGES, default=workflow.STAGES[-1],
                         help="the last stage to run (default: all, ending with the report)")
     parser.add_argument("--fresh", type=flag, default=False, help="true: run every step again, reusing nothing")
+    parser.add_argument("--workers", type=integer("workers", 0), default=0,
+                        help="steps run at once (the U-Nets, the classifiers), this process and workers - 1 "
+                             "worker processes; 0: the profile's (1 where it sets none)")
     return parser.parse_args(argv)
 
 
@@ -92,10 +95,11 @@ def main(argv=None) -> None:
     _log_new_params(client, parent, {"profile": args.profile, "data": args.data, "img_size": args.img_size,
                                      "epochs": args.epochs, "seeds": ",".join(map(str, args.seeds)),
                                      "seg_losses": args.seg_losses, "cls_losses": args.cls_losses,
-                                     "until": args.until, "fresh": str(args.fresh).lower()})
+                                     "until": args.until, "fresh": str(args.fresh).lower(),
+                                     "workers": args.workers})
     client.log_dict(parent, profile, "profile.json")
     started = time.monotonic()
-    pipeline = workflow.Pipeline(parent, fresh=args.fresh)
+    pipeline = workflow.Pipeline(parent, fresh=args.fresh, workers=args.workers or int(profile.get("workers", 1)))
     try:
         runs = workflow.run_chain(pipeline, profile, args.data, args.seeds, args.until)
     except KeyboardInterrupt:
