@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -14,6 +15,7 @@ import yaml
 
 from multiloss import registry, tracking, workflow
 from multiloss.stages import main as main_stage
+from multiloss.workers import WorkerError
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT = workflow.entry_points()
@@ -148,3 +150,75 @@ def test_killed_pipeline_resumes_where_it_stopped(tmp_path):
     assert "1 steps ran, 3 reused" in out
     champion = client.get_model_version_by_alias(registry.SEGMENTATION_MODEL, "champion")
     assert client.get_run(champion.run_id).info.status == "FINISHED"
+
+
+def synth_step(name: str, out: Path, **given) -> workflow.Step:
+    return workflow.Step(name, "synth", {"out": out, "n_seg": 2, "n_cls": 13, "size": 32, "seed": 0, **given})
+
+
+def pipeline_run() -> tuple[mlflow.MlflowClient, str]:
+    """A client of the test's store, and a new parent run."""
+    tracking.configure()
+    client = mlflow.MlflowClient()
+    return client, client.create_run(tracking.ensure_experiment("pipeline")).info.run_id
+
+
+def children(client, parent: str) -> dict[str, mlflow.entities.Run]:
+    runs = client.search_runs([client.get_run(parent).info.experiment_id],
+                              f"tags.`mlflow.parentRunId` = '{parent}'")
+    return {run.info.run_name: run for run in runs}
+
+
+@pytest.mark.slow
+def test_independent_steps_run_beside_a_worker_and_a_failure_stops_what_had_not_started(tmp_path):
+    client, parent = pipeline_run()
+    pipeline = workflow.Pipeline(parent, workers=2)
+    try:
+        steps = [synth_step(f"synth.{k}", tmp_path / f"s{k}", seed=k) for k in range(3)]
+        run_ids = pipeline.run_steps(steps)
+        runs = children(client, pipeline.parent_run_id)
+        assert [runs[f"synth.{k}"].info.run_id for k in range(3)] == run_ids
+        assert list(pipeline.steps) == ["synth.0", "synth.1", "synth.2"]       # in order, whoever ran them
+        assert {run.info.status for run in runs.values()} == {"FINISHED"}
+        # the worker took the first step; this process the last
+        assert runs["synth.0"].data.tags[workflow.PROCESS_TAG] == "worker 1"
+        assert runs["synth.2"].data.tags[workflow.PROCESS_TAG] == "main"
+        assert (tmp_path / "s0" / "chest_xray").is_dir()
+
+        assert pipeline.run_steps(steps) == run_ids
+        assert {step["how"] for step in pipeline.steps.values()} == {"reused"}
+
+        bad = synth_step("synth.bad", tmp_path / "bad", n_cls=1)               # refused by its argument parser
+        with pytest.raises(WorkerError, match=r"(?s)step synth\.bad: in worker 1 .*SystemExit"):
+            pipeline.run_steps([bad, synth_step("synth.5", tmp_path / "s5", seed=5),
+                                synth_step("synth.6", tmp_path / "s6", seed=6)])
+        runs = children(client, pipeline.parent_run_id)
+        assert runs["synth.bad"].info.status == "FAILED" and "synth.bad" not in pipeline.steps
+        assert runs["synth.6"].info.status == "FINISHED" and pipeline.steps["synth.6"]["how"] == "ran"
+        assert "RUNNING" not in {run.info.status for run in runs.values()}
+    finally:
+        pipeline.close()
+
+
+@pytest.mark.slow
+def test_an_interrupt_kills_the_workers_and_ends_their_unfinished_runs_killed(tmp_path, monkeypatch):
+    monkeypatch.setenv(workflow.HOLD_ENV, "synth.held")       # the worker inherits it and holds that step
+    client, parent = pipeline_run()
+    pipeline = workflow.Pipeline(parent, workers=2)
+    seen = {}
+
+    def interrupted(job):
+        """This process's step: wait until the worker's step is running, then Ctrl-C."""
+        seen["worker"] = pipeline._helpers[0].process
+        deadline = time.monotonic() + 120
+        while "synth.held" not in children(client, pipeline.parent_run_id):
+            assert time.monotonic() < deadline, "the worker never started its step"
+            time.sleep(0.2)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(workflow, "launch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_steps([synth_step("synth.held", tmp_path / "held"), synth_step("synth.1", tmp_path / "s1")])
+    assert not seen["worker"].is_alive() and pipeline._helpers == []
+    held = children(client, pipeline.parent_run_id)["synth.held"]
+    assert held.info.status == "KILLED" and "synth.held" not in pipeline.steps

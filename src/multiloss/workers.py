@@ -38,7 +38,7 @@ class Worker:
         self.number = number
         self._conn, child_end = context.Pipe()
         self.process = context.Process(target=_serve, args=(child_end, number, os.getpid(), setup),
-                                       name=f"multiloss-worker-{number}")
+                                       name=f"worker {number}")
         self.process.start()
         child_end.close()
 

@@ -19,6 +19,7 @@ import dataclasses
 import gc
 import importlib
 import json
+import multiprocessing
 import os
 import shlex
 import tempfile
@@ -39,6 +40,7 @@ from multiloss.workers import Worker, WorkerDied, WorkerError
 PROFILE_DIR = reuse.PROJECT_FILE.parent / "experiments"
 ALIASES_TAG = "pipeline.aliases"
 STEP_TAG = "pipeline.step"
+PROCESS_TAG = "pipeline.process"       # which process ran a step: main, worker 1, ...
 # A test hook: the step named here stops, its child run RUNNING, until the process is killed.
 HOLD_ENV = "MULTILOSS_HOLD_STEP"
 STAGES = ("synth", "segment", "segment_eval", "crop", "classify", "ensemble", "gradcam", "report")
@@ -145,7 +147,8 @@ def launch(job: Launch) -> str:
     client = mlflow.MlflowClient()
     run = client.create_run(job.experiment_id, run_name=job.name, tags={
         MLFLOW_PARENT_RUN_ID: job.parent_run_id, MLFLOW_PROJECT_ENTRY_POINT: job.entry_point, STEP_TAG: job.name,
-        reuse.CODE_VERSION_TAG: job.code, reuse.INPUT_FINGERPRINT_TAG: job.input_fingerprint})
+        reuse.CODE_VERSION_TAG: job.code, reuse.INPUT_FINGERPRINT_TAG: job.input_fingerprint,
+        PROCESS_TAG: _process_label()})
     run_id = run.info.run_id
     client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in job.params.items()])
     module_name, argv = stage_argv(job.spec, job.params)
@@ -175,6 +178,11 @@ def launch(job: Launch) -> str:
     if status != "FINISHED":
         raise RuntimeError(f"step {job.name}: run {run_id} ended {status}")
     return run_id
+
+
+def _process_label() -> str:
+    name = multiprocessing.current_process().name
+    return "main" if name == "MainProcess" else name
 
 
 def _launch_in_worker(job: Launch) -> tuple[str, dict]:
@@ -290,7 +298,7 @@ class Pipeline:
             while (index := take(front=not threads)) is not None:
                 try:
                     ran[index] = launch(jobs[index])
-                except Exception as error:       # noqa: BLE001 - raised once the others have finished
+                except (Exception, SystemExit) as error:    # raised once the running steps have finished
                     errors[index] = error
                     stop.set()
             for thread in threads:
