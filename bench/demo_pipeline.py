@@ -7,6 +7,7 @@ peak memory of the pipeline process; and the load average, since the machine may
 
     .venv/bin/python bench/demo_pipeline.py                      # fresh home under bench/out/
     .venv/bin/python bench/demo_pipeline.py --home /tmp/h --runs 1 -- -P seeds=0,1
+    .venv/bin/python bench/demo_pipeline.py --runs 1 --workers 1,2    # one step at a time against two
 """
 
 from __future__ import annotations
@@ -127,20 +128,34 @@ def markdown(rows: list[dict], total: float, cpu: float, peak_mib: float, loads:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--home", type=Path, help="MULTILOSS_HOME to use (default: a new folder under bench/out)")
+    parser.add_argument("--home", type=Path, help="MULTILOSS_HOME to use (default: a new folder under bench/out); "
+                                                  "with several --workers values, one sub-folder each")
     parser.add_argument("--profile", default="demo")
     parser.add_argument("--runs", type=int, default=2, help="2: also time the rerun, which should reuse every step")
+    parser.add_argument("--workers", default="", help="e.g. 1,2: the pipeline once per value, one after the other, "
+                                                      "each in its own fresh home, then the ratio of their times")
     parser.add_argument("extra", nargs="*", help="more `mlflow run` arguments after --, e.g. -P seeds=0,1")
     args = parser.parse_args(argv)
     home = args.home or Path(tempfile.mkdtemp(prefix="demo-home-", dir=REPO / "bench" / "out"))
-    home.mkdir(parents=True, exist_ok=True)
-    for attempt in range(1, args.runs + 1):
-        before, ticks = os.getloadavg()[0], cpu_ticks()
-        total, cpu, peak_mib, parent = launch(home, args.profile, args.extra, home / f"main-{attempt}.log")
-        steal = steal_share(ticks, cpu_ticks())
-        rows = step_table(home, parent)
-        print(f"\n## run {attempt} ({args.profile}, home {home}, parent run {parent})\n")
-        print(markdown(rows, total, cpu, peak_mib, (before, os.getloadavg()[0]), steal), flush=True)
+    counts = [int(v) for v in args.workers.split(",") if v.strip()]
+    settings = [(home / f"workers-{n}", ["-P", f"workers={n}"]) for n in counts] if counts else [(home, [])]
+    first_totals = {}
+    for (folder, workers), count in zip(settings, counts or [None]):
+        folder.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, args.runs + 1):
+            before, ticks = os.getloadavg()[0], cpu_ticks()
+            total, cpu, peak_mib, parent = launch(folder, args.profile, [*workers, *args.extra],
+                                                  folder / f"main-{attempt}.log")
+            steal = steal_share(ticks, cpu_ticks())
+            rows = step_table(folder, parent)
+            first_totals.setdefault(count, total)
+            print(f"\n## run {attempt} ({args.profile}{f', workers {count}' if count else ''}, home {folder}, "
+                  f"parent run {parent})\n")
+            print(markdown(rows, total, cpu, peak_mib, (before, os.getloadavg()[0]), steal), flush=True)
+    if len(counts) > 1:
+        base = first_totals[counts[0]]
+        print("\n" + "; ".join(f"workers {n}: {first_totals[n]:.0f} s ({first_totals[n] / base:.2f} of workers "
+                                f"{counts[0]})" for n in counts))
 
 
 if __name__ == "__main__":
