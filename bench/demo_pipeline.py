@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -27,9 +28,28 @@ HEADLINE = {"segment": "val_dice_best", "segment_eval": "champion_dice_mean", "c
             "ensemble": "test_mcc"}
 
 
-def launch(home: Path, profile: str, extra: list[str], log: Path) -> tuple[float, float, float, str]:
-    """Run main once; returns wall seconds, CPU seconds and peak RSS (MiB) of the processes it
-    started, and the parent run id."""
+def tree_rss_mib(root: int) -> float:
+    """Resident memory of a process and all its descendants now, in MiB (/proc; 0 without it)."""
+    parents, rss = {}, {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            parents[int(entry.name)], rss[int(entry.name)] = int(fields[1]), int(fields[21])
+    tree, frontier = {root}, [root]
+    while frontier:
+        current = frontier.pop()
+        children = [pid for pid, parent in parents.items() if parent == current and pid not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(rss.get(pid, 0) for pid in tree) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def launch(home: Path, profile: str, extra: list[str], log: Path) -> tuple[float, float, float, float, str]:
+    """Run main once; returns wall seconds, CPU seconds, peak RSS (MiB) of the largest process it
+    started and of all of them together (sampled twice a second), and the parent run id."""
     bin_dir = str(Path(sys.executable).parent)           # the stage commands call `python`: ours
     env = {**os.environ, "MULTILOSS_HOME": str(home), "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     env.pop("MLFLOW_RUN_ID", None)
@@ -43,7 +63,16 @@ def launch(home: Path, profile: str, extra: list[str], log: Path) -> tuple[float
     started = time.monotonic()
     with open(log, "w") as out:
         process = subprocess.Popen(command, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        peak_tree, done = [0.0], threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.5):
+                peak_tree[0] = max(peak_tree[0], tree_rss_mib(process.pid))
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         _, status, usage = os.wait4(process.pid, 0)     # this launch's process tree only
+        done.set()
+        sampler.join()
     seconds = time.monotonic() - started
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode:
@@ -51,7 +80,7 @@ def launch(home: Path, profile: str, extra: list[str], log: Path) -> tuple[float
     cpu = usage.ru_utime + usage.ru_stime
     peak_mib = usage.ru_maxrss / 1024
     parent = [line for line in log.read_text().splitlines() if "main: done in" in line]
-    return seconds, cpu, peak_mib, parent[-1].rsplit("parent run ", 1)[1].rstrip(")") if parent else ""
+    return seconds, cpu, peak_mib, peak_tree[0], parent[-1].rsplit("parent run ", 1)[1].rstrip(")") if parent else ""
 
 
 def step_table(home: Path, parent_id: str) -> list[dict]:
@@ -110,7 +139,7 @@ def steal_share(before: list[int] | None, after: list[int] | None) -> float | No
 
 
 def markdown(rows: list[dict], total: float, cpu: float, peak_mib: float, loads: tuple,
-             steal: float | None = None) -> str:
+             steal: float | None = None, peak_all_mib: float | None = None) -> str:
     lines = ["| step | ran / reused (where) | seconds | headline |", "|---|---|---:|---|"]
     lines += [f"| {r['step']} | {r['how']} | {r['seconds']:.1f} | {r['metric']} |" for r in rows]
     in_steps = covered_seconds([r["span"] for r in rows if r["span"]])
@@ -119,8 +148,9 @@ def markdown(rows: list[dict], total: float, cpu: float, peak_mib: float, loads:
               f"| (outside steps: imports, fingerprints, launcher) | | {total - in_steps:.1f} | |",
               f"| **total** | | **{total:.1f}** | target {TARGET_SECONDS} s: "
               f"{'met' if total <= TARGET_SECONDS else 'MISSED'} |"]
-    lines.append(f"\nCPU time of the pipeline processes: {cpu:.0f} s; peak memory (largest process): "
-                 f"{peak_mib:.0f} MiB; load average before/after: {loads[0]:.2f} / {loads[1]:.2f} "
+    lines.append(f"\nCPU time of the pipeline processes: {cpu:.0f} s; peak memory: "
+                 + (f"{peak_all_mib:.0f} MiB all processes together, " if peak_all_mib else "")
+                 + f"{peak_mib:.0f} MiB the largest process; load average before/after: {loads[0]:.2f} / {loads[1]:.2f} "
                  f"on {os.cpu_count()} CPUs (other work on the machine slows every step)"
                  + (f"; CPU steal (time the host gave to other machines) {steal:.1%}" if steal is not None else ""))
     return "\n".join(lines)
@@ -144,14 +174,14 @@ def main(argv=None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         for attempt in range(1, args.runs + 1):
             before, ticks = os.getloadavg()[0], cpu_ticks()
-            total, cpu, peak_mib, parent = launch(folder, args.profile, [*workers, *args.extra],
-                                                  folder / f"main-{attempt}.log")
+            total, cpu, peak_mib, peak_all_mib, parent = launch(folder, args.profile, [*workers, *args.extra],
+                                                                folder / f"main-{attempt}.log")
             steal = steal_share(ticks, cpu_ticks())
             rows = step_table(folder, parent)
             first_totals.setdefault(count, total)
             print(f"\n## run {attempt} ({args.profile}{f', workers {count}' if count else ''}, home {folder}, "
                   f"parent run {parent})\n")
-            print(markdown(rows, total, cpu, peak_mib, (before, os.getloadavg()[0]), steal), flush=True)
+            print(markdown(rows, total, cpu, peak_mib, (before, os.getloadavg()[0]), steal, peak_all_mib), flush=True)
     if len(counts) > 1:
         base = first_totals[counts[0]]
         print("\n" + "; ".join(f"workers {n}: {first_totals[n]:.0f} s ({first_totals[n] / base:.2f} of workers "
