@@ -24,6 +24,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_SECONDS = 15 * 60
+# The environment as we were started: reading a run's results points MLflow (and, through
+# mlflow.set_tracking_uri, MLFLOW_TRACKING_URI) at that home's store, which a later launch must not inherit.
+STARTING_ENV = dict(os.environ)
 HEADLINE = {"segment": "val_dice_best", "segment_eval": "champion_dice_mean", "classify": "test_mcc",
             "ensemble": "test_mcc"}
 
@@ -51,7 +54,7 @@ def launch(home: Path, profile: str, extra: list[str], log: Path) -> tuple[float
     """Run main once; returns wall seconds, CPU seconds, peak RSS (MiB) of the largest process it
     started and of all of them together (sampled twice a second), and the parent run id."""
     bin_dir = str(Path(sys.executable).parent)           # the stage commands call `python`: ours
-    env = {**os.environ, "MULTILOSS_HOME": str(home), "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    env = {**STARTING_ENV, "MULTILOSS_HOME": str(home), "PATH": bin_dir + os.pathsep + STARTING_ENV.get("PATH", "")}
     env.pop("MLFLOW_RUN_ID", None)
     uri = subprocess.run([sys.executable, "-m", "multiloss.tracking", "uri"], env=env, cwd=REPO, check=True,
                          capture_output=True, text=True).stdout.strip()
