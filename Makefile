@@ -31,13 +31,16 @@ pipeline: install
 	$(TRACKING); set -e; $(BIN)/python -m multiloss.tracking init >/dev/null; \
 	$(RUN) -e main --experiment-name pipeline -P profile=$(PROFILE) $(MAIN_PARAMS)
 
-## test: the whole test suite (what CI runs)
+# Test processes (pytest-xdist): tiny-model tests are mostly single-threaded graph building.
+PYTEST_WORKERS ?= 2
+
+## test: the whole test suite (what CI runs), in $(PYTEST_WORKERS) processes
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS)
 
 ## test-fast: skip the tests that train models or launch MLflow projects
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m "not slow"
 
 ## ui: the MLflow UI on our store, at http://127.0.0.1:5000
 ui: install
