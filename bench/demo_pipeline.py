@@ -31,8 +31,21 @@ HEADLINE = {"segment": "val_dice_best", "segment_eval": "champion_dice_mean", "c
             "ensemble": "test_mcc"}
 
 
-def tree_rss_mib(root: int) -> float:
-    """Resident memory of a process and all its descendants now, in MiB (/proc; 0 without it)."""
+def _proportional_mib(pid: int, rss_pages: int) -> float:
+    """A process's proportional set size (PSS: each shared page split among its users, so the
+    processes' figures add up; TensorFlow's libraries are mapped by every process), from
+    smaps_rollup; its resident size where that file is missing."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return rss_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def tree_memory_mib(root: int) -> float:
+    """Memory of a process and all its descendants now, in MiB (sum of PSS; 0 without /proc)."""
     parents, rss = {}, {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -47,12 +60,12 @@ def tree_rss_mib(root: int) -> float:
         children = [pid for pid, parent in parents.items() if parent == current and pid not in tree]
         tree.update(children)
         frontier.extend(children)
-    return sum(rss.get(pid, 0) for pid in tree) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return sum(_proportional_mib(pid, rss[pid]) for pid in tree if pid in rss)
 
 
 def launch(home: Path, profile: str, extra: list[str], log: Path) -> tuple[float, float, float, float, str]:
-    """Run main once; returns wall seconds, CPU seconds, peak RSS (MiB) of the largest process it
-    started and of all of them together (sampled twice a second), and the parent run id."""
+    """Run main once; returns wall seconds, CPU seconds, peak memory (MiB) of the largest process it
+    started (RSS) and of all of them together (PSS, sampled twice a second), and the parent run id."""
     bin_dir = str(Path(sys.executable).parent)           # the stage commands call `python`: ours
     env = {**STARTING_ENV, "MULTILOSS_HOME": str(home), "PATH": bin_dir + os.pathsep + STARTING_ENV.get("PATH", "")}
     env.pop("MLFLOW_RUN_ID", None)
@@ -70,7 +83,7 @@ def launch(home: Path, profile: str, extra: list[str], log: Path) -> tuple[float
 
         def sample() -> None:
             while not done.wait(0.5):
-                peak_tree[0] = max(peak_tree[0], tree_rss_mib(process.pid))
+                peak_tree[0] = max(peak_tree[0], tree_memory_mib(process.pid))
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         _, status, usage = os.wait4(process.pid, 0)     # this launch's process tree only
@@ -152,7 +165,7 @@ def markdown(rows: list[dict], total: float, cpu: float, peak_mib: float, loads:
               f"| **total** | | **{total:.1f}** | target {TARGET_SECONDS} s: "
               f"{'met' if total <= TARGET_SECONDS else 'MISSED'} |"]
     lines.append(f"\nCPU time of the pipeline processes: {cpu:.0f} s; peak memory: "
-                 + (f"{peak_all_mib:.0f} MiB all processes together, " if peak_all_mib else "")
+                 + (f"{peak_all_mib:.0f} MiB all processes together (PSS), " if peak_all_mib else "")
                  + f"{peak_mib:.0f} MiB the largest process; load average before/after: {loads[0]:.2f} / {loads[1]:.2f} "
                  f"on {os.cpu_count()} CPUs (other work on the machine slows every step)"
                  + (f"; CPU steal (time the host gave to other machines) {steal:.1%}" if steal is not None else ""))

@@ -76,6 +76,8 @@ def test_overrides_apply_to_both_trainings_and_leave_the_profile_alone():
     assert [changed[s]["epochs"] for s in ("segment", "classify")] == [2, 2]
     assert changed["segment"]["losses"] == ["bce", "focal"] and changed["classify"]["losses"] == ["cce"]
     assert profile["segment"]["losses"] != ["bce", "focal"]
+    with pytest.raises(ValueError, match=r"the classify losses name cce, kld more than once \(main's cls_losses"):
+        workflow.with_overrides(profile, cls_losses="cce,kld,focal,kld,cce")
 
 
 def test_a_step_without_entry_point_is_skipped_and_recorded(tmp_path, capsys):
@@ -169,8 +171,13 @@ def children(client, parent: str) -> dict[str, mlflow.entities.Run]:
     return {run.info.run_name: run for run in runs}
 
 
+def status(client, parent: str, name: str) -> str | None:
+    run = children(client, parent).get(name)
+    return run.info.status if run else None
+
+
 @pytest.mark.slow
-def test_independent_steps_run_beside_a_worker_and_a_failure_stops_what_had_not_started(tmp_path):
+def test_independent_steps_run_beside_a_worker_and_a_failure_stops_what_had_not_started(tmp_path, monkeypatch):
     client, parent = pipeline_run()
     pipeline = workflow.Pipeline(parent, workers=2)
     try:
@@ -188,14 +195,28 @@ def test_independent_steps_run_beside_a_worker_and_a_failure_stops_what_had_not_
         assert pipeline.run_steps(steps) == run_ids
         assert {step["how"] for step in pipeline.steps.values()} == {"reused"}
 
-        bad = synth_step("synth.bad", tmp_path / "bad", n_cls=1)               # refused by its argument parser
+        # The worker takes synth.bad (refused by its argument parser), this process synth.6 once
+        # synth.bad has failed; then no one starts synth.5.
+        launch = workflow.launch
+
+        def after_the_failure(job):
+            deadline = time.monotonic() + 120
+            while status(client, pipeline.parent_run_id, "synth.bad") != "FAILED":
+                assert time.monotonic() < deadline, "synth.bad never failed"
+                time.sleep(0.2)
+            return launch(job)
+
+        monkeypatch.setattr(workflow, "launch", after_the_failure)
+        bad = synth_step("synth.bad", tmp_path / "bad", n_cls=1)
         with pytest.raises(WorkerError, match=r"(?s)step synth\.bad: in worker 1 .*SystemExit"):
             pipeline.run_steps([bad, synth_step("synth.5", tmp_path / "s5", seed=5),
                                 synth_step("synth.6", tmp_path / "s6", seed=6)])
         runs = children(client, pipeline.parent_run_id)
         assert runs["synth.bad"].info.status == "FAILED" and "synth.bad" not in pipeline.steps
         assert runs["synth.6"].info.status == "FINISHED" and pipeline.steps["synth.6"]["how"] == "ran"
-        assert "RUNNING" not in {run.info.status for run in runs.values()}
+        assert "synth.5" not in runs and "synth.5" not in pipeline.steps
+        with pytest.raises(ValueError, match="distinct names, got synth.0, synth.0"):
+            pipeline.run_steps([steps[0], steps[0]])
     finally:
         pipeline.close()
 

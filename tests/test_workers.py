@@ -56,11 +56,16 @@ def test_a_worker_that_dies_midway_is_reported_with_its_exit_code(worker):
 
 
 def test_a_worker_dies_with_its_parent_even_one_killed_without_warning(tmp_path):
+    # The worker is busy (an idle one would also end on its pipe's end-of-file): only the kernel's
+    # parent-death signal can stop it.
     script = textwrap.dedent("""
-        import os, sys, time
+        import os, threading, time
         from multiloss.workers import Worker
         worker = Worker(1)
-        print(worker.call(os.getpid), flush=True)
+        pid = worker.call(os.getpid)
+        threading.Thread(target=worker.call, args=(time.sleep, 600), daemon=True).start()
+        time.sleep(1)
+        print(pid, flush=True)
         time.sleep(600)
     """)
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)

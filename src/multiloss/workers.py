@@ -71,6 +71,7 @@ class Worker:
         if self.process.is_alive():
             self.process.kill()
         self.process.join(10)
+        self._conn.close()
 
 
 class _Prefixed(io.TextIOBase):
@@ -128,4 +129,7 @@ def _serve(conn, number: int, parent_pid: int, setup: Callable[[], None] | None)
             answer = (False, traceback.format_exc())
         sys.stdout.flush()
         sys.stderr.flush()
-        conn.send(answer)
+        try:
+            conn.send(answer)
+        except Exception:                               # noqa: BLE001 - an answer that does not pickle
+            conn.send((False, traceback.format_exc()))

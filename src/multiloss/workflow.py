@@ -221,6 +221,7 @@ class Pipeline:
         self.entry_points = entry_points(project_file)
         self.steps: dict[str, dict] = {}
         self._helpers: list[Worker] = []
+        self._started_helpers = 0
 
     def has(self, entry_point: str) -> bool:
         return entry_point in self.entry_points
@@ -235,6 +236,9 @@ class Pipeline:
         """The run ids of independent steps, in order: reused where possible, the others run up to
         ``workers`` at a time. If one fails, no further step starts, those running finish, and its
         error is raised; an interrupt kills the workers and ends their runs KILLED."""
+        names = [step.name for step in steps]
+        if len(set(names)) != len(names):
+            raise ValueError(f"steps run together need distinct names, got {', '.join(names)}")
         outcomes: dict[int, tuple[str | None, str, dict]] = {}
         jobs: dict[int, Launch] = {}
         for index, step in enumerate(steps):
@@ -254,27 +258,29 @@ class Pipeline:
                     continue
             jobs[index] = Launch(self.experiment_id, self.parent_run_id, step.name, step.entry_point, spec, params,
                                  code, step.input_fingerprint)
-        ran, errors = self._run(jobs)
-        for index, step in enumerate(steps):
-            if index in ran:
-                if step.aliases:
-                    self.client.set_tag(ran[index], ALIASES_TAG,
-                                        json.dumps(alias_targets(list(step.aliases)), sort_keys=True))
-                outcomes[index] = (ran[index], "ran", jobs[index].params)
-            if index in outcomes:
-                run_id, how, params = outcomes[index]
-                self._record(step.name, step.entry_point, params, run_id, how)
+        ran: dict[int, str] = {}
+        errors: dict[int, BaseException] = {}
+        try:
+            self._run(jobs, ran, errors)
+        finally:                                  # interrupted too: what finished is recorded
+            for index, step in enumerate(steps):
+                if index in ran:
+                    if step.aliases:
+                        self.client.set_tag(ran[index], ALIASES_TAG,
+                                            json.dumps(alias_targets(list(step.aliases)), sort_keys=True))
+                    outcomes[index] = (ran[index], "ran", jobs[index].params)
+                if index in outcomes:
+                    run_id, how, params = outcomes[index]
+                    self._record(step.name, step.entry_point, params, run_id, how)
         if errors:
             raise errors[min(errors)]
         return [outcomes[index][0] for index in range(len(steps))]
 
-    def _run(self, jobs: dict[int, Launch]) -> tuple[dict[int, str], dict[int, BaseException]]:
-        """Each worker takes jobs from the front of the queue, this process from the back (alone:
-        in order), each the next one as soon as it is free."""
-        helpers = self._start_helpers(min(self.workers - 1, len(jobs) - 1))
+    def _run(self, jobs: dict[int, Launch], ran: dict[int, str], errors: dict[int, BaseException]) -> None:
+        """Fill ``ran`` (index -> run id) and ``errors``. Each worker takes jobs from the front of the
+        queue, this process from the back (alone: in order), each the next one as soon as it is free."""
         queue, lock, stop = collections.deque(jobs), threading.Lock(), threading.Event()
-        ran: dict[int, str] = {}
-        errors: dict[int, BaseException] = {}
+        dead: list[Worker] = []
 
         def take(front: bool) -> int | None:
             with lock:
@@ -289,10 +295,16 @@ class Pipeline:
                     registry.keep_models(kept)
                 except (WorkerError, WorkerDied) as error:
                     errors[index] = type(error)(f"step {jobs[index].name}: {error}")
+                    dead.extend([worker] if isinstance(error, WorkerDied) else [])
+                    stop.set()
+                except Exception as error:          # noqa: BLE001 - e.g. a job or an answer that does not pickle
+                    errors[index] = error
                     stop.set()
 
-        threads = [threading.Thread(target=feed, args=(worker,), daemon=True) for worker in helpers]
+        threads = []
         try:
+            helpers = self._start_helpers(min(self.workers - 1, len(jobs) - 1))
+            threads = [threading.Thread(target=feed, args=(worker,), daemon=True) for worker in helpers]
             for thread in threads:
                 thread.start()
             while (index := take(front=not threads)) is not None:
@@ -310,14 +322,20 @@ class Pipeline:
                 thread.join(10)
             reuse.end_unfinished_children(self.parent_run_id, self.experiment_id)
             raise
-        if any(isinstance(error, WorkerDied) for error in errors.values()):
-            self._helpers = [worker for worker in self._helpers if worker.process.is_alive()]
+        if dead:
+            for worker in dead:
+                worker.kill()
+            self._helpers = [worker for worker in self._helpers if worker not in dead]
             reuse.end_unfinished_children(self.parent_run_id, self.experiment_id)
-        return ran, errors
 
     def _start_helpers(self, count: int) -> list[Worker]:
+        """``count`` live workers: those already started (dead ones dropped), then new ones."""
+        for worker in [w for w in self._helpers if not w.process.is_alive()]:
+            worker.kill()
+            self._helpers.remove(worker)
         while len(self._helpers) < count:
-            self._helpers.append(Worker(len(self._helpers) + 1, _worker_setup))
+            self._started_helpers += 1
+            self._helpers.append(Worker(self._started_helpers, _worker_setup))
         return self._helpers[:max(count, 0)]
 
     def _kill_helpers(self) -> None:
@@ -387,6 +405,10 @@ def with_overrides(profile: dict, *, img_size: int = 0, epochs: int = 0, seg_los
             profile[stage]["epochs"] = epochs
         if losses.strip():
             profile[stage]["losses"] = [name.strip() for name in losses.split(",") if name.strip()]
+        twice = sorted({name for name in profile[stage]["losses"] if profile[stage]["losses"].count(name) > 1})
+        if twice:
+            raise ValueError(f"the {stage} losses name {', '.join(twice)} more than once "
+                             f"(main's {'seg' if stage == 'segment' else 'cls'}_losses or the profile)")
     return profile
 
 

@@ -82,6 +82,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     profile = workflow.with_overrides(workflow.load_profile(args.profile), img_size=args.img_size,
                                       epochs=args.epochs, seg_losses=args.seg_losses, cls_losses=args.cls_losses)
+    workers = args.workers or int(profile.get("workers", 1))
     signal.signal(signal.SIGTERM, _interrupt)
     tracking.configure()
     client = mlflow.MlflowClient()
@@ -96,10 +97,10 @@ def main(argv=None) -> None:
                                      "epochs": args.epochs, "seeds": ",".join(map(str, args.seeds)),
                                      "seg_losses": args.seg_losses, "cls_losses": args.cls_losses,
                                      "until": args.until, "fresh": str(args.fresh).lower(),
-                                     "workers": args.workers})
+                                     "workers": workers})
     client.log_dict(parent, profile, "profile.json")
     started = time.monotonic()
-    pipeline = workflow.Pipeline(parent, fresh=args.fresh, workers=args.workers or int(profile.get("workers", 1)))
+    pipeline = workflow.Pipeline(parent, fresh=args.fresh, workers=workers)
     try:
         runs = workflow.run_chain(pipeline, profile, args.data, args.seeds, args.until)
     except KeyboardInterrupt:
