@@ -295,7 +295,8 @@ class Pipeline:
                     registry.keep_models(kept)
                 except (WorkerError, WorkerDied) as error:
                     errors[index] = type(error)(f"step {jobs[index].name}: {error}")
-                    dead.extend([worker] if isinstance(error, WorkerDied) else [])
+                    if isinstance(error, WorkerDied):
+                        dead.append(worker)
                     stop.set()
                 except Exception as error:          # noqa: BLE001 - e.g. a job or an answer that does not pickle
                     errors[index] = error
