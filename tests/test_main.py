@@ -243,3 +243,10 @@ def test_an_interrupt_kills_the_workers_and_ends_their_unfinished_runs_killed(tm
     assert not seen["worker"].is_alive() and pipeline._helpers == []
     held = children(client, pipeline.parent_run_id)["synth.held"]
     assert held.info.status == "KILLED" and "synth.held" not in pipeline.steps
+
+
+def test_a_profile_whose_workers_is_not_a_count_is_named(tmp_path):
+    profile = tmp_path / "bad.yaml"
+    profile.write_text(yaml.safe_dump({**TINY, "workers": "two"}))
+    with pytest.raises(ValueError, match=r"profile .*bad\.yaml: workers must be a whole number of processes, got 'two'"):
+        main_stage.main(["--profile", str(profile)])

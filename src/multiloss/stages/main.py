@@ -82,7 +82,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     profile = workflow.with_overrides(workflow.load_profile(args.profile), img_size=args.img_size,
                                       epochs=args.epochs, seg_losses=args.seg_losses, cls_losses=args.cls_losses)
-    workers = args.workers or int(profile.get("workers", 1))
+    workers = args.workers or profile.get("workers", 1)
+    if not isinstance(workers, int) or isinstance(workers, bool):
+        raise ValueError(f"profile {args.profile}: workers must be a whole number of processes, got {workers!r}")
     signal.signal(signal.SIGTERM, _interrupt)
     tracking.configure()
     client = mlflow.MlflowClient()
