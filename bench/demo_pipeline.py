@@ -104,8 +104,9 @@ def step_table(home: Path, parent_id: str) -> list[dict]:
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     import mlflow
 
-    from multiloss import tracking, workflow
-    tracking.configure()
+    from multiloss.pipeline import engine
+    from multiloss.tracking import store
+    store.configure()
     client = mlflow.MlflowClient()
     with tempfile.TemporaryDirectory() as tmp:
         steps = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=parent_id, artifact_path="steps.json",
@@ -118,8 +119,8 @@ def step_table(home: Path, parent_id: str) -> list[dict]:
             if step["how"] == "ran":
                 row["seconds"] = (run.info.end_time - run.info.start_time) / 1000
                 row["span"] = (run.info.start_time / 1000, run.info.end_time / 1000)
-                if run.data.tags.get(workflow.PROCESS_TAG):
-                    row["how"] += f" ({run.data.tags[workflow.PROCESS_TAG]})"
+                if run.data.tags.get(engine.PROCESS_TAG):
+                    row["how"] += f" ({run.data.tags[engine.PROCESS_TAG]})"
             key = HEADLINE.get(step["entry_point"])
             if key and key in run.data.metrics:
                 row["metric"] = f"{key} {run.data.metrics[key]:.4f}"

@@ -21,12 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import multiloss  # noqa: F401  (pins tf-keras before TensorFlow loads)
 import tensorflow as tf
 import tf_keras
 
+import multiloss  # noqa: F401  (pins tf-keras before TensorFlow loads)
 from multiloss.data.classes import CLASSES
-from multiloss.data.pipeline import image_dataset, one_hot
+from multiloss.data.datasets import image_dataset, one_hot
 from multiloss.data.readers import read_kermany
 from multiloss.data.synthetic import write_synthetic
 
@@ -71,7 +71,9 @@ def loader_images_per_second(make_iterable, n_batches: int, batch_size: int, pas
 
 def forward_flops(img_size: int) -> float:
     """Float operations of one forward pass (multiply-add = 2), from TensorFlow's graph profiler."""
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
 
     model = build_model(img_size)
     concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(

@@ -14,10 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import multiloss  # noqa: F401
 import tf_keras
 
-from multiloss.data.pipeline import mask_dataset
+import multiloss  # noqa: F401
+from multiloss.data.datasets import mask_dataset
 from multiloss.data.readers import read_pairs
 from multiloss.data.synthetic import write_synthetic
 from multiloss.losses import segmentation_loss

@@ -53,9 +53,10 @@ def main() -> None:
     os.environ["MULTILOSS_HOME"] = str(home)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     import multiloss  # noqa: F401  (before TensorFlow)
-    from multiloss import registry, sweeps, tracking
+    from multiloss.classification import sweeps
     from multiloss.data.synthetic import write_synthetic
     from multiloss.stages import segment
+    from multiloss.tracking import registry, store
 
     data = home / "synthetic"
     if not data.exists():
@@ -75,7 +76,7 @@ def main() -> None:
         settings = sweeps.SweepSettings(args.loss, space, training, pruner=pruner, seed=args.seed,
                                         study=f"bench-{args.loss}-{pruner}", heartbeat=600)
         start = time.perf_counter()
-        with tracking.stage_run("sweeps", run_name=settings.study_name):
+        with store.stage_run("sweeps", run_name=settings.study_name):
             study = sweeps.run_sweep(settings).study
         trials = sorted(study.get_trials(), key=lambda t: t.datetime_start)
         rows.append({"pruner": pruner, "trials": trials, "seconds": time.perf_counter() - start,

@@ -10,14 +10,20 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from multiloss import registry, tracking
+from multiloss.classification.scoring import PROBABILITY_COLUMNS
+from multiloss.data.datasets import image_dataset
 from multiloss.data.imageio import DataError
-from multiloss.data.pipeline import image_dataset
-from multiloss.evaluation import PROBABILITY_COLUMNS
-from multiloss.explain import default_layer, find_layer, gradcam, images_to_explain, overlay
+from multiloss.gradcam import (
+    default_layer,
+    find_layer,
+    gradcam,
+    images_to_explain,
+    overlay,
+)
 from multiloss.models.classifier import DEEPEST_CONV, build_classifier
 from multiloss.models.unet import build_unet
 from multiloss.stages import gradcam as gradcam_stage
+from multiloss.tracking import registry, store
 
 layers = tf_keras.layers
 
@@ -221,14 +227,14 @@ def test_images_to_explain_from_a_kermany_layout_a_folder_or_a_file(kermany_dir)
 def test_gradcam_stage_logs_overlays_and_the_models_own_probabilities(kermany_dir):
     tf_keras.utils.set_random_seed(5)
     model = build_classifier(build_unet())
-    with tracking.stage_run("classification", run_name="untrained classifier"):
+    with store.stage_run("classification", run_name="untrained classifier"):
         version = registry.log_and_register(model, registry.CLASSIFIER_MODEL, {"img_size": 64})
     registry.set_alias(registry.CLASSIFIER_MODEL, "champion", version.version)
 
     gradcam_stage.main(["--images", str(kermany_dir), "--per-class", "1", "--threshold", "0.2"])
 
     client = mlflow.MlflowClient()
-    run = client.search_runs([tracking.ensure_experiment("classification")], "tags.stage = 'gradcam'")[0]
+    run = client.search_runs([store.ensure_experiment("classification")], "tags.stage = 'gradcam'")[0]
     assert run.data.params["img_size"] == "64" and run.data.params["layer"] == DEEPEST_CONV
     assert run.data.params["model_version"] == str(version.version)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -248,8 +254,8 @@ def test_gradcam_stage_logs_overlays_and_the_models_own_probabilities(kermany_di
 
 def test_image_size_comes_from_the_run_that_logged_a_model(tmp_path):
     model = tf_keras.Sequential([tf_keras.Input((4,)), layers.Dense(3, activation="softmax")])
-    with tracking.stage_run("ensembles", run_name="model-level ensemble") as run:
-        tracking.log_params({"img_size": 96})
+    with store.stage_run("ensembles", run_name="model-level ensemble") as run:
+        store.log_params({"img_size": 96})
         info = mlflow.tensorflow.log_model(model, name="model_level_top2", pip_requirements=[])
     assert info.model_uri.startswith("models:/m-")
     for uri in (info.model_uri, f"runs:/{run.info.run_id}/model_level_top2"):

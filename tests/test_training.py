@@ -6,8 +6,12 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from multiloss import tracking
-from multiloss.training import KeepBestWeights, create_training_variables, fit_keeping_best
+from multiloss.tracking import store
+from multiloss.training import (
+    KeepBestWeights,
+    create_training_variables,
+    fit_keeping_best,
+)
 
 
 def tiny_model(optimizer) -> tf_keras.Model:
@@ -52,7 +56,7 @@ def test_variables_made_before_fit_spare_a_second_trace_and_change_no_weight(opt
 
 def test_fit_keeping_best_traces_its_step_once():
     model = tiny_model(tf_keras.optimizers.SGD(0.1, momentum=0.9))
-    tracking.configure()
+    store.configure()
     with mlflow.start_run():
         result = fit_keeping_best(model, batches(), batches(), epochs=2, images_per_epoch=20, patience=2)
     assert model.train_function.experimental_get_tracing_count() == 1
@@ -84,7 +88,7 @@ def test_the_best_epochs_weights_come_back_and_a_nan_loss_is_never_the_best():
 def test_under_mirrored_strategy_keras_makes_the_variables_and_fit_keeping_best_still_trains(python_on_two_cpus):
     out = python_on_two_cpus("""
         import mlflow
-        from multiloss import tracking
+        from multiloss.tracking import store
         from multiloss.training import fit_keeping_best
         with strategy.scope():
             inputs = tf_keras.Input((8, 8, 1))
@@ -95,7 +99,7 @@ def test_under_mirrored_strategy_keras_makes_the_variables_and_fit_keeping_best_
         rng = np.random.default_rng(0)
         data = tf.data.Dataset.from_tensor_slices((rng.random((12, 8, 8, 1)).astype("float32"),
                                                    np.eye(3, dtype="float32")[np.arange(12) % 3])).batch(4)
-        tracking.configure()
+        store.configure()
         with mlflow.start_run():
             result = fit_keeping_best(model, data, data, epochs=2, images_per_epoch=12, patience=2)
         print("epochs", result["epochs_run"], "traces", model.train_function.experimental_get_tracing_count())

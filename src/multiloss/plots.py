@@ -73,7 +73,12 @@ def confusion_plot(matrix: np.ndarray, classes, path, title: str) -> Path:
 
 def roc_pr_plot(labels: np.ndarray, probs: np.ndarray, classes, path, title: str) -> Path:
     """One-vs-rest ROC and precision-recall curves per class, plus the micro average."""
-    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+    from sklearn.metrics import (
+        average_precision_score,
+        precision_recall_curve,
+        roc_auc_score,
+        roc_curve,
+    )
 
     onehot = np.eye(len(classes))[labels]
     fig = Figure(figsize=(10, 4.2))

@@ -9,8 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import stats
-from sklearn.metrics import (accuracy_score, average_precision_score, confusion_matrix, log_loss,
-                             matthews_corrcoef, precision_recall_fscore_support, roc_auc_score)
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    confusion_matrix,
+    log_loss,
+    matthews_corrcoef,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 
 ECE_BINS = 15
 CI_METHODS = ("wald", "clopper-pearson", "wilson", "bootstrap")

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import argparse
 
-from multiloss import registry, tracking
-from multiloss.classifier_training import (LOSS_PARAMETERS, ClassifierConfig, balanced_class_weights,  # noqa: F401
-                                           train_classifier)
+from multiloss.classification.train import (  # noqa: F401
+    LOSS_PARAMETERS,
+    ClassifierConfig,
+    balanced_class_weights,
+    train_classifier,
+)
 from multiloss.losses import CLASSIFICATION_LOSSES
 from multiloss.metrics.classification import CI_METHODS
 from multiloss.stages.cli import integer, optional_float
+from multiloss.tracking import registry, store
 from multiloss.training import STRATEGIES
 
 # The training arguments the sweep stage forwards to every trial (everything but the loss).
@@ -56,7 +60,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     config = ClassifierConfig(loss=args.loss, loss_params={k: getattr(args, k) for k in LOSS_PARAMETERS},
                               **{k: getattr(args, k) for k in TRAINING_ARGUMENTS})
-    with tracking.stage_run("classification", run_name=f"classify-{args.loss}"):
+    with store.stage_run("classification", run_name=f"classify-{args.loss}"):
         trained = train_classifier(config)
         version = registry.log_and_register(trained.model, registry.CLASSIFIER_MODEL, trained.registry_tags())
     headline = trained.scores

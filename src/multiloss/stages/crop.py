@@ -9,13 +9,17 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from multiloss import registry, tracking
-from multiloss.cropping import check_out_free, crop_dataset, read_crop_summary
 from multiloss.data.fingerprint import fingerprint
 from multiloss.data.readers import class_counts, find_kermany_root, read_kermany
 from multiloss.models.unet import check_size
-from multiloss.preprocessing import BOX_MARGIN
+from multiloss.segmentation.crop import BOX_MARGIN
+from multiloss.segmentation.cropped_dataset import (
+    check_out_free,
+    crop_dataset,
+    read_crop_summary,
+)
 from multiloss.stages.cli import integer
+from multiloss.tracking import registry, store
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,7 +39,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     out = Path(args.out).resolve()
     frame = read_kermany(args.data)
-    with tracking.stage_run("segmentation", run_name="crop"):
+    with store.stage_run("segmentation", run_name="crop"):
         members = []
         for k in range(1, args.top_k + 1):
             try:
@@ -45,7 +49,7 @@ def main(argv=None) -> None:
                                  f"with top_k >= {args.top_k} first") from err
         seg_size = args.seg_size or int(members[0].tags.get("img_size", 0)) or args.img_size
         check_size("seg_size", seg_size)
-        tracking.log_params({"data": str(Path(args.data).resolve()), "out": str(out), "top_k": args.top_k,
+        store.log_params({"data": str(Path(args.data).resolve()), "out": str(out), "top_k": args.top_k,
                              "img_size": args.img_size, "seg_size": seg_size, "margin": args.margin,
                              "members": ",".join(str(m.version) for m in members)})
         mlflow.set_tag("stage", "crop")

@@ -13,18 +13,27 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from multiloss import registry, selection, serving, tracking
-from multiloss.classifier_training import TAGGED_SCORES
-from multiloss.cropping import read_crop_summary
+from multiloss.classification.scoring import predictions_frame, split_figures
+from multiloss.classification.train import TAGGED_SCORES
 from multiloss.data.fingerprint import fingerprint
 from multiloss.data.readers import find_kermany_root, read_kermany
-from multiloss.ensembling import (build_all, choose_best, describe, level_slug, member_predictions, rebase, score_table,
-                                  serving_parts)
-from multiloss.evaluation import predictions_frame, split_figures
+from multiloss.ensembles import serving
+from multiloss.ensembles.build import (
+    build_all,
+    choose_best,
+    describe,
+    level_slug,
+    member_predictions,
+    rebase,
+    score_table,
+    serving_parts,
+)
 from multiloss.metrics.classification import CI_METHODS, classification_scores
 from multiloss.plots import polar_scores
-from multiloss.reports import markdown_table, write_table
+from multiloss.report.tables import markdown_table, write_table
+from multiloss.segmentation.cropped_dataset import read_crop_summary
 from multiloss.stages.cli import integer
+from multiloss.tracking import ranking, registry, store
 from multiloss.training import seed_everything
 
 
@@ -43,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--top-k", type=top_k_list, default=[3, 5], help="ensemble sizes, e.g. 3,5")
     parser.add_argument("--metric", default="val_mcc",
                         help="score to rank members on (mcc, auroc_micro, ece, ...); its split comes from --select-on")
-    parser.add_argument("--select-on", choices=selection.SPLITS, default="val",
+    parser.add_argument("--select-on", choices=ranking.SPLITS, default="val",
                         help="split the members and the best ensemble are chosen on; test reproduces the paper")
     parser.add_argument("--data", required=True, help="the cropped dataset the members were trained on")
     parser.add_argument("--distinct", choices=("loss", "none"), default="loss",
@@ -67,10 +76,10 @@ CROP_KEYS = ("members", "seg_size", "img_size", "margin")
 def choose_members(args, key: str, data_print: str, data: Path) -> tuple[list, int]:
     """The top max(top_k) versions trained on this data, best first, and their common img_size;
     every way this can fail is reported before anything is trained or logged."""
-    ranked = selection.rank_versions(registry.CLASSIFIER_MODEL, key, tags={"data_fingerprint": data_print})
+    ranked = ranking.rank_versions(registry.CLASSIFIER_MODEL, key, tags={"data_fingerprint": data_print})
     pool = len(ranked)
     if args.distinct == "loss":
-        ranked = selection.distinct_by_tag(ranked, "loss")
+        ranked = ranking.distinct_by_tag(ranked, "loss")
     largest = args.top_k[-1]
     if len(ranked) < largest:
         shrunk = f" ({pool} versions, {len(ranked)} distinct losses; distinct=none allows repeats)" \
@@ -86,8 +95,8 @@ def choose_members(args, key: str, data_print: str, data: Path) -> tuple[list, i
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    key = selection.selection_key(args.metric, args.select_on)
-    score = selection.base_score(key)
+    key = ranking.selection_key(args.metric, args.select_on)
+    score = ranking.base_score(key)
     data = Path(args.data).resolve()
     crop = read_crop_summary(data)
     if crop is None or any(k not in crop for k in CROP_KEYS):
@@ -95,7 +104,7 @@ def main(argv=None) -> None:
                          "the end-to-end model repeats that crop")
     frame = read_kermany(data)
     data_print = fingerprint(frame["path"], root=find_kermany_root(data))
-    tracking.configure()
+    store.configure()
     chosen, img_size = choose_members(args, key, data_print, data)
     if score not in classification_scores(np.array([0, 1, 2]), np.eye(3)):
         raise SystemExit(f"ensemble: metric {args.metric!r} ranks the members, but the ensembles are compared on "
@@ -111,8 +120,8 @@ def main(argv=None) -> None:
     if args.metric != key:
         print(f"ensemble: ranking on {key} (metric {args.metric!r} on select_on={args.select_on})")
 
-    with tracking.stage_run("ensembles", run_name=f"ensemble-top{','.join(map(str, args.top_k))}"):
-        tracking.log_params({"top_k": ",".join(map(str, args.top_k)), "metric": args.metric, "select_on": args.select_on,
+    with store.stage_run("ensembles", run_name=f"ensemble-top{','.join(map(str, args.top_k))}"):
+        store.log_params({"top_k": ",".join(map(str, args.top_k)), "metric": args.metric, "select_on": args.select_on,
                              "selection_key": key, "data": str(data), "distinct": args.distinct, "epochs": args.epochs,
                              "batch_size": args.batch_size, "lr": args.lr, "patience": args.patience, "seed": args.seed,
                              "ci_method": args.ci_method, "img_size": img_size, "members": ",".join(versions)})
@@ -132,7 +141,7 @@ def main(argv=None) -> None:
         table = score_table(singles, ensembles, test.labels, val.labels, reference=singles[0],
                             ci_method=args.ci_method, seed=args.seed)
         select_labels = val.labels if args.select_on == "val" else test.labels
-        higher = selection.higher_is_better(key)
+        higher = ranking.higher_is_better(key)
         best, _ = choose_best(ensembles, score, select_labels, on=args.select_on, higher_is_better=higher)
         best_level, _ = choose_best(levels, score, select_labels, on=args.select_on, higher_is_better=higher)
         for name, row in table.iterrows():

@@ -12,12 +12,19 @@ import numpy as np
 from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 
-from multiloss import registry, tracking
+from multiloss.classification.scoring import PROBABILITY_COLUMNS
 from multiloss.data.classes import CLASSES
-from multiloss.data.pipeline import image_dataset
-from multiloss.evaluation import PROBABILITY_COLUMNS
-from multiloss.explain import default_layer, find_layer, gradcam, images_to_explain, overlay_figure, overlay_grid
+from multiloss.data.datasets import image_dataset
+from multiloss.gradcam import (
+    default_layer,
+    find_layer,
+    gradcam,
+    images_to_explain,
+    overlay_figure,
+    overlay_grid,
+)
 from multiloss.stages.cli import integer
+from multiloss.tracking import registry, store
 
 BATCH_SIZE = 16
 DEFAULT_EXPERIMENT = "classification"
@@ -94,16 +101,16 @@ def title(label: str, probabilities: np.ndarray) -> str:
 def main(argv=None) -> None:
     args = parse_args(argv)
     picked = images_to_explain(args.images, args.per_class, args.seed)
-    tracking.configure()
+    store.configure()
     version, run = source_run(args.model)
     img_size = args.img_size or trained_img_size(args.model, version, run)
     experiment = mlflow.MlflowClient().get_experiment(run.info.experiment_id).name if run else DEFAULT_EXPERIMENT
 
-    with tracking.stage_run(experiment, run_name="gradcam") as active:
+    with store.stage_run(experiment, run_name="gradcam") as active:
         model = registry.load_keras(args.model)
         layer = args.layer or default_layer(model)
         find_layer(model, layer)
-        tracking.log_params({"model": args.model, "model_version": version.version if version else "",
+        store.log_params({"model": args.model, "model_version": version.version if version else "",
                              "images": str(Path(args.images).resolve()), "layer": layer, "img_size": img_size,
                              "per_class": args.per_class, "seed": args.seed, "alpha": args.alpha,
                              "threshold": args.threshold, "n_images": len(picked)})

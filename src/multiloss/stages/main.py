@@ -16,8 +16,9 @@ import time
 import mlflow
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
-from multiloss import reuse, tracking, workflow
+from multiloss.pipeline import engine, reuse
 from multiloss.stages.cli import integer
+from multiloss.tracking import store
 
 EXPERIMENT = "pipeline"
 
@@ -50,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=seed_list, default=[0], help="each classifier is trained once per seed")
     parser.add_argument("--seg-losses", default="", help="comma-separated subset of the profile's U-Net losses")
     parser.add_argument("--cls-losses", default="", help="comma-separated subset of the profile's classifier losses")
-    parser.add_argument("--until", choices=workflow.STAGES, default=workflow.STAGES[-1],
+    parser.add_argument("--until", choices=engine.STAGES, default=engine.STAGES[-1],
                         help="the last stage to run (default: all, ending with the report)")
     parser.add_argument("--fresh", type=flag, default=False, help="true: run every step again, reusing nothing")
     parser.add_argument("--workers", type=integer("workers", 0), default=0,
@@ -67,7 +68,7 @@ def _parent_run(client: mlflow.MlflowClient, run_id: str | None) -> str:
     """The run ``mlflow run`` created for us, or a new one in the pipeline experiment."""
     if run_id:
         return run_id
-    experiment_id = tracking.ensure_experiment(EXPERIMENT)
+    experiment_id = store.ensure_experiment(EXPERIMENT)
     return client.create_run(experiment_id, run_name="main").info.run_id
 
 
@@ -80,13 +81,13 @@ def _log_new_params(client: mlflow.MlflowClient, run_id: str, params: dict[str, 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    profile = workflow.with_overrides(workflow.load_profile(args.profile), img_size=args.img_size,
+    profile = engine.with_overrides(engine.load_profile(args.profile), img_size=args.img_size,
                                       epochs=args.epochs, seg_losses=args.seg_losses, cls_losses=args.cls_losses)
     workers = args.workers or profile.get("workers", 1)
     if not isinstance(workers, int) or isinstance(workers, bool):
         raise ValueError(f"profile {args.profile}: workers must be a whole number of processes, got {workers!r}")
     signal.signal(signal.SIGTERM, _interrupt)
-    tracking.configure()
+    store.configure()
     client = mlflow.MlflowClient()
     reuse.end_dead_pipelines()
     launched = os.environ.pop("MLFLOW_RUN_ID", None)      # steps set it for their own runs
@@ -102,9 +103,9 @@ def main(argv=None) -> None:
                                      "workers": workers})
     client.log_dict(parent, profile, "profile.json")
     started = time.monotonic()
-    pipeline = workflow.Pipeline(parent, fresh=args.fresh, workers=workers)
+    pipeline = engine.Pipeline(parent, fresh=args.fresh, workers=workers)
     try:
-        runs = workflow.run_chain(pipeline, profile, args.data, args.seeds, args.until)
+        runs = engine.run_chain(pipeline, profile, args.data, args.seeds, args.until)
     except KeyboardInterrupt:
         client.set_terminated(parent, "KILLED")
         print("main: interrupted; the next run redoes only the unfinished steps", file=sys.stderr, flush=True)
@@ -117,7 +118,7 @@ def main(argv=None) -> None:
     seconds = time.monotonic() - started
     for name, value in {"steps_ran": ran, "steps_reused": reused, "pipeline_seconds": seconds}.items():
         client.log_metric(parent, name, value)
-    report = workflow.report_text(runs.get("report"))
+    report = engine.report_text(runs.get("report"))
     if report:
         print(report)
     print(f"main: done in {seconds:.0f} s: {ran} steps ran, {reused} reused "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from multiloss import registry, selection, tracking
+from multiloss.tracking import ranking, registry, store
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -20,14 +20,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> str:
     args = parse_args(argv)
-    tracking.configure()
+    store.configure()
     if not args.alias or args.alias.isdigit() or args.alias.lower() == "latest":
         raise SystemExit(f"promote: alias {args.alias!r} is not allowed (empty, a number or 'latest')")
     if args.version:
         target = str(registry.versions(args.model, only=[args.version])[0].version)
         reason = "as named"
     else:
-        ranked = selection.rank_versions(args.model, args.metric)
+        ranked = ranking.rank_versions(args.model, args.metric)
         if not ranked:
             raise SystemExit(f"promote: no version of {args.model} has a {args.metric!r} metric or tag")
         target, reason = str(ranked[0].version.version), f"best {args.metric} = {ranked[0].value:.6g}"

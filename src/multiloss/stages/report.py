@@ -8,7 +8,8 @@ import tempfile
 
 import mlflow
 
-from multiloss import comparison, tracking
+from multiloss.report import comparison
+from multiloss.tracking import store
 
 
 def run_ids(text: str) -> list[str]:
@@ -28,7 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    with tracking.stage_run("ensembles", run_name="report"):
+    with store.stage_run("ensembles", run_name="report"):
         mlflow.set_tag("stage", "report")
         try:
             ours = comparison.collect(args.segment_eval_run.strip() or None, run_ids(args.classify_runs) or None,
@@ -36,7 +37,7 @@ def main(argv=None) -> None:
         except ValueError as err:
             raise SystemExit(f"report: {err}") from err
         used = {stage: ",".join(ids) for stage, ids in ours.runs.items()}
-        tracking.log_params({"segment_eval_run": used.get("segment_eval", ""),
+        store.log_params({"segment_eval_run": used.get("segment_eval", ""),
                              "classify_runs": used.get("classify", ""),
                              "ensemble_run": used.get("ensemble", ""), "dataset_label": ours.dataset})
         mlflow.set_tag("dataset", ours.dataset)

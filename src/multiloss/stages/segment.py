@@ -10,17 +10,26 @@ import mlflow
 import numpy as np
 import tf_keras
 
-from multiloss import registry, tracking
+from multiloss.data.datasets import mask_dataset
 from multiloss.data.fingerprint import mask_set_fingerprint
-from multiloss.data.pipeline import mask_dataset
 from multiloss.data.readers import read_mask_set
 from multiloss.data.split import random_split
 from multiloss.losses import SEGMENTATION_LOSSES, segmentation_loss
-from multiloss.metrics.segmentation import dice_coefficient, lung_iou, segmentation_scores
+from multiloss.metrics.segmentation import (
+    dice_coefficient,
+    lung_iou,
+    segmentation_scores,
+)
 from multiloss.models.unet import build_unet
 from multiloss.plots import mask_overlays
-from multiloss.stages.cli import integer, unet_size, optional_float
-from multiloss.training import STRATEGIES, distribution_strategy, fit_keeping_best, seed_everything
+from multiloss.stages.cli import integer, optional_float, unet_size
+from multiloss.tracking import registry, store
+from multiloss.training import (
+    STRATEGIES,
+    distribution_strategy,
+    fit_keeping_best,
+    seed_everything,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,9 +64,9 @@ def main(argv=None) -> None:
     train, val = pairs[pairs.subset == "train"], pairs[pairs.subset == "val"]
     seed_everything(args.seed)
 
-    with tracking.stage_run("segmentation", run_name=f"segment-{args.loss}"):
+    with store.stage_run("segmentation", run_name=f"segment-{args.loss}"):
         data_print = mask_set_fingerprint(pairs, root=args.data)
-        tracking.log_params({"loss": args.loss, "data": str(Path(args.data).resolve()), "img_size": args.img_size,
+        store.log_params({"loss": args.loss, "data": str(Path(args.data).resolve()), "img_size": args.img_size,
                              "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                              "encoder_weights": args.encoder_weights, "bn_momentum": args.bn_momentum, "patience": args.patience,
                              "strategy": args.strategy, "split_seed": args.split_seed, "n_train": len(train), "n_val": len(val),

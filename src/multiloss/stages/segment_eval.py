@@ -12,15 +12,20 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from multiloss import registry, tracking
+from multiloss.data.datasets import mask_dataset
 from multiloss.data.fingerprint import mask_set_fingerprint
-from multiloss.data.pipeline import mask_dataset
 from multiloss.data.readers import read_mask_set
-from multiloss.lungs import and_ensemble, predict_probabilities, rank, score_table
 from multiloss.metrics.segmentation import SCORES
 from multiloss.plots import polar_scores
-from multiloss.reports import markdown_table, write_table
+from multiloss.report.tables import markdown_table, write_table
+from multiloss.segmentation.masks import (
+    and_ensemble,
+    predict_probabilities,
+    rank,
+    score_table,
+)
 from multiloss.stages.cli import integer, unet_size
+from multiloss.tracking import registry, store
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -37,12 +42,12 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     only = [v.strip() for v in args.versions.split(",") if v.strip()] or None
     pairs = read_mask_set(args.data)
-    with tracking.stage_run("segmentation", run_name="segment_eval"):
+    with store.stage_run("segmentation", run_name="segment_eval"):
         found = registry.versions(registry.SEGMENTATION_MODEL, only)
         if not found:
             raise SystemExit(f"segment_eval: no versions of {registry.SEGMENTATION_MODEL} registered; run segment first")
         holdout_print = mask_set_fingerprint(pairs, root=args.data)
-        tracking.log_params({"data": str(Path(args.data).resolve()), "top_k": args.top_k, "img_size": args.img_size,
+        store.log_params({"data": str(Path(args.data).resolve()), "top_k": args.top_k, "img_size": args.img_size,
                              "versions": ",".join(str(v.version) for v in found), "n_holdout": len(pairs)})
         mlflow.set_tags({"stage": "segment_eval", "holdout_fingerprint": holdout_print})
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import mlflow
 
-from multiloss import tracking
 from multiloss.data import synthetic
 from multiloss.data.fingerprint import fingerprint
 from multiloss.data.readers import class_counts, read_kermany, read_mask_set
 from multiloss.data.split import patient_split, write_split_csv
 from multiloss.stages.cli import integer
+from multiloss.tracking import store
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,8 +31,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     out = Path(args.out).resolve()
     params = {"n_seg": args.n_seg, "n_cls": args.n_cls, "size": args.size, "seed": args.seed}
-    with tracking.stage_run("data", run_name="synth"):
-        tracking.log_params({**params, "out": str(out)})
+    with store.stage_run("data", run_name="synth"):
+        store.log_params({**params, "out": str(out)})
         manifest, reused = synthetic.ensure_synthetic(out, **params)
         mlflow.set_tag("reused_existing_data", str(reused).lower())
         print(f"synth: {'reused' if reused else 'wrote'} {out}")

@@ -1,0 +1,161 @@
+"""One classifier training for one loss, inside the active MLflow run: the body shared by the
+``classify`` stage and every sweep trial (a trial is a classify training run, in-process, so a
+worker imports TensorFlow once and a per-epoch hook can prune it)."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import tf_keras
+
+from multiloss.classification.scoring import (
+    predictions_frame,
+    score_split,
+    split_figures,
+)
+from multiloss.data.classes import CLASSES
+from multiloss.data.datasets import image_dataset, label_indices
+from multiloss.data.fingerprint import fingerprint
+from multiloss.data.readers import find_kermany_root, read_kermany
+from multiloss.data.split import patient_split, write_split_csv
+from multiloss.losses import classification_loss
+from multiloss.losses.classification import ClassificationLoss
+from multiloss.models.classifier import build_classifier
+from multiloss.tracking import registry, store
+from multiloss.training import distribution_strategy, fit_keeping_best, seed_everything
+
+LOSS_PARAMETERS = ("gamma", "sigma", "lam", "beta")
+# Headline scores copied onto a registered version's tags (the registry stores no metrics).
+TAGGED_SCORES = ("mcc", "accuracy", "ece", "auroc_micro")
+
+EpochHook = Callable[[int, dict], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig:
+    """Everything one training reads; ``loss_params`` holds only what the user set (the rest are
+    the loss's paper values)."""
+
+    loss: str
+    data: str
+    loss_params: dict[str, float | None] = dataclasses.field(default_factory=dict)
+    encoder: str = f"models:/{registry.SEGMENTATION_MODEL}@champion"
+    img_size: int = 128
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 1e-3
+    momentum: float = 0.9
+    seed: int = 0
+    augment: str = "none"
+    class_weights: str = "none"
+    ci_method: str = "bootstrap"
+    bn_momentum: float | None = None
+    patience: int = 5
+    val_fraction: float = 0.1
+    split_seed: int = 42
+    strategy: str = "default"
+
+
+@dataclasses.dataclass
+class TrainedClassifier:
+    model: tf_keras.Model
+    loss: ClassificationLoss
+    config: ClassifierConfig
+    fit: dict[str, float]              # best_epoch, best_val_loss, epochs_run, train_images_per_s
+    scores: dict[str, dict[str, float]]  # split -> score_split result
+    data_fingerprint: str
+    encoder_version: str
+
+    def registry_tags(self) -> dict[str, object]:
+        """The tags every ``cxr-classifier`` version carries (SPEC §4)."""
+        return {"loss": self.config.loss, **{f"loss_{k}": v for k, v in self.loss.params.items()},
+                "data_fingerprint": self.data_fingerprint, "img_size": self.config.img_size,
+                "seed": self.config.seed, "encoder_version": self.encoder_version,
+                **{f"{split}_{k}": round(self.scores[split][k], 6) for split in ("val", "test") for k in TAGGED_SCORES}}
+
+
+def balanced_class_weights(labels: np.ndarray) -> dict[int, float]:
+    counts = np.bincount(labels, minlength=len(CLASSES))
+    return {k: float(len(labels) / (len(CLASSES) * c)) for k, c in enumerate(counts) if c}
+
+
+def train_classifier(config: ClassifierConfig, *, epoch_hooks: Sequence[EpochHook] = (),
+                     extra_metrics: Sequence[tf_keras.metrics.Metric] = ()) -> TrainedClassifier:
+    """Train, keep the lowest-val_loss weights, score val and test, and log it all into the active run.
+
+    ``epoch_hooks`` are called as ``hook(epoch, logs)`` after each epoch's validation (after the
+    epoch's metrics are logged); an exception they raise (a pruned trial) ends the training there.
+    ``extra_metrics`` are compiled in, so their per-epoch values appear in ``logs`` and in the run.
+    """
+    loss = classification_loss(config.loss, **config.loss_params)
+    frame = read_kermany(config.data)
+    root = find_kermany_root(config.data)
+    split = patient_split(frame, config.val_fraction, config.split_seed)
+    parts = {"train": split[split.subset == "train"], "val": split[split.subset == "val"],
+             "test": frame[frame.split == "test"]}
+    labels = {name: label_indices(part["label"]) for name, part in parts.items()}
+    seed_everything(config.seed)
+
+    data_print = fingerprint(frame["path"], root=root)
+    encoder_version = registry.resolve_version(config.encoder)
+    store.log_params({"loss": config.loss, **{f"loss_{k}": v for k, v in loss.params.items()},
+                         "data": str(Path(config.data).resolve()), "encoder": config.encoder,
+                         "encoder_version": encoder_version, "img_size": config.img_size, "epochs": config.epochs,
+                         "batch_size": config.batch_size, "lr": config.lr, "momentum": config.momentum,
+                         "seed": config.seed, "augment": config.augment, "class_weights": config.class_weights,
+                         "ci_method": config.ci_method, "bn_momentum": config.bn_momentum,
+                         "patience": config.patience, "split_seed": config.split_seed, "strategy": config.strategy,
+                         **{f"n_{name}": len(part) for name, part in parts.items()}})
+    mlflow.set_tags({"stage": "classify", "loss": config.loss, "data_fingerprint": data_print})
+
+    strategy = distribution_strategy(config.strategy)
+    batch = config.batch_size * strategy.num_replicas_in_sync
+    datasets = {name: image_dataset(part["path"], part["label"], img_size=config.img_size, batch_size=batch,
+                                    shuffle=name == "train", seed=config.seed,
+                                    augment=name == "train" and config.augment == "paper")
+                for name, part in parts.items()}
+    with strategy.scope():
+        unet = registry.load_keras(config.encoder)
+        model = build_classifier(unet, activity_regularizer=loss.activity_regularizer(),
+                                 bn_momentum=config.bn_momentum)
+        model.compile(optimizer=tf_keras.optimizers.SGD(config.lr, momentum=config.momentum), loss=loss,
+                      metrics=["accuracy", *extra_metrics])
+    weights = balanced_class_weights(labels["train"]) if config.class_weights == "balanced" else None
+    hooks = [tf_keras.callbacks.LambdaCallback(on_epoch_end=hook) for hook in epoch_hooks]
+    fit = fit_keeping_best(model, datasets["train"], datasets["val"], epochs=config.epochs,
+                           images_per_epoch=len(parts["train"]), patience=config.patience,
+                           class_weight=weights, extra_callbacks=hooks)
+    mlflow.log_metrics(fit)
+
+    scores = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        write_split_csv(split, Path(tmp) / "validation_split.csv", root=root)
+        for name in ("val", "test"):
+            probs = model.predict(datasets[name], verbose=0)
+            scores[name] = score_split(labels[name], probs, config.ci_method, seed=config.seed)
+            mlflow.log_metrics({f"{name}_{k}": v for k, v in scores[name].items()})
+            predictions_frame(parts[name]["path"], labels[name], probs).to_csv(
+                Path(tmp) / f"{name}_predictions.csv", index=False)
+            split_figures(tmp, name, labels[name], probs, config.loss)
+        mlflow.log_artifacts(tmp)
+    return TrainedClassifier(model, loss, config, fit, scores, data_print, encoder_version)
+
+
+def log_unregistered(trained: TrainedClassifier) -> str:
+    """Log the model into the active run without registering it; returns its model URI (a sweep
+    registers only its best trial's model, later, possibly from another worker)."""
+    return registry.log_keras(trained.model).model_uri
+
+
+def register_logged(model_uri: str, tags: dict[str, object]):
+    """Register a logged model as a new ``cxr-classifier`` version and tag it."""
+    version = mlflow.register_model(model_uri, registry.CLASSIFIER_MODEL, await_registration_for=300)
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(registry.CLASSIFIER_MODEL, str(version.version), key, str(value))
+    return client.get_model_version(registry.CLASSIFIER_MODEL, str(version.version))

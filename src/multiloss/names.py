@@ -1,0 +1,42 @@
+"""The names a user meets in MLflow, each defined once: experiments, registered models, aliases and
+tag keys. Renaming one here renames it everywhere; a store written under the old name keeps it."""
+
+# Experiments, one per stage family.
+DATA_EXPERIMENT = "data"
+SEGMENTATION_EXPERIMENT = "segmentation"
+CLASSIFICATION_EXPERIMENT = "classification"
+SWEEPS_EXPERIMENT = "sweeps"
+ENSEMBLES_EXPERIMENT = "ensembles"
+PIPELINE_EXPERIMENT = "pipeline"
+EXPERIMENTS = (DATA_EXPERIMENT, SEGMENTATION_EXPERIMENT, CLASSIFICATION_EXPERIMENT, SWEEPS_EXPERIMENT,
+               ENSEMBLES_EXPERIMENT, PIPELINE_EXPERIMENT)
+
+# Registered models.
+SEGMENTATION_MODEL = "cxr-lung-seg"
+CLASSIFIER_MODEL = "cxr-classifier"
+ENSEMBLE_MODEL = "cxr-ensemble"
+
+# Aliases: the best version, the ranked ones, and a choice made on the test split (never the champion).
+CHAMPION = "champion"
+TOP_PREFIX = "top"
+TEST_SELECTED = "test_selected"
+
+
+def top_alias(position: int) -> str:
+    """``top1``, ``top2``, ...: the version ranked at ``position`` (from 1)."""
+    return f"{TOP_PREFIX}{position}"
+
+
+# Tags on runs and model versions.
+STAGE_TAG = "stage"                          # the entry point that made a run
+LOSS_TAG = "loss"
+DATA_FINGERPRINT_TAG = "data_fingerprint"    # content hash of the images a model was trained on
+IMG_SIZE_TAG = "img_size"
+CODE_VERSION_TAG = "code_version"            # hash of the source an entry point runs
+INPUT_FINGERPRINT_TAG = "input_fingerprint"  # hash of a step's input data and model versions
+
+# Tags of a pipeline's parent run and its steps.
+STEP_TAG = "pipeline.step"
+PROCESS_TAG = "pipeline.process"             # which process ran a step: main, worker 1, ...
+ALIASES_TAG = "pipeline.aliases"
+HOST_TAG, PID_TAG, PID_START_TAG = "pipeline.host", "pipeline.pid", "pipeline.pid_start"

@@ -1,0 +1,203 @@
+"""Logging, registering, tagging, promoting and loading models in the MLflow model registry.
+
+Models are logged for inference: an uncompiled copy without optimizer state (a third of the size,
+and loading needs no custom loss), with our own pins as pip requirements (inferring them costs
+~36 s a model, SPEC §4). Promotion uses aliases, never the deprecated stages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import re
+from collections.abc import Iterator
+
+import mlflow
+import numpy as np
+import tf_keras
+from mlflow.entities.model_registry import ModelVersion
+
+from multiloss.paths import CHECKOUT
+
+SEGMENTATION_MODEL = "cxr-lung-seg"
+CLASSIFIER_MODEL = "cxr-classifier"
+ENSEMBLE_MODEL = "cxr-ensemble"
+
+
+def pip_requirements() -> list[str]:
+    """Our runtime pins: the checkout's requirements.txt (also what conda.yaml installs), else the
+    installed package's metadata (pyproject reads the same file)."""
+    path = CHECKOUT / "requirements.txt"
+    if path.is_file():
+        lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+        return [line for line in lines if line]
+    requires = importlib.metadata.requires("multiloss") or []
+    return [r for r in requires if "extra ==" not in r]
+
+
+def _without_training_terms(layer: tf_keras.layers.Layer) -> tf_keras.layers.Layer:
+    config = layer.get_config()
+    if config.get("activity_regularizer") is not None:
+        config["activity_regularizer"] = None     # a training-only penalty (cce_entropy)
+    return layer.__class__.from_config(config)
+
+
+def _has_training_terms(model: tf_keras.Model) -> bool:
+    if getattr(model, "optimizer", None) is not None:
+        return True
+    return any(getattr(layer, "activity_regularizer", None) is not None
+               or (isinstance(layer, tf_keras.Model) and _has_training_terms(layer)) for layer in model.layers)
+
+
+def inference_copy(model: tf_keras.Model) -> tf_keras.Model:
+    """An uncompiled copy with the same weights: no optimizer state, no loss or regulariser to
+    deserialize, so serving it needs none of our code. A model that has none of these already
+    (one loaded from the registry, an ensemble of such) is returned as it is: cloning a U-Net
+    costs seconds."""
+    if not _has_training_terms(model):
+        return model
+    copy = tf_keras.models.clone_model(model, clone_function=_without_training_terms)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def log_keras(model: tf_keras.Model, name: str = "model", *, keep_in_memory: bool = False):
+    """Log the inference copy of ``model`` into the active run, unregistered; returns MLflow's
+    ModelInfo, whose ``model_uri`` (``models:/m-<id>``) loads it back. ``keep_in_memory``: also
+    within :func:`models_kept_in_memory` (not for a sweep's every trial: ~16 MB each)."""
+    logged = inference_copy(model)
+    info = mlflow.tensorflow.log_model(logged, name=name, pip_requirements=pip_requirements())
+    if keep_in_memory and _kept is not None:
+        _keep(info.model_uri, logged)
+    return info
+
+
+def log_and_register(model: tf_keras.Model, registered_name: str, tags: dict[str, object]) -> ModelVersion:
+    """Log ``model`` into the active run, register it as a new version, tag the version."""
+    logged = inference_copy(model)
+    info = mlflow.tensorflow.log_model(logged, name="model", registered_model_name=registered_name,
+                                       pip_requirements=pip_requirements(), await_registration_for=300)
+    client = mlflow.MlflowClient()
+    version = str(info.registered_model_version)
+    for key, value in tags.items():
+        client.set_model_version_tag(registered_name, version, key, str(value))
+    registered = client.get_model_version(registered_name, version)
+    if _kept is not None:
+        _keep(registered.source, logged)
+    return registered
+
+
+def versions(registered_name: str, only: list[str] | None = None) -> list[ModelVersion]:
+    """All versions of a registered model (or the ``only`` ones), oldest first, aliases filled in."""
+    client = mlflow.MlflowClient()
+    found = client.search_model_versions(f"name='{registered_name}'")
+    numbers = sorted((int(v.version) for v in found))
+    if only:
+        missing = sorted(set(only) - {str(n) for n in numbers})
+        if missing:
+            raise ValueError(f"{registered_name} has no version {', '.join(missing)} (it has {numbers})")
+        numbers = [n for n in numbers if str(n) in set(only)]
+    # search results carry empty aliases; a get fills them in (SPEC §4)
+    return [client.get_model_version(registered_name, str(n)) for n in numbers]
+
+
+def set_alias(registered_name: str, alias: str, version: str) -> str | None:
+    """Point ``alias`` at ``version``; returns the version it pointed at before (or None)."""
+    client = mlflow.MlflowClient()
+    try:
+        before = str(client.get_model_version_by_alias(registered_name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        before = None
+    client.set_registered_model_alias(registered_name, alias, str(version))
+    return before
+
+
+def delete_aliases_beyond(registered_name: str, prefix: str, keep: int) -> list[str]:
+    """Remove ``{prefix}{k}`` aliases for k > keep (a smaller top-K must not leave old members)."""
+    client = mlflow.MlflowClient()
+    aliases = client.get_registered_model(registered_name).aliases
+    removed = [a for a in aliases if a.startswith(prefix) and a[len(prefix):].isdigit() and int(a[len(prefix):]) > keep]
+    for alias in removed:
+        client.delete_registered_model_alias(registered_name, alias)
+    return removed
+
+
+def resolve_version(uri: str) -> str:
+    """The version number behind ``models:/name@alias`` or ``models:/name/N``; '' for other URIs."""
+    if not uri.startswith("models:/"):
+        return ""
+    name, _, ref = uri.removeprefix("models:/").partition("@")
+    client = mlflow.MlflowClient()
+    if ref:
+        try:
+            return str(client.get_model_version_by_alias(name, ref).version)
+        except mlflow.exceptions.MlflowException as err:
+            raise ValueError(f"{uri}: registered model {name!r} has no alias {ref!r}") from err
+    name, _, number = name.partition("/")
+    return number
+
+
+# Within models_kept_in_memory(): registered model source -> (class, config, weights), snapshots
+# taken when the version was registered or first loaded, so what callers do to their copies never
+# reaches them.
+_kept: dict[str, tuple[type, dict, list[np.ndarray]]] | None = None
+LOGGED_MODEL_URI = re.compile(r"models:/m-[0-9a-f]+")
+
+
+@contextlib.contextmanager
+def models_kept_in_memory() -> Iterator[None]:
+    """Within this block, every registered version registered or loaded is kept in memory
+    (architecture and weights), and a later load of it is rebuilt from memory. A pipeline or a
+    sweep in one process loads the same U-Net for every classifier: reading an EfficientNet-B0
+    U-Net back costs ~6 s, rebuilding it ~2 s. A version's model never changes, and each load is
+    its own model, so callers may train or freeze what they get."""
+    global _kept
+    outer = _kept
+    _kept = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _kept = outer
+
+
+def kept_models() -> dict[str, tuple[type, dict, list[np.ndarray]]]:
+    """What :func:`models_kept_in_memory` holds now (empty outside it): source -> snapshot."""
+    return dict(_kept or {})
+
+
+def keep_models(snapshots: dict[str, tuple[type, dict, list[np.ndarray]]]) -> None:
+    """Add snapshots another process took (:func:`kept_models` there); a no-op outside the block."""
+    if _kept is not None:
+        _kept.update(snapshots)
+
+
+def _keep(source: str, model: tf_keras.Model) -> None:
+    _kept[source] = (type(model), model.get_config(), [np.array(w) for w in model.get_weights()])
+
+
+def _registered_source(uri: str) -> str | None:
+    """The logged model behind ``models:/name/N``, ``models:/name@alias`` or ``models:/m-<id>``
+    (a logged model itself); None for other URIs (``runs:/``, ``models:/name/latest``), which are
+    always read from the store."""
+    if LOGGED_MODEL_URI.fullmatch(uri):
+        return uri
+    name = uri.removeprefix("models:/").partition("@")[0].partition("/")[0]
+    version = resolve_version(uri)
+    if not version.isdigit():
+        return None
+    return mlflow.MlflowClient().get_model_version(name, version).source
+
+
+def load_keras(uri: str) -> tf_keras.Model:
+    """A registered or logged Keras model, e.g. ``models:/cxr-lung-seg@champion`` (see
+    :func:`models_kept_in_memory`)."""
+    source = _registered_source(uri) if _kept is not None else None
+    if source is not None and source in _kept:
+        cls, config, weights = _kept[source]
+        model = cls.from_config(config)
+        model.set_weights(weights)
+        return model
+    model = mlflow.tensorflow.load_model(uri)
+    if source is not None:
+        _keep(source, model)
+    return model

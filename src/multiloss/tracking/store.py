@@ -1,0 +1,136 @@
+"""Where runs, artifacts and registered models live: the only module that knows these paths.
+
+Default store (SPEC §4): ``sqlite:///<repo>/mlruns/mlflow.db`` with artifacts under
+``<repo>/mlruns/artifacts/<experiment>``, unless the user set ``MLFLOW_TRACKING_URI`` (a team server,
+another database), which always wins. ``<repo>`` is ``$MULTILOSS_HOME`` if set, else the checkout
+this package was loaded from, else the working directory.
+
+    python -m multiloss.tracking            # print the tracking URI
+    python -m multiloss.tracking init       # create the store and the experiments
+    python -m multiloss.tracking ui-command # the `mlflow ui` command line for this store
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+import mlflow
+
+from multiloss.paths import store_dir
+
+EXPERIMENTS = ("data", "segmentation", "classification", "sweeps", "ensembles", "pipeline")
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{store_dir() / 'mlflow.db'}"
+
+
+def artifact_root() -> Path:
+    return store_dir() / "artifacts"
+
+
+def uses_default_store() -> bool:
+    """True when runs go to our sqlite store, whether by default or because a `make` target
+    exported its URI."""
+    return tracking_uri() == default_tracking_uri()
+
+
+def tracking_uri() -> str:
+    """The URI every stage logs to: the user's ``MLFLOW_TRACKING_URI`` or our sqlite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def configure() -> str:
+    """Point MLflow at :func:`tracking_uri` (creating the store folder if it is ours)."""
+    uri = tracking_uri()
+    if uses_default_store():
+        artifact_root().mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def ensure_experiment(name: str) -> str:
+    """The id of experiment ``name``, created (artifacts under our store) if missing."""
+    configure()
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = (artifact_root() / name).as_uri() if uses_default_store() else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:
+        # Another process created it between our look-up and create: use theirs.
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def ensure_experiments() -> dict[str, str]:
+    return {name: ensure_experiment(name) for name in EXPERIMENTS}
+
+
+@contextlib.contextmanager
+def stage_run(experiment: str, run_name: str | None = None):
+    """The MLflow run of one stage.
+
+    Launched by ``mlflow run``, the launcher has already created the run (``MLFLOW_RUN_ID``) in the
+    experiment it was told; we log into that one. Run directly, we start a run in ``experiment``.
+    """
+    configure()
+    if os.environ.get("MLFLOW_RUN_ID"):
+        with mlflow.start_run() as run:
+            yield run
+        return
+    experiment_id = ensure_experiment(experiment)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        yield run
+
+
+def log_params(params: dict[str, object]) -> None:
+    """Log a stage's parameters into the active run without clashing with ``mlflow run``.
+
+    The launcher has already logged the MLproject parameters as the user typed them; a stage logs
+    what it resolved them to. Equal values are skipped; a different spelling of a logged key (a
+    relative path made absolute, an empty value made the loss's default) is kept beside it as
+    ``resolved.<key>``, since MLflow refuses to change a logged parameter.
+    """
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("log_params needs an active run (use tracking.stage_run)")
+    existing = mlflow.MlflowClient().get_run(run.info.run_id).data.params
+    fresh = {}
+    for key, value in params.items():
+        text = str(value)
+        if key not in existing:
+            fresh[key] = text
+        elif existing[key] != text:
+            fresh[f"resolved.{key}"] = text
+    if fresh:
+        mlflow.log_params(fresh)
+
+
+def ui_command() -> str:
+    return (f"mlflow ui --backend-store-uri {tracking_uri()} "
+            f"--default-artifact-root {artifact_root().as_uri()} --host 127.0.0.1 --port 5000")
+
+
+def main(argv: list[str]) -> int:
+    command = argv[0] if argv else "uri"
+    if command == "uri":
+        print(tracking_uri())
+    elif command == "init":
+        for name, experiment_id in ensure_experiments().items():
+            print(f"experiment {name!r}: id {experiment_id}")
+        print(f"tracking URI: {tracking_uri()}")
+    elif command == "ui-command":
+        print(ui_command())
+    else:
+        print(f"unknown command {command!r}; use uri, init or ui-command", file=sys.stderr)
+        return 2
+    return 0
+

@@ -1,0 +1,272 @@
+"""Sweeps: grids per loss, pruned trials in Optuna and MLflow, workers sharing one journal, a killed
+worker's trial retried, and one real classify trial through the sweep stage end to end."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import mlflow
+import optuna
+import pytest
+import tf_keras
+import yaml
+from optuna.trial import TrialState
+
+from multiloss.classification import sweeps
+from multiloss.data.synthetic import write_synthetic
+from multiloss.models.unet import build_unet
+from multiloss.stages import sweep
+from multiloss.tracking import registry, store
+
+
+def children(parent_run_id: str) -> list:
+    parent = mlflow.MlflowClient().get_run(parent_run_id)
+    return mlflow.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                              output_format="list")
+
+
+def test_grid_is_restricted_to_the_loss_parameters(tmp_path):
+    grid = sweeps.load_grid()
+    assert grid["lam"] == [0.5, 1, 2, 5, 10, 15, 20] and grid["beta"][:2] == [1e-5, 1e-4]
+    space = sweeps.search_space("cal_neg_entropy", grid)
+    assert set(space) == {"lam", "beta"} and len(sweeps.grid_points(space, seed=0)) == 49
+    assert list(sweeps.search_space("cal_cce", grid)) == ["lam"]
+    assert len(sweeps.grid_points(sweeps.search_space("ls_focal", grid), 0)) == 16
+    points = sweeps.grid_points(space, seed=3)
+    assert points == sweeps.grid_points(space, seed=3) and len({tuple(p.items()) for p in points}) == 49
+    with pytest.raises(ValueError, match="'cce' has no parameters to sweep"):
+        sweeps.search_space("cce", grid)
+
+    override = tmp_path / "tiny.yaml"
+    override.write_text(yaml.safe_dump({"lam": [1, 10]}))
+    tiny = sweeps.load_grid(override)
+    assert tiny["lam"] == [1.0, 10.0] and tiny["beta"] == grid["beta"]
+    override.write_text(yaml.safe_dump({"lambda": [1]}))
+    with pytest.raises(ValueError, match=r"tiny.yaml: unknown parameter 'lambda'"):
+        sweeps.load_grid(override)
+    override.write_text(yaml.safe_dump({"lam": []}))
+    with pytest.raises(ValueError, match="lam must be a non-empty list"):
+        sweeps.load_grid(override)
+
+
+def test_settings_budget_and_errors():
+    space = {"lam": [1.0, 2.0, 3.0]}
+    assert sweeps.SweepSettings("cal_cce", space, {}).budget == 3
+    assert sweeps.SweepSettings("cal_cce", space, {}, n_trials=2).budget == 2
+    assert sweeps.SweepSettings("cal_cce", space, {}, n_trials=9).budget == 3
+    assert sweeps.SweepSettings("cal_cce", space, {}).study_name == "sweep-cal_cce"
+    with pytest.raises(ValueError, match="n_trials must be >= 1 with sampler=tpe"):
+        sweeps.SweepSettings("cal_cce", space, {}, sampler="tpe")
+    with pytest.raises(ValueError, match="pruner must be one of"):
+        sweeps.SweepSettings("cal_cce", space, {}, pruner="asha")
+    assert sweeps.redact("postgresql://me:secret@db:5432/optuna") == "postgresql://me:***@db:5432/optuna"
+
+
+def by_trial_number(trial, params, report):
+    """Later trials look worse from the first epoch on: the median pruner stops them (after the
+    two epochs every trial runs)."""
+    for epoch in (1, 2, 3):
+        report(epoch, trial.number + params["lam"] / 100 + 1 / epoch)
+    return trial.number + params["lam"] / 100
+
+
+def test_pruners_see_each_trials_best_so_far_and_hyperband_waits_a_quarter_of_the_epochs():
+    """Early validation NLL spikes; what a trial reports is its best so far, so a spike neither
+    saves a poor trial (it would raise the median) nor cuts a good one. A diverged trial (NaN) is pruned."""
+    curves = {0: [1.0, 1.5, 3.9, 0.7, 0.6], 1: [1.1, 1.05, 1.05, 1.05, 1.05], 2: [float("nan")] * 5}
+
+    def objective(trial, params, report):
+        for epoch, value in enumerate(curves[trial.number], start=1):
+            report(epoch, value)
+        return min(curves[trial.number])
+
+    settings = sweeps.SweepSettings("cal_cce", {"lam": [1.0, 2.0, 5.0]}, {"epochs": 5}, pruner="median")
+    with store.stage_run("sweeps", run_name="best-so-far"):
+        study = sweeps.run_sweep(settings, objective).study
+    trials = {t.number: t for t in study.get_trials()}
+    assert trials[0].intermediate_values == {1: 1.0, 2: 1.0, 3: 1.0, 4: 0.7, 5: 0.6}
+    # raw, trial 1's 1.05 would beat the finished trial's spikes (1.5, 3.9) until epoch 4; against
+    # the finished trial's best so far (1.0) it stops at epoch 2
+    assert trials[1].state == TrialState.PRUNED and trials[1].intermediate_values == {1: 1.1, 2: 1.05}
+    assert trials[2].state == TrialState.PRUNED and len(trials[2].intermediate_values) == 2
+
+    hyperband = sweeps.make_pruner("hyperband", 20)
+    assert (hyperband._min_resource, hyperband._max_resource) == (5, 20)
+    assert sweeps.make_pruner("hyperband", 4)._min_resource == 2
+
+
+def test_pruned_trials_and_a_tpe_budget_that_resumes():
+    settings = sweeps.SweepSettings("cal_cce", {"lam": [1.0, 2.0, 5.0, 10.0]}, {"epochs": 3}, pruner="median")
+    with store.stage_run("sweeps", run_name="pruning") as run:
+        outcome = sweeps.run_sweep(settings, by_trial_number)
+    study = outcome.study
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states == {0: TrialState.COMPLETE, 1: TrialState.PRUNED, 2: TrialState.PRUNED, 3: TrialState.PRUNED}
+    assert [len(t.intermediate_values) for t in study.get_trials()] == [3, 2, 2, 2]
+    assert outcome.parent_run_id == run.info.run_id and outcome.registered_version is None
+
+    runs = {int(r.data.tags["sweep.trial"]): r for r in children(run.info.run_id)}
+    assert sorted(runs) == [0, 1, 2, 3]
+    for number, child in runs.items():
+        assert child.info.status == "FINISHED"
+        assert child.data.tags.get("pruned") == ("true" if number >= 1 else None)
+        assert child.data.metrics["trial_epochs"] == (3 if number == 0 else 2)
+    parent = mlflow.MlflowClient().get_run(run.info.run_id)
+    best = study.best_trial
+    assert best.number == 0
+    assert parent.data.tags["best.lam"] == str(best.params["lam"]) and parent.data.tags["sweep.n_pruned"] == "3"
+    assert parent.data.metrics["best_value"] == pytest.approx(best.value)
+    assert parent.data.metrics["epochs_spent"] == 9
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "sweep")}
+    assert {"sweep/trials.csv", "sweep/trials.md", "sweep/optimization_history.png",
+            "sweep/intermediate_values.png"} <= artifacts
+
+    # TPE in the same store: the budget counts the study's trials, and a re-run resumes it.
+    settings = sweeps.SweepSettings("cal_focal", {"lam": [1.0, 2.0], "gamma": [1.0, 2.0]}, {}, sampler="tpe",
+                                    n_trials=3, study="tpe")
+    with store.stage_run("sweeps"):
+        first = sweeps.run_sweep(settings, by_trial_number)
+    with store.stage_run("sweeps"):
+        again = sweeps.run_sweep(settings, by_trial_number)
+    with store.stage_run("sweeps"):
+        more = sweeps.run_sweep(dataclasses.replace(settings, n_trials=5), by_trial_number)
+    assert (first.trials_run, again.trials_run, more.trials_run) == ([0, 1, 2], [], [3, 4])
+    assert not again.created and again.parent_run_id == first.parent_run_id
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(first.parent_run_id, "sweep")}
+    assert "sweep/param_importances.png" in artifacts   # two parameters
+    with store.stage_run("sweeps"), pytest.raises(ValueError, match="started with sampler='tpe'"):
+        sweeps.run_sweep(dataclasses.replace(settings, sampler="grid"), by_trial_number)
+
+
+WORKER = textwrap.dedent("""
+    import json, pathlib, sys, time
+    import multiloss
+    from multiloss.classification import sweeps
+    from multiloss.tracking import store
+
+    folder, mode, lams = pathlib.Path(sys.argv[1]), sys.argv[2], [float(v) for v in sys.argv[3].split(",")]
+    settings = sweeps.SweepSettings("cal_cce", {"lam": lams}, {"epochs": 2}, study=mode,
+                                    storage=str(folder / "journal.log"), heartbeat=1)
+
+    def objective(trial, params, report):
+        marker = folder / f"started-{mode}-{trial.number}"
+        marker.write_text(str(params["lam"]))
+        if mode == "meet":       # hold the first trial until the other worker holds one too
+            deadline = time.time() + 120
+            while len(list(folder.glob("started-meet-*"))) < 2 and time.time() < deadline:
+                time.sleep(0.1)
+        if mode == "hang":
+            time.sleep(600)
+        for epoch in (1, 2):
+            report(epoch, params["lam"] + 1 / epoch)
+            time.sleep(0.2)
+        return params["lam"]
+
+    with store.stage_run("sweeps", run_name=f"worker-{mode}") as run:
+        outcome = sweeps.run_sweep(settings, objective)
+    print("RAN", run.info.run_id, json.dumps(outcome.trials_run), flush=True)
+""")
+
+
+def start_worker(tmp_path, mode: str, lams: str) -> subprocess.Popen:
+    store.ensure_experiment("sweeps")   # the store exists before workers start (two creating it race)
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    return subprocess.Popen([sys.executable, str(script), str(tmp_path), mode, lams], env=dict(os.environ),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_workers_share_one_journal_and_a_killed_workers_trial_is_retried(tmp_path):
+    # Two worker processes, one grid: each point trained once, all trials under one parent run.
+    lams = [0.5, 1.0, 2.0, 5.0, 10.0, 15.0]
+    workers = [start_worker(tmp_path, "meet", ",".join(map(str, lams))) for _ in range(2)]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    ran = [json.loads(o.split("RAN ")[-1].split(" ", 1)[1]) for o in outputs]
+    run_ids = [o.split("RAN ")[-1].split()[0] for o in outputs]
+    assert all(ran) and sorted(ran[0] + ran[1]) == list(range(6))   # both worked, no trial twice
+
+    study = optuna.load_study(study_name="meet", storage=sweeps.open_storage(str(tmp_path / "journal.log")))
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
+    assert sorted(t.params["lam"] for t in trials) == lams                 # every point exactly once
+    parent_id = study.user_attrs[sweeps.PARENT_ATTR]
+    worker_id = next(rid for rid in run_ids if rid != parent_id)
+    client = mlflow.MlflowClient()
+    assert client.get_run(parent_id).data.tags["sweep.role"] == "parent"
+    worker_tags = client.get_run(worker_id).data.tags
+    assert worker_tags["sweep.role"] == "worker" and worker_tags["mlflow.parentRunId"] == parent_id
+    trial_runs = [r for r in children(parent_id) if r.data.tags["sweep.role"] == "trial"]
+    assert sorted(int(r.data.tags["sweep.trial"]) for r in trial_runs) == list(range(6))
+    assert {r.info.run_id for r in trial_runs} == {t.user_attrs["mlflow_run_id"] for t in trials}
+    parent = client.get_run(parent_id)
+    assert parent.data.tags["best.lam"] == "0.5" and parent.data.tags["sweep.n_complete"] == "6"
+
+    # A worker killed mid-trial: once its heartbeat is stale, the next worker retries the trial first.
+    worker = start_worker(tmp_path, "hang", "1,2,3")
+    deadline = time.time() + 180
+    while not list(tmp_path.glob("started-hang-*")):
+        assert worker.poll() is None and time.time() < deadline, worker.stdout.read()[-3000:]
+        time.sleep(0.2)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=30)
+    time.sleep(2.5)   # past the grace period (twice the 1 s heartbeat)
+
+    settings = sweeps.SweepSettings("cal_cce", {"lam": [1.0, 2.0, 3.0]}, {"epochs": 2}, study="hang",
+                                    storage=str(tmp_path / "journal.log"), heartbeat=1)
+    with store.stage_run("sweeps"):
+        outcome = sweeps.run_sweep(settings, by_trial_number)
+    trials = outcome.study.get_trials()
+    killed = trials[0]
+    assert killed.state == TrialState.FAIL
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == killed.params
+    assert outcome.trials_run[0] == retry[0].number                     # the retry runs first
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["lam"] for t in complete) == [1.0, 2.0, 3.0]
+    dead_run = client.get_run(killed.user_attrs["mlflow_run_id"])
+    assert dead_run.info.status == "KILLED" and dead_run.data.tags["retried"] == "true"
+    assert client.get_run(retry[0].user_attrs["mlflow_run_id"]).data.tags["sweep.retry_of"] == str(killed.number)
+    assert outcome.summary["n_complete"] == 3 and not outcome.created
+
+
+@pytest.mark.slow
+def test_sweep_stage_runs_real_classify_trials_and_registers_only_the_best(tmp_path):
+    data = tmp_path / "synthetic"
+    write_synthetic(data, n_seg=1, n_cls=12, size=48, seed=2)
+    tf_keras.utils.set_random_seed(0)
+    with store.stage_run("segmentation", run_name="encoder"):
+        unet = registry.log_and_register(build_unet(), registry.SEGMENTATION_MODEL, {"loss": "bce"})
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"lam": [1, 10]}))
+
+    sweep.main(["--loss", "cal_cce", "--grid", str(grid), "--data", str(data / "chest_xray"),
+                "--encoder", f"models:/{registry.SEGMENTATION_MODEL}/{unet.version}", "--img-size", "32",
+                "--epochs", "2", "--batch-size", "8", "--ci-method", "wald", "--pruner", "median"])
+
+    experiment = mlflow.get_experiment_by_name("sweeps")
+    runs = mlflow.search_runs([experiment.experiment_id], output_format="list")
+    parent = next(r for r in runs if r.data.tags.get("sweep.role") == "parent")
+    trials = [r for r in runs if r.data.tags.get("sweep.role") == "trial"]
+    assert len(trials) == 2 and {r.data.tags["mlflow.parentRunId"] for r in trials} == {parent.info.run_id}
+    client = mlflow.MlflowClient()
+    for child in trials:
+        assert child.info.status == "FINISHED" and child.data.params["loss_lam"] in ("1.0", "10.0")
+        assert len(client.get_metric_history(child.info.run_id, "val_loss")) == 2
+        assert len(client.get_metric_history(child.info.run_id, "val_cross_entropy")) == 2
+        assert child.data.metrics["trial_val_nll"] == pytest.approx(child.data.metrics["val_nll"])
+    best = min(trials, key=lambda r: r.data.metrics["val_nll"])
+    assert parent.data.tags["best.lam"] == best.data.params["loss_lam"]
+    assert parent.data.tags["best.run_id"] == best.info.run_id
+    versions = registry.versions(registry.CLASSIFIER_MODEL)
+    assert len(versions) == 1                     # the best trial only
+    tags = versions[0].tags
+    assert tags["sweep_study"] == "sweep-cal_cce" and tags["sweep_trial"] == best.data.tags["sweep.trial"]
+    assert tags["loss"] == "cal_cce" and tags["loss_lam"] == best.data.params["loss_lam"] and "test_mcc" in tags
+    assert versions[0].run_id == best.info.run_id

@@ -1,0 +1,92 @@
+"""The classifier on the U-Net encoder, and the classify stage end to end on tiny synthetic data."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import tf_keras
+
+from multiloss.classification.scoring import PROBABILITY_COLUMNS
+from multiloss.data.synthetic import write_synthetic
+from multiloss.models.classifier import CUT_LAYER, build_classifier, encoder_from_unet
+from multiloss.models.unet import build_unet
+from multiloss.stages import classify
+from multiloss.tracking import registry, store
+
+
+def test_classifier_starts_from_the_unet_encoder_weights():
+    tf_keras.utils.set_random_seed(1)
+    unet = build_unet()
+    model = build_classifier(unet)
+    for name in ("stem_conv", "block3a_expand_conv", "block5c_project_conv"):
+        for ours, theirs in zip(model.get_layer(name).get_weights(), unet.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(ours, theirs)
+    assert [layer.name for layer in model.layers[-4:]] == ["cls_zeropad", "cls_conv", "cls_gap", "cls_softmax"]
+    assert model.get_layer("cls_conv").filters == 512 and model.get_layer("cls_conv").kernel_size == (3, 3)
+    assert encoder_from_unet(unet).output.name.startswith(CUT_LAYER)
+    assert model.predict(np.zeros((2, 64, 64, 3), np.float32), verbose=0).shape == (2, 3)
+    assert not any(layer.name.startswith("decoder") for layer in model.layers)
+
+
+def test_cut_layer_missing_is_named():
+    plain = tf_keras.Sequential([tf_keras.Input((8,)), tf_keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="no layer 'block5c_add'"):
+        encoder_from_unet(plain)
+
+
+@pytest.mark.slow
+def test_classify_stage_logs_scores_registers_and_reloads_in_a_fresh_process(tmp_path):
+    data = tmp_path / "synthetic"
+    write_synthetic(data, n_seg=1, n_cls=15, size=48, seed=2)
+    tf_keras.utils.set_random_seed(0)
+    with store.stage_run("segmentation", run_name="encoder"):
+        unet_version = registry.log_and_register(build_unet(), registry.SEGMENTATION_MODEL, {"loss": "bce"})
+    registry.set_alias(registry.SEGMENTATION_MODEL, "champion", unet_version.version)
+
+    classify.main(["--loss", "cal_neg_entropy", "--beta", "0.01", "--data", str(data / "chest_xray"),
+                   "--img-size", "32", "--epochs", "2", "--batch-size", "8", "--class-weights", "balanced",
+                   "--ci-method", "wald"])
+
+    version = registry.versions(registry.CLASSIFIER_MODEL)[-1]
+    assert version.tags["loss"] == "cal_neg_entropy" and version.tags["loss_beta"] == "0.01"
+    assert version.tags["loss_lam"] == "10.0" and version.tags["encoder_version"] == str(unet_version.version)
+    run = mlflow.MlflowClient().get_run(version.run_id)
+    metrics = run.data.metrics
+    for split in ("val", "test"):
+        for key in ("accuracy", "auroc_micro", "auroc_macro", "auprc_micro", "auprc_macro", "precision", "recall",
+                    "f1", "mcc", "mcc_low", "mcc_high", "ece", "brier", "nll"):
+            assert f"{split}_{key}" in metrics, f"{split}_{key}"
+        assert metrics[f"{split}_mcc_low"] <= metrics[f"{split}_mcc"] <= metrics[f"{split}_mcc_high"]
+    assert float(version.tags["test_mcc"]) == pytest.approx(metrics["test_mcc"], abs=1e-6)
+    assert len(mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_loss")) == 2
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"val_predictions.csv", "test_predictions.csv", "test_confusion.png", "test_roc_pr.png",
+            "test_reliability.png", "validation_split.csv"} <= artifacts
+
+    test_csv = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="test_predictions.csv")
+    code = textwrap.dedent(f"""
+        import numpy as np, pandas as pd, mlflow
+        import multiloss
+        from multiloss.tracking import store
+        from multiloss.data.datasets import image_dataset
+        store.configure()
+        model = mlflow.tensorflow.load_model("models:/cxr-classifier/{version.version}")
+        frame = pd.read_csv({test_csv!r})
+        probs = model.predict(image_dataset(frame["path"], img_size=32, batch_size=8), verbose=0)
+        np.save({str(tmp_path / 'probs.npy')!r}, probs)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = pd.read_csv(test_csv)[PROBABILITY_COLUMNS].to_numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "probs.npy"), expected, atol=1e-5)
+
+
+def test_balanced_class_weights():
+    weights = classify.balanced_class_weights(np.array([0, 0, 0, 1, 2, 2]))
+    assert weights == pytest.approx({0: 6 / 9, 1: 2.0, 2: 1.0})

@@ -1,0 +1,103 @@
+"""The ensemble stage end to end: registry → every ensemble → table → registered end-to-end pyfunc,
+which predicts raw images in a fresh process through `mlflow models predict`."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import tf_keras
+
+from multiloss.classification.scoring import PROBABILITY_COLUMNS, read_predictions
+from multiloss.data.synthetic import write_synthetic
+from multiloss.ensembles import build
+from multiloss.models.unet import build_unet
+from multiloss.stages import classify, crop, ensemble
+from multiloss.tracking import registry, store
+
+
+@pytest.mark.slow
+def test_ensemble_stage_registers_an_end_to_end_model(tmp_path, monkeypatch):
+    data = tmp_path / "synthetic"
+    write_synthetic(data, n_seg=1, n_cls=20, size=48, seed=3)
+    tf_keras.utils.set_random_seed(0)
+    with store.stage_run("segmentation", run_name="unet"):
+        unet = registry.log_and_register(build_unet(), registry.SEGMENTATION_MODEL, {"loss": "bce", "img_size": 32})
+    registry.set_alias(registry.SEGMENTATION_MODEL, "top1", unet.version)
+    registry.set_alias(registry.SEGMENTATION_MODEL, "champion", unet.version)
+    cropped = tmp_path / "cropped"
+    crop.main(["--data", str(data / "chest_xray"), "--out", str(cropped), "--top-k", "1", "--img-size", "48"])
+    for seed, loss in enumerate(("cce", "focal", "kld")):
+        classify.main(["--loss", loss, "--data", str(cropped), "--img-size", "32", "--epochs", "1",
+                       "--batch-size", "8", "--seed", str(seed), "--ci-method", "wald"])
+
+    seen_by_stacking = []
+    real_fit = build.fit_stacking
+
+    def spy(member_probs, labels, **kwargs):
+        seen_by_stacking.append(np.array(member_probs))
+        return real_fit(member_probs, labels, **kwargs)
+
+    monkeypatch.setattr(build, "fit_stacking", spy)
+    ensemble.main(["--data", str(cropped), "--top-k", "2,3", "--epochs", "1", "--batch-size", "8",
+                   "--ci-method", "wald"])
+
+    client = mlflow.MlflowClient()
+    run = mlflow.search_runs(experiment_names=["ensembles"], output_format="list")[0]
+    assert run.info.status == "FINISHED" and run.data.tags["select_on"] == "val"
+    table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                                            artifact_path="ensemble_scores.csv"), index_col="name")
+    assert table["kind"].value_counts().to_dict() == {"single": 3, "majority": 2, "mean": 2, "weighted": 2,
+                                                      "stacking": 2, "model_level": 2, "model_level_weighted": 1}
+    assert (table["mcc_low"] <= table["mcc"] + 1e-12).all() and (table["mcc"] <= table["mcc_high"] + 1e-12).all()
+    singles = table[table.kind == "single"]
+    assert singles["mcnemar_p"].isna().sum() == 1                   # the reference: the best single model
+    others = table[table["mcnemar_p"].notna()]
+    assert others["mcnemar_p"].between(0, 1).all() and others["bootstrap_p"].between(0, 1).all()
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"ensemble_scores.md", "ensemble_polar.png", "test_confusion.png", "test_roc_pr.png",
+            "best_test_predictions.csv"} <= artifacts
+
+    # stacking was only ever fitted on validation images (whole, or folds of them), never on test ones
+    member_runs = [client.get_model_version(registry.CLASSIFIER_MODEL, v).run_id
+                   for v in run.data.params["members"].split(",")]
+    val = build.member_predictions(member_runs, "val")
+    test = build.member_predictions(member_runs, "test")
+    val_rows = {tuple(np.round(val.probs[:, i].ravel(), 6)) for i in range(val.probs.shape[1])}
+    test_rows = {tuple(np.round(test.probs[:, i].ravel(), 6)) for i in range(test.probs.shape[1])}
+    assert seen_by_stacking and len(seen_by_stacking) == 2 * (1 + min(5, len(val.paths)))
+    for probs in seen_by_stacking:
+        k = probs.shape[0]
+        rows = {tuple(np.round(probs[:, i].ravel(), 6)) for i in range(probs.shape[1])}
+        assert rows <= {r[: 3 * k] for r in val_rows}
+        assert not rows & {r[: 3 * k] for r in test_rows}
+
+    champion = client.get_model_version_by_alias(registry.ENSEMBLE_MODEL, "champion")
+    assert champion.tags["ensemble"] == run.data.tags["best_ensemble"]
+    top1 = client.get_model_version_by_alias(registry.CLASSIFIER_MODEL, "top1")
+    assert str(client.get_model_version_by_alias(registry.CLASSIFIER_MODEL, "champion").version) == str(top1.version)
+
+    # a fresh process serves raw (uncropped) images of a folder and matches the stage's test predictions
+    frame, _, expected = read_predictions(mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="best_test_predictions.csv"))
+    source = Path(json.loads((cropped / "crop.json").read_text())["source"])
+    raw = {str(source / Path(p).relative_to(cropped / "chest_xray")): i for i, p in enumerate(frame["path"])}
+    folders = sorted({str(Path(p).parent) for p in raw})
+    request = tmp_path / "request.csv"
+    pd.DataFrame({"path": folders}).to_csv(request, index=False)
+    out = tmp_path / "predictions.json"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store.tracking_uri()}
+    result = subprocess.run([sys.executable, "-m", "mlflow", "models", "predict", "-m",
+                             f"models:/{registry.ENSEMBLE_MODEL}@champion", "-i", str(request), "-t", "csv",
+                             "-o", str(out), "--env-manager", "local"], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    served = pd.DataFrame(json.loads(out.read_text())["predictions"])
+    assert set(served["path"]) == set(raw)
+    order = [raw[p] for p in served["path"]]
+    np.testing.assert_allclose(served[PROBABILITY_COLUMNS].to_numpy(float), expected[order], atol=1e-4)

@@ -1,0 +1,103 @@
+"""Run reuse and the clean-up of dead pipelines, on a throw-away store (no training)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_PROJECT_ENTRY_POINT
+
+from multiloss.pipeline import reuse
+from multiloss.tracking import store
+
+
+def write_package(root: Path) -> Path:
+    package = root / "multiloss"
+    (package / "stages").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "stages" / "__init__.py").write_text("")
+    (package / "stages" / "train.py").write_text("from multiloss import helpers\n")
+    (package / "helpers.py").write_text("def f():\n    from multiloss.deep import g\n")
+    (package / "deep.py").write_text("g = 1\n")
+    (package / "other.py").write_text("x = 1\n")
+    return package
+
+
+def test_code_version_follows_the_imported_source_only(tmp_path):
+    package = write_package(tmp_path)
+    spec = {"parameters": {"a": {"type": "float", "default": 1}}, "command": "python -m multiloss.stages.train"}
+    files = [p.relative_to(package).as_posix() for p in reuse.source_files("multiloss.stages.train", package)]
+    assert files == ["__init__.py", "deep.py", "helpers.py", "stages/__init__.py", "stages/train.py"]
+    before = reuse.code_version("multiloss.stages.train", spec, package)
+    (package / "other.py").write_text("x = 2\n")                      # not imported: same version
+    assert reuse.code_version("multiloss.stages.train", spec, package) == before
+    (package / "deep.py").write_text("g = 2\n")                      # imported inside a function
+    changed = reuse.code_version("multiloss.stages.train", spec, package)
+    assert changed != before
+    other_spec = {**spec, "parameters": {"a": {"type": "float", "default": 2}}}
+    assert reuse.code_version("multiloss.stages.train", other_spec, package) != changed
+
+
+def finished_run(entry_point, params, code="c1", data="d1", status="FINISHED", parent=None) -> str:
+    client = mlflow.MlflowClient()
+    tags = {MLFLOW_PROJECT_ENTRY_POINT: entry_point, reuse.CODE_VERSION_TAG: code, reuse.INPUT_FINGERPRINT_TAG: data}
+    if parent:
+        tags[MLFLOW_PARENT_RUN_ID] = parent
+    run = client.create_run(store.ensure_experiment("pipeline"), tags=tags)
+    client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in params.items()])
+    if status != "RUNNING":
+        client.set_terminated(run.info.run_id, status)
+    return run.info.run_id
+
+
+def test_reuses_only_a_finished_run_with_equal_strings_code_and_input():
+    store.configure()
+    params = {"loss": "bce", "img_size": "64"}
+    older = finished_run("segment", params)
+    newer = finished_run("segment", {**params, "extra.logged.by.stage": "x"})
+    finished_run("segment", params, status="FAILED")
+    finished_run("segment", params, status="RUNNING")
+    assert reuse.find_reusable("segment", params, "c1", "d1").info.run_id == newer   # newest first
+    assert older != newer
+    assert reuse.find_reusable("segment", {"loss": "bce", "img_size": "64.0"}, "c1", "d1") is None
+    assert reuse.find_reusable("segment", params, "c2", "d1") is None
+    assert reuse.find_reusable("segment", params, "c1", "d2") is None
+    assert reuse.find_reusable("classify", params, "c1", "d1") is None
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_dead_pipeline_and_its_running_children_are_killed_and_their_versions_deleted():
+    store.configure()
+    client = mlflow.MlflowClient()
+    dead = finished_run("main", {}, status="RUNNING")
+    for key, value in reuse.process_tags(os.getpid()).items():
+        client.set_tag(dead, key, value)
+    client.set_tag(dead, reuse.PID_TAG, str(dead_pid()))
+    done = finished_run("segment", {}, parent=dead)
+    stuck = finished_run("classify", {}, status="RUNNING", parent=dead)
+    client.create_registered_model("cxr-classifier")
+    client.create_model_version("cxr-classifier", "file:///nowhere", run_id=stuck)
+
+    alive = finished_run("main", {}, status="RUNNING")
+    for key, value in reuse.process_tags().items():
+        client.set_tag(alive, key, value)
+    alive_child = finished_run("classify", {}, status="RUNNING", parent=alive)
+
+    assert set(reuse.end_dead_pipelines()) == {dead, stuck}
+    status = {run_id: client.get_run(run_id).info.status for run_id in (dead, done, stuck, alive, alive_child)}
+    assert status == {dead: "KILLED", done: "FINISHED", stuck: "KILLED", alive: "RUNNING", alive_child: "RUNNING"}
+    assert client.search_model_versions(f"run_id='{stuck}'") == []
+    assert reuse.end_dead_pipelines() == []
+
+
+@pytest.mark.parametrize("pid_start", ["", "1"])
+def test_a_reused_pid_is_not_the_pipeline_process(pid_start):
+    # the pid is ours (alive); a start time that differs means another process got the pid
+    assert reuse._process_alive(os.getpid(), pid_start) is (pid_start == "" or reuse._process_start(os.getpid()) == "")

@@ -1,0 +1,164 @@
+"""A registered U-Net loads from the registry in a fresh process and predicts what it did before."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import mlflow
+import numpy as np
+import pytest
+import tf_keras
+
+from multiloss import paths
+from multiloss.models.unet import build_unet
+from multiloss.tracking import registry, store
+
+
+@pytest.fixture
+def registered_unet(tmp_path):
+    tf_keras.utils.set_random_seed(0)
+    model = build_unet()
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    x = np.random.default_rng(0).random((2, 64, 64, 3)).astype(np.float32)
+    model.fit(x, (x[..., :1] > 0.5).astype(np.float32), epochs=1, verbose=0)   # BN statistics move
+    with store.stage_run("segmentation", run_name="probe"):
+        version = registry.log_and_register(model, registry.SEGMENTATION_MODEL, {"loss": "bce", "img_size": 64})
+    registry.set_alias(registry.SEGMENTATION_MODEL, "champion", version.version)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "before.npy", model.predict(x, verbose=0))
+    return version
+
+
+@pytest.mark.slow
+def test_champion_loads_in_a_fresh_process_predicts_the_same_and_carries_tags(registered_unet, tmp_path):
+    code = textwrap.dedent(f"""
+        import numpy as np, mlflow
+        import multiloss
+        from multiloss.tracking import store
+        store.configure()
+        model = mlflow.tensorflow.load_model("models:/cxr-lung-seg@champion")
+        np.save({str(tmp_path / 'after.npy')!r}, model.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0))
+        pyfunc = mlflow.pyfunc.load_model("models:/cxr-lung-seg@champion")
+        np.save({str(tmp_path / 'pyfunc.npy')!r}, np.asarray(pyfunc.predict(np.load({str(tmp_path / 'x.npy')!r}))))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    before = np.load(tmp_path / "before.npy")
+    np.testing.assert_allclose(np.load(tmp_path / "after.npy"), before, atol=1e-5)
+    np.testing.assert_allclose(np.load(tmp_path / "pyfunc.npy").reshape(before.shape), before, atol=1e-5)
+    assert ((np.load(tmp_path / "after.npy") > 0.5) == (before > 0.5)).all()
+
+    # the version carries its tags, the alias is visible and moving it reports where it was
+    version = mlflow.MlflowClient().get_model_version(registry.SEGMENTATION_MODEL, registered_unet.version)
+    assert version.tags["loss"] == "bce" and version.tags["img_size"] == "64"
+    assert registry.versions(registry.SEGMENTATION_MODEL)[0].aliases == ["champion"]
+    assert registry.set_alias(registry.SEGMENTATION_MODEL, "champion", registered_unet.version) == str(registered_unet.version)
+    with pytest.raises(ValueError, match="cxr-lung-seg has no version 7"):
+        registry.versions(registry.SEGMENTATION_MODEL, only=["7"])
+
+
+def test_pip_requirements_are_our_pins():
+    pins = registry.pip_requirements()
+    assert "tensorflow==2.21.0" in pins and "mlflow==3.17.2" in pins and "tf-keras==2.21.0" in pins
+    assert not any("pytest" in p for p in pins)
+
+
+def test_pip_requirements_come_from_the_checkouts_requirements_file(monkeypatch):
+    monkeypatch.delenv("MULTILOSS_HOME")
+    lines = [l.strip() for l in (paths.CHECKOUT / "requirements.txt").read_text().splitlines()
+             if l.strip() and not l.startswith("#")]
+    assert registry.pip_requirements() == lines
+
+
+def test_inference_copy_drops_training_only_regularisers_and_keeps_outputs():
+    from multiloss.losses import classification_loss
+    from multiloss.models.classifier import build_classifier
+    model = build_classifier(build_unet(), activity_regularizer=classification_loss("cce_entropy").activity_regularizer())
+    copy = registry.inference_copy(model)
+    assert copy.get_layer("cls_softmax").activity_regularizer is None
+    assert "multiloss" not in str(copy.get_config())
+    x = np.random.default_rng(0).random((2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(copy.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_inference_copy_clones_only_what_carries_training_terms():
+    inner = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(3, activity_regularizer="l2")])
+    clean = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(3)])
+    assert registry.inference_copy(clean) is clean
+    outer = tf_keras.Sequential([tf_keras.Input((4,)), inner])            # a regulariser one level down
+    assert registry.inference_copy(outer) is not outer
+    clean.compile(optimizer="sgd", loss="mse")                             # optimizer state: cloned
+    assert registry.inference_copy(clean) is not clean
+
+
+def _tiny_trained_model() -> tf_keras.Model:
+    tf_keras.utils.set_random_seed(1)
+    inputs = tf_keras.Input((4,))
+    x = tf_keras.layers.Dense(8, activation="relu", name="hidden")(inputs)
+    x = tf_keras.layers.BatchNormalization(name="norm")(x)
+    model = tf_keras.Model(inputs, tf_keras.layers.Dense(3, activation="softmax", name="out")(x))
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    x = np.random.default_rng(1).random((16, 4)).astype(np.float32)
+    model.fit(x, np.eye(3)[np.arange(16) % 3], epochs=1, verbose=0)      # BN statistics move
+    return model
+
+
+@pytest.fixture
+def disk_loads(monkeypatch) -> list[str]:
+    """The URIs read from the store, in order."""
+    loads = []
+    real_load = mlflow.tensorflow.load_model
+    monkeypatch.setattr(mlflow.tensorflow, "load_model", lambda uri: loads.append(uri) or real_load(uri))
+    return loads
+
+
+def test_models_kept_in_memory_hand_out_independent_copies_of_what_was_registered(disk_loads):
+    x = np.random.default_rng(2).random((5, 4)).astype(np.float32)
+    first, second = _tiny_trained_model(), _tiny_trained_model()
+    with store.stage_run("classification", run_name="outside"):
+        outside = registry.log_and_register(first, registry.CLASSIFIER_MODEL, {})
+    registry.set_alias(registry.CLASSIFIER_MODEL, "champion", outside.version)
+
+    with registry.models_kept_in_memory():
+        with store.stage_run("classification", run_name="inside"):
+            inside = registry.log_and_register(second, registry.CLASSIFIER_MODEL, {})
+        copy = registry.load_keras(f"models:/{registry.CLASSIFIER_MODEL}/{inside.version}")
+        assert disk_loads == []                        # registered in this block: never read back
+        np.testing.assert_allclose(copy.predict(x, verbose=0), second.predict(x, verbose=0), atol=1e-6)
+        copy.get_layer("hidden").trainable = False     # what a caller may do to its copy
+        copy.set_weights([np.zeros_like(w) for w in copy.get_weights()])
+        tf_keras.backend.clear_session()               # as main does between steps
+        again = registry.load_keras(f"models:/{registry.CLASSIFIER_MODEL}/{inside.version}")
+        assert again is not copy and again.get_layer("hidden").trainable
+        np.testing.assert_allclose(again.predict(x, verbose=0), second.predict(x, verbose=0), atol=1e-6)
+
+        # a version registered before the block is read from disk once, by number or alias
+        by_alias = registry.load_keras(f"models:/{registry.CLASSIFIER_MODEL}@champion")
+        by_alias.get_layer("norm").momentum = 0.5      # the model read from disk is the caller's too
+        by_alias.get_layer("out").set_weights([np.zeros_like(w) for w in by_alias.get_layer("out").get_weights()])
+        by_number = registry.load_keras(f"models:/{registry.CLASSIFIER_MODEL}/{outside.version}")
+        assert len(disk_loads) == 1 and by_number.get_layer("norm").momentum == 0.99
+        np.testing.assert_allclose(by_number.predict(x, verbose=0), first.predict(x, verbose=0), atol=1e-6)
+        registry.load_keras(f"models:/{registry.CLASSIFIER_MODEL}/latest")
+        assert len(disk_loads) == 2                    # not a version number: always read from the store
+
+    registry.load_keras(f"models:/{registry.CLASSIFIER_MODEL}/{inside.version}")
+    assert len(disk_loads) == 3                        # outside the block every load reads the store
+
+
+def test_a_logged_model_is_kept_only_when_asked_and_loads_back_by_its_uri(disk_loads):
+    x = np.random.default_rng(3).random((5, 4)).astype(np.float32)
+    kept, other = _tiny_trained_model(), _tiny_trained_model()
+    with registry.models_kept_in_memory():
+        with store.stage_run("ensembles", run_name="logged"):
+            kept_uri = registry.log_keras(kept, "kept", keep_in_memory=True).model_uri
+            other_uri = registry.log_keras(other, "other").model_uri
+        assert registry.LOGGED_MODEL_URI.fullmatch(kept_uri)
+        np.testing.assert_allclose(registry.load_keras(kept_uri).predict(x, verbose=0), kept.predict(x, verbose=0),
+                                   atol=1e-6)
+        assert disk_loads == []
+        np.testing.assert_allclose(registry.load_keras(other_uri).predict(x, verbose=0), other.predict(x, verbose=0),
+                                   atol=1e-6)
+        assert disk_loads == [other_uri]
