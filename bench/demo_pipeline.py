@@ -22,6 +22,8 @@ import threading
 import time
 from pathlib import Path
 
+from multiloss import names
+
 REPO = Path(__file__).resolve().parents[1]
 TARGET_SECONDS = 15 * 60
 # The environment as we were started: reading a run's results points MLflow (and, through
@@ -104,7 +106,6 @@ def step_table(home: Path, parent_id: str) -> list[dict]:
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     import mlflow
 
-    from multiloss.pipeline import engine
     from multiloss.tracking import store
     store.configure()
     client = mlflow.MlflowClient()
@@ -119,8 +120,8 @@ def step_table(home: Path, parent_id: str) -> list[dict]:
             if step["how"] == "ran":
                 row["seconds"] = (run.info.end_time - run.info.start_time) / 1000
                 row["span"] = (run.info.start_time / 1000, run.info.end_time / 1000)
-                if run.data.tags.get(engine.PROCESS_TAG):
-                    row["how"] += f" ({run.data.tags[engine.PROCESS_TAG]})"
+                if run.data.tags.get(names.PROCESS_TAG):
+                    row["how"] += f" ({run.data.tags[names.PROCESS_TAG]})"
             key = HEADLINE.get(step["entry_point"])
             if key and key in run.data.metrics:
                 row["metric"] = f"{key} {run.data.metrics[key]:.4f}"

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from multiloss import names
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,7 +66,7 @@ def main() -> None:
     segment.main(["--loss", "bce_dice", "--data", str(data / "lungs"), "--img-size", str(max(32, args.img_size)),
                   "--epochs", str(args.unet_epochs), "--batch-size", "8", "--seed", str(args.seed),
                   "--bn-momentum", str(args.bn_momentum)])
-    encoder = f"models:/{registry.SEGMENTATION_MODEL}/{registry.versions(registry.SEGMENTATION_MODEL)[-1].version}"
+    encoder = f"models:/{names.SEGMENTATION_MODEL}/{registry.versions(names.SEGMENTATION_MODEL)[-1].version}"
 
     space = sweeps.search_space(args.loss, sweeps.load_grid(args.grid or None))
     training = {"data": str(data / "chest_xray"), "encoder": encoder, "img_size": args.img_size,

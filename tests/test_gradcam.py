@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
+from multiloss import names
 from multiloss.classification.scoring import PROBABILITY_COLUMNS
 from multiloss.data.datasets import image_dataset
 from multiloss.data.imageio import DataError
@@ -228,8 +229,8 @@ def test_gradcam_stage_logs_overlays_and_the_models_own_probabilities(kermany_di
     tf_keras.utils.set_random_seed(5)
     model = build_classifier(build_unet())
     with store.stage_run("classification", run_name="untrained classifier"):
-        version = registry.log_and_register(model, registry.CLASSIFIER_MODEL, {"img_size": 64})
-    registry.set_alias(registry.CLASSIFIER_MODEL, "champion", version.version)
+        version = registry.log_and_register(model, names.CLASSIFIER_MODEL, {"img_size": 64})
+    registry.set_alias(names.CLASSIFIER_MODEL, "champion", version.version)
 
     gradcam_stage.main(["--images", str(kermany_dir), "--per-class", "1", "--threshold", "0.2"])
 
@@ -246,9 +247,9 @@ def test_gradcam_stage_logs_overlays_and_the_models_own_probabilities(kermany_di
     np.testing.assert_allclose(table[PROBABILITY_COLUMNS].to_numpy(), expected, atol=1e-5)
     assert list(table["predicted"]) == [("normal", "bacterial", "viral")[k] for k in expected.argmax(1)]
 
-    client.delete_model_version_tag(registry.CLASSIFIER_MODEL, version.version, "img_size")
+    client.delete_model_version_tag(names.CLASSIFIER_MODEL, version.version, "img_size")
     with pytest.raises(SystemExit, match="pass the parameter img_size"):
-        gradcam_stage.main(["--model", f"models:/{registry.CLASSIFIER_MODEL}/{version.version}",
+        gradcam_stage.main(["--model", f"models:/{names.CLASSIFIER_MODEL}/{version.version}",
                             "--images", str(Path(table["path"][0]))])
 
 

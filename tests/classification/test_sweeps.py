@@ -17,6 +17,7 @@ import tf_keras
 import yaml
 from optuna.trial import TrialState
 
+from multiloss import names
 from multiloss.classification import sweeps
 from multiloss.data.synthetic import write_synthetic
 from multiloss.models.unet import build_unet
@@ -242,12 +243,12 @@ def test_sweep_stage_runs_real_classify_trials_and_registers_only_the_best(tmp_p
     write_synthetic(data, n_seg=1, n_cls=12, size=48, seed=2)
     tf_keras.utils.set_random_seed(0)
     with store.stage_run("segmentation", run_name="encoder"):
-        unet = registry.log_and_register(build_unet(), registry.SEGMENTATION_MODEL, {"loss": "bce"})
+        unet = registry.log_and_register(build_unet(), names.SEGMENTATION_MODEL, {"loss": "bce"})
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({"lam": [1, 10]}))
 
     sweep.main(["--loss", "cal_cce", "--grid", str(grid), "--data", str(data / "chest_xray"),
-                "--encoder", f"models:/{registry.SEGMENTATION_MODEL}/{unet.version}", "--img-size", "32",
+                "--encoder", f"models:/{names.SEGMENTATION_MODEL}/{unet.version}", "--img-size", "32",
                 "--epochs", "2", "--batch-size", "8", "--ci-method", "wald", "--pruner", "median"])
 
     experiment = mlflow.get_experiment_by_name("sweeps")
@@ -264,7 +265,7 @@ def test_sweep_stage_runs_real_classify_trials_and_registers_only_the_best(tmp_p
     best = min(trials, key=lambda r: r.data.metrics["val_nll"])
     assert parent.data.tags["best.lam"] == best.data.params["loss_lam"]
     assert parent.data.tags["best.run_id"] == best.info.run_id
-    versions = registry.versions(registry.CLASSIFIER_MODEL)
+    versions = registry.versions(names.CLASSIFIER_MODEL)
     assert len(versions) == 1                     # the best trial only
     tags = versions[0].tags
     assert tags["sweep_study"] == "sweep-cal_cce" and tags["sweep_trial"] == best.data.tags["sweep.trial"]

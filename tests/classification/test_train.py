@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import tf_keras
 
+from multiloss import names
 from multiloss.classification.scoring import PROBABILITY_COLUMNS
 from multiloss.data.synthetic import write_synthetic
 from multiloss.models.classifier import CUT_LAYER, build_classifier, encoder_from_unet
@@ -45,14 +46,14 @@ def test_classify_stage_logs_scores_registers_and_reloads_in_a_fresh_process(tmp
     write_synthetic(data, n_seg=1, n_cls=15, size=48, seed=2)
     tf_keras.utils.set_random_seed(0)
     with store.stage_run("segmentation", run_name="encoder"):
-        unet_version = registry.log_and_register(build_unet(), registry.SEGMENTATION_MODEL, {"loss": "bce"})
-    registry.set_alias(registry.SEGMENTATION_MODEL, "champion", unet_version.version)
+        unet_version = registry.log_and_register(build_unet(), names.SEGMENTATION_MODEL, {"loss": "bce"})
+    registry.set_alias(names.SEGMENTATION_MODEL, "champion", unet_version.version)
 
     classify.main(["--loss", "cal_neg_entropy", "--beta", "0.01", "--data", str(data / "chest_xray"),
                    "--img-size", "32", "--epochs", "2", "--batch-size", "8", "--class-weights", "balanced",
                    "--ci-method", "wald"])
 
-    version = registry.versions(registry.CLASSIFIER_MODEL)[-1]
+    version = registry.versions(names.CLASSIFIER_MODEL)[-1]
     assert version.tags["loss"] == "cal_neg_entropy" and version.tags["loss_beta"] == "0.01"
     assert version.tags["loss_lam"] == "10.0" and version.tags["encoder_version"] == str(unet_version.version)
     run = mlflow.MlflowClient().get_run(version.run_id)

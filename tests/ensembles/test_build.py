@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tf_keras
 
+from multiloss import names
 from multiloss.ensembles.combiners import majority_probs, majority_vote, out_of_fold
 from multiloss.models.classifier import DEEPEST_CONV
 from multiloss.models.ensemble_heads import (
@@ -186,14 +187,14 @@ def test_rank_versions_reads_run_metrics_then_tags_and_keeps_one_per_loss():
         with store.stage_run("classification", run_name=loss):
             if mcc is not None:
                 mlflow.log_metric("val_mcc", mcc)
-            version = registry.log_and_register(model, registry.CLASSIFIER_MODEL, {"loss": loss, "val_ece": ece})
+            version = registry.log_and_register(model, names.CLASSIFIER_MODEL, {"loss": loss, "val_ece": ece})
             made.append(str(version.version))
-    by_mcc = ranking.rank_versions(registry.CLASSIFIER_MODEL, "val_mcc")
+    by_mcc = ranking.rank_versions(names.CLASSIFIER_MODEL, "val_mcc")
     assert [str(r.version.version) for r in by_mcc] == [made[1], made[2], made[0]]     # kld has no val_mcc
     assert [r.value for r in ranking.distinct_by_tag(by_mcc, "loss")] == [0.9, 0.7]
-    by_ece = ranking.rank_versions(registry.CLASSIFIER_MODEL, "val_ece")              # from the tags, low first
+    by_ece = ranking.rank_versions(names.CLASSIFIER_MODEL, "val_ece")              # from the tags, low first
     assert [r.value for r in by_ece] == [0.05, 0.1, 0.2, 0.3]
-    only_cce = ranking.rank_versions(registry.CLASSIFIER_MODEL, "val_mcc", tags={"loss": "cce"})
+    only_cce = ranking.rank_versions(names.CLASSIFIER_MODEL, "val_mcc", tags={"loss": "cce"})
     assert [r.value for r in only_cce] == [0.7, 0.5]
 
     from multiloss.stages import promote
@@ -201,7 +202,7 @@ def test_rank_versions_reads_run_metrics_then_tags_and_keeps_one_per_loss():
     assert promote.main(["--metric", "val_ece", "--alias", "calibrated"]) == made[2]
     assert promote.main(["--version", made[0]]) == made[0]
     client = mlflow.MlflowClient()
-    assert str(client.get_model_version_by_alias(registry.CLASSIFIER_MODEL, "champion").version) == made[0]
+    assert str(client.get_model_version_by_alias(names.CLASSIFIER_MODEL, "champion").version) == made[0]
     with pytest.raises(SystemExit, match="no version of cxr-classifier has a 'test_auroc'"):
         promote.main(["--metric", "test_auroc"])
     with pytest.raises(ValueError, match="has no version 99"):

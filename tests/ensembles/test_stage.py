@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import tf_keras
 
+from multiloss import names
 from multiloss.classification.scoring import PROBABILITY_COLUMNS, read_predictions
 from multiloss.data.synthetic import write_synthetic
 from multiloss.ensembles import build
@@ -27,9 +28,9 @@ def test_ensemble_stage_registers_an_end_to_end_model(tmp_path, monkeypatch):
     write_synthetic(data, n_seg=1, n_cls=20, size=48, seed=3)
     tf_keras.utils.set_random_seed(0)
     with store.stage_run("segmentation", run_name="unet"):
-        unet = registry.log_and_register(build_unet(), registry.SEGMENTATION_MODEL, {"loss": "bce", "img_size": 32})
-    registry.set_alias(registry.SEGMENTATION_MODEL, "top1", unet.version)
-    registry.set_alias(registry.SEGMENTATION_MODEL, "champion", unet.version)
+        unet = registry.log_and_register(build_unet(), names.SEGMENTATION_MODEL, {"loss": "bce", "img_size": 32})
+    registry.set_alias(names.SEGMENTATION_MODEL, "top1", unet.version)
+    registry.set_alias(names.SEGMENTATION_MODEL, "champion", unet.version)
     cropped = tmp_path / "cropped"
     crop.main(["--data", str(data / "chest_xray"), "--out", str(cropped), "--top-k", "1", "--img-size", "48"])
     for seed, loss in enumerate(("cce", "focal", "kld")):
@@ -64,7 +65,7 @@ def test_ensemble_stage_registers_an_end_to_end_model(tmp_path, monkeypatch):
             "best_test_predictions.csv"} <= artifacts
 
     # stacking was only ever fitted on validation images (whole, or folds of them), never on test ones
-    member_runs = [client.get_model_version(registry.CLASSIFIER_MODEL, v).run_id
+    member_runs = [client.get_model_version(names.CLASSIFIER_MODEL, v).run_id
                    for v in run.data.params["members"].split(",")]
     val = build.member_predictions(member_runs, "val")
     test = build.member_predictions(member_runs, "test")
@@ -77,10 +78,10 @@ def test_ensemble_stage_registers_an_end_to_end_model(tmp_path, monkeypatch):
         assert rows <= {r[: 3 * k] for r in val_rows}
         assert not rows & {r[: 3 * k] for r in test_rows}
 
-    champion = client.get_model_version_by_alias(registry.ENSEMBLE_MODEL, "champion")
+    champion = client.get_model_version_by_alias(names.ENSEMBLE_MODEL, "champion")
     assert champion.tags["ensemble"] == run.data.tags["best_ensemble"]
-    top1 = client.get_model_version_by_alias(registry.CLASSIFIER_MODEL, "top1")
-    assert str(client.get_model_version_by_alias(registry.CLASSIFIER_MODEL, "champion").version) == str(top1.version)
+    top1 = client.get_model_version_by_alias(names.CLASSIFIER_MODEL, "top1")
+    assert str(client.get_model_version_by_alias(names.CLASSIFIER_MODEL, "champion").version) == str(top1.version)
 
     # a fresh process serves raw (uncropped) images of a folder and matches the stage's test predictions
     frame, _, expected = read_predictions(mlflow.artifacts.download_artifacts(
@@ -93,7 +94,7 @@ def test_ensemble_stage_registers_an_end_to_end_model(tmp_path, monkeypatch):
     out = tmp_path / "predictions.json"
     env = {**os.environ, "MLFLOW_TRACKING_URI": store.tracking_uri()}
     result = subprocess.run([sys.executable, "-m", "mlflow", "models", "predict", "-m",
-                             f"models:/{registry.ENSEMBLE_MODEL}@champion", "-i", str(request), "-t", "csv",
+                             f"models:/{names.ENSEMBLE_MODEL}@champion", "-i", str(request), "-t", "csv",
                              "-o", str(out), "--env-manager", "local"], env=env, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

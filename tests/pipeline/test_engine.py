@@ -13,10 +13,11 @@ import mlflow
 import pytest
 import yaml
 
+from multiloss import names
 from multiloss.pipeline import engine
 from multiloss.pipeline.workers import WorkerError
 from multiloss.stages import main as main_stage
-from multiloss.tracking import registry, store
+from multiloss.tracking import store
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = engine.entry_points()
@@ -151,7 +152,7 @@ def test_killed_pipeline_resumes_where_it_stopped(tmp_path):
     assert "step synth reuses run" in out and "step segment.bce reuses run" in out
     assert "step segment_eval reuses run" in out and "main: step crop: multiloss.stages.crop" in out
     assert "1 steps ran, 3 reused" in out
-    champion = client.get_model_version_by_alias(registry.SEGMENTATION_MODEL, "champion")
+    champion = client.get_model_version_by_alias(names.SEGMENTATION_MODEL, "champion")
     assert client.get_run(champion.run_id).info.status == "FINISHED"
 
 
@@ -189,8 +190,8 @@ def test_independent_steps_run_beside_a_worker_and_a_failure_stops_what_had_not_
         assert list(pipeline.steps) == ["synth.0", "synth.1", "synth.2"]       # in order, whoever ran them
         assert {run.info.status for run in runs.values()} == {"FINISHED"}
         # the worker took the first step; this process the last
-        assert runs["synth.0"].data.tags[engine.PROCESS_TAG] == "worker 1"
-        assert runs["synth.2"].data.tags[engine.PROCESS_TAG] == "main"
+        assert runs["synth.0"].data.tags[names.PROCESS_TAG] == "worker 1"
+        assert runs["synth.2"].data.tags[names.PROCESS_TAG] == "main"
         assert (tmp_path / "s0" / "chest_xray").is_dir()
 
         assert pipeline.run_steps(steps) == run_ids

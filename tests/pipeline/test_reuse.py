@@ -9,6 +9,7 @@ import mlflow
 import pytest
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_PROJECT_ENTRY_POINT
 
+from multiloss import names
 from multiloss.pipeline import reuse
 from multiloss.tracking import store
 
@@ -42,7 +43,7 @@ def test_code_version_follows_the_imported_source_only(tmp_path):
 
 def finished_run(entry_point, params, code="c1", data="d1", status="FINISHED", parent=None) -> str:
     client = mlflow.MlflowClient()
-    tags = {MLFLOW_PROJECT_ENTRY_POINT: entry_point, reuse.CODE_VERSION_TAG: code, reuse.INPUT_FINGERPRINT_TAG: data}
+    tags = {MLFLOW_PROJECT_ENTRY_POINT: entry_point, names.CODE_VERSION_TAG: code, names.INPUT_FINGERPRINT_TAG: data}
     if parent:
         tags[MLFLOW_PARENT_RUN_ID] = parent
     run = client.create_run(store.ensure_experiment("pipeline"), tags=tags)
@@ -79,7 +80,7 @@ def test_dead_pipeline_and_its_running_children_are_killed_and_their_versions_de
     dead = finished_run("main", {}, status="RUNNING")
     for key, value in reuse.process_tags(os.getpid()).items():
         client.set_tag(dead, key, value)
-    client.set_tag(dead, reuse.PID_TAG, str(dead_pid()))
+    client.set_tag(dead, names.PID_TAG, str(dead_pid()))
     done = finished_run("segment", {}, parent=dead)
     stuck = finished_run("classify", {}, status="RUNNING", parent=dead)
     client.create_registered_model("cxr-classifier")

@@ -4,6 +4,7 @@ import mlflow
 import pandas as pd
 import pytest
 
+from multiloss import names
 from multiloss.data.imageio import read_gray
 from multiloss.data.readers import class_counts, read_kermany
 from multiloss.data.synthetic import write_synthetic
@@ -19,7 +20,7 @@ def test_segment_eval_and_crop_chain(tmp_path):
         segment.main(["--loss", loss, "--data", str(data / "lungs"), "--img-size", "32", "--epochs", "1",
                       "--batch-size", "8", "--patience", "1", *extra])
     client = mlflow.MlflowClient()
-    found = registry.versions(registry.SEGMENTATION_MODEL)
+    found = registry.versions(names.SEGMENTATION_MODEL)
     assert [v.tags["loss"] for v in found] == ["bce", "tversky"]
     assert found[1].tags["loss_alpha"] == "0.6" and found[1].tags["loss_beta"] == "0.3"
     assert {"data_fingerprint", "img_size", "val_loss", "val_dice"} <= set(found[0].tags)
@@ -28,12 +29,12 @@ def test_segment_eval_and_crop_chain(tmp_path):
     assert "val_predictions.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
     segment_eval.main(["--data", str(data / "MontgomerySet"), "--top-k", "2", "--img-size", "32"])
-    found = registry.versions(registry.SEGMENTATION_MODEL)
+    found = registry.versions(names.SEGMENTATION_MODEL)
     ranks = {v.version: int(v.tags["holdout_rank"]) for v in found}
     assert sorted(ranks.values()) == [1, 2]
-    champion = client.get_model_version_by_alias(registry.SEGMENTATION_MODEL, "champion")
+    champion = client.get_model_version_by_alias(names.SEGMENTATION_MODEL, "champion")
     assert ranks[champion.version] == 1
-    assert client.get_model_version_by_alias(registry.SEGMENTATION_MODEL, "top2").version != champion.version
+    assert client.get_model_version_by_alias(names.SEGMENTATION_MODEL, "top2").version != champion.version
     eval_run = mlflow.search_runs(experiment_names=["segmentation"], filter_string="tags.stage = 'segment_eval'",
                                   output_format="list")[0]
     table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=eval_run.info.run_id,
@@ -54,7 +55,7 @@ def test_segment_eval_and_crop_chain(tmp_path):
     crop.main(["--data", str(data / "chest_xray"), "--out", str(out), "--top-k", "2", "--img-size", "64"])
     assert {read_gray(p).shape for p in read_kermany(out)["path"]} == {(64, 64)}      # replaced whole
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".cropped")]      # old copy removed
-    assert crop_run.data.params["members"] == f"{champion.version},{client.get_model_version_by_alias(registry.SEGMENTATION_MODEL, 'top2').version}"
+    assert crop_run.data.params["members"] == f"{champion.version},{client.get_model_version_by_alias(names.SEGMENTATION_MODEL, 'top2').version}"
 
 
 def test_crop_without_evaluated_models_says_what_to_run(tmp_path):

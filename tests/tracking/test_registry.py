@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tf_keras
 
-from multiloss import paths
+from multiloss import names, paths
 from multiloss.models.unet import build_unet
 from multiloss.tracking import registry, store
 
@@ -23,8 +23,8 @@ def registered_unet(tmp_path):
     x = np.random.default_rng(0).random((2, 64, 64, 3)).astype(np.float32)
     model.fit(x, (x[..., :1] > 0.5).astype(np.float32), epochs=1, verbose=0)   # BN statistics move
     with store.stage_run("segmentation", run_name="probe"):
-        version = registry.log_and_register(model, registry.SEGMENTATION_MODEL, {"loss": "bce", "img_size": 64})
-    registry.set_alias(registry.SEGMENTATION_MODEL, "champion", version.version)
+        version = registry.log_and_register(model, names.SEGMENTATION_MODEL, {"loss": "bce", "img_size": 64})
+    registry.set_alias(names.SEGMENTATION_MODEL, "champion", version.version)
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "before.npy", model.predict(x, verbose=0))
     return version
@@ -51,12 +51,12 @@ def test_champion_loads_in_a_fresh_process_predicts_the_same_and_carries_tags(re
     assert ((np.load(tmp_path / "after.npy") > 0.5) == (before > 0.5)).all()
 
     # the version carries its tags, the alias is visible and moving it reports where it was
-    version = mlflow.MlflowClient().get_model_version(registry.SEGMENTATION_MODEL, registered_unet.version)
+    version = mlflow.MlflowClient().get_model_version(names.SEGMENTATION_MODEL, registered_unet.version)
     assert version.tags["loss"] == "bce" and version.tags["img_size"] == "64"
-    assert registry.versions(registry.SEGMENTATION_MODEL)[0].aliases == ["champion"]
-    assert registry.set_alias(registry.SEGMENTATION_MODEL, "champion", registered_unet.version) == str(registered_unet.version)
+    assert registry.versions(names.SEGMENTATION_MODEL)[0].aliases == ["champion"]
+    assert registry.set_alias(names.SEGMENTATION_MODEL, "champion", registered_unet.version) == str(registered_unet.version)
     with pytest.raises(ValueError, match="cxr-lung-seg has no version 7"):
-        registry.versions(registry.SEGMENTATION_MODEL, only=["7"])
+        registry.versions(names.SEGMENTATION_MODEL, only=["7"])
 
 
 def test_pip_requirements_are_our_pins():
@@ -118,33 +118,33 @@ def test_models_kept_in_memory_hand_out_independent_copies_of_what_was_registere
     x = np.random.default_rng(2).random((5, 4)).astype(np.float32)
     first, second = _tiny_trained_model(), _tiny_trained_model()
     with store.stage_run("classification", run_name="outside"):
-        outside = registry.log_and_register(first, registry.CLASSIFIER_MODEL, {})
-    registry.set_alias(registry.CLASSIFIER_MODEL, "champion", outside.version)
+        outside = registry.log_and_register(first, names.CLASSIFIER_MODEL, {})
+    registry.set_alias(names.CLASSIFIER_MODEL, "champion", outside.version)
 
     with registry.models_kept_in_memory():
         with store.stage_run("classification", run_name="inside"):
-            inside = registry.log_and_register(second, registry.CLASSIFIER_MODEL, {})
-        copy = registry.load_keras(f"models:/{registry.CLASSIFIER_MODEL}/{inside.version}")
+            inside = registry.log_and_register(second, names.CLASSIFIER_MODEL, {})
+        copy = registry.load_keras(f"models:/{names.CLASSIFIER_MODEL}/{inside.version}")
         assert disk_loads == []                        # registered in this block: never read back
         np.testing.assert_allclose(copy.predict(x, verbose=0), second.predict(x, verbose=0), atol=1e-6)
         copy.get_layer("hidden").trainable = False     # what a caller may do to its copy
         copy.set_weights([np.zeros_like(w) for w in copy.get_weights()])
         tf_keras.backend.clear_session()               # as main does between steps
-        again = registry.load_keras(f"models:/{registry.CLASSIFIER_MODEL}/{inside.version}")
+        again = registry.load_keras(f"models:/{names.CLASSIFIER_MODEL}/{inside.version}")
         assert again is not copy and again.get_layer("hidden").trainable
         np.testing.assert_allclose(again.predict(x, verbose=0), second.predict(x, verbose=0), atol=1e-6)
 
         # a version registered before the block is read from disk once, by number or alias
-        by_alias = registry.load_keras(f"models:/{registry.CLASSIFIER_MODEL}@champion")
+        by_alias = registry.load_keras(f"models:/{names.CLASSIFIER_MODEL}@champion")
         by_alias.get_layer("norm").momentum = 0.5      # the model read from disk is the caller's too
         by_alias.get_layer("out").set_weights([np.zeros_like(w) for w in by_alias.get_layer("out").get_weights()])
-        by_number = registry.load_keras(f"models:/{registry.CLASSIFIER_MODEL}/{outside.version}")
+        by_number = registry.load_keras(f"models:/{names.CLASSIFIER_MODEL}/{outside.version}")
         assert len(disk_loads) == 1 and by_number.get_layer("norm").momentum == 0.99
         np.testing.assert_allclose(by_number.predict(x, verbose=0), first.predict(x, verbose=0), atol=1e-6)
-        registry.load_keras(f"models:/{registry.CLASSIFIER_MODEL}/latest")
+        registry.load_keras(f"models:/{names.CLASSIFIER_MODEL}/latest")
         assert len(disk_loads) == 2                    # not a version number: always read from the store
 
-    registry.load_keras(f"models:/{registry.CLASSIFIER_MODEL}/{inside.version}")
+    registry.load_keras(f"models:/{names.CLASSIFIER_MODEL}/{inside.version}")
     assert len(disk_loads) == 3                        # outside the block every load reads the store
 
 

@@ -53,7 +53,10 @@ from optuna.storages._heartbeat import BaseHeartbeat  # noqa: E402
 from optuna.storages.journal import JournalFileBackend  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
-from multiloss import paths  # noqa: E402
+from multiloss import (
+    names,
+    paths,  # noqa: E402
+)
 from multiloss.files import replacing  # noqa: E402
 from multiloss.losses import CLASSIFICATION_LOSSES  # noqa: E402
 from multiloss.report.tables import write_table  # noqa: E402
@@ -655,7 +658,7 @@ def register_best(study: optuna.Study, parent_run_id: str) -> str | None:
     if not model_uri:
         return None
     client = mlflow.MlflowClient()
-    for version in client.search_model_versions(f"name='{registry.CLASSIFIER_MODEL}'"):
+    for version in client.search_model_versions(f"name='{names.CLASSIFIER_MODEL}'"):
         if version.tags.get("sweep_study") == study.study_name and version.tags.get("sweep_trial") == str(best.number):
             return str(version.version)
     from multiloss.classification.train import register_logged
@@ -663,5 +666,5 @@ def register_best(study: optuna.Study, parent_run_id: str) -> str | None:
     version = register_logged(model_uri, {**best.user_attrs.get(TAGS_ATTR, {}), "sweep_study": study.study_name,
                                           "sweep_trial": best.number, "sweep_run_id": parent_run_id,
                                           "sweep_objective": OBJECTIVE, "sweep_value": f"{best.value:.6g}"})
-    print(f"sweep: registered {registry.CLASSIFIER_MODEL} version {version.version} (trial {best.number})", flush=True)
+    print(f"sweep: registered {names.CLASSIFIER_MODEL} version {version.version} (trial {best.number})", flush=True)
     return str(version.version)

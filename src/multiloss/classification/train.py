@@ -13,6 +13,7 @@ import mlflow
 import numpy as np
 import tf_keras
 
+from multiloss import names
 from multiloss.classification.scoring import (
     predictions_frame,
     score_split,
@@ -44,7 +45,7 @@ class ClassifierConfig:
     loss: str
     data: str
     loss_params: dict[str, float | None] = dataclasses.field(default_factory=dict)
-    encoder: str = f"models:/{registry.SEGMENTATION_MODEL}@champion"
+    encoder: str = f"models:/{names.SEGMENTATION_MODEL}@champion"
     img_size: int = 128
     epochs: int = 20
     batch_size: int = 16
@@ -111,7 +112,7 @@ def train_classifier(config: ClassifierConfig, *, epoch_hooks: Sequence[EpochHoo
                          "ci_method": config.ci_method, "bn_momentum": config.bn_momentum,
                          "patience": config.patience, "split_seed": config.split_seed, "strategy": config.strategy,
                          **{f"n_{name}": len(part) for name, part in parts.items()}})
-    mlflow.set_tags({"stage": "classify", "loss": config.loss, "data_fingerprint": data_print})
+    mlflow.set_tags({names.STAGE_TAG: "classify", "loss": config.loss, names.DATA_FINGERPRINT_TAG: data_print})
 
     strategy = distribution_strategy(config.strategy)
     batch = config.batch_size * strategy.num_replicas_in_sync
@@ -154,8 +155,8 @@ def log_unregistered(trained: TrainedClassifier) -> str:
 
 def register_logged(model_uri: str, tags: dict[str, object]):
     """Register a logged model as a new ``cxr-classifier`` version and tag it."""
-    version = mlflow.register_model(model_uri, registry.CLASSIFIER_MODEL, await_registration_for=300)
+    version = mlflow.register_model(model_uri, names.CLASSIFIER_MODEL, await_registration_for=300)
     client = mlflow.MlflowClient()
     for key, value in tags.items():
-        client.set_model_version_tag(registry.CLASSIFIER_MODEL, str(version.version), key, str(value))
-    return client.get_model_version(registry.CLASSIFIER_MODEL, str(version.version))
+        client.set_model_version_tag(names.CLASSIFIER_MODEL, str(version.version), key, str(value))
+    return client.get_model_version(names.CLASSIFIER_MODEL, str(version.version))

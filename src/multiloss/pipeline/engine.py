@@ -32,16 +32,13 @@ import mlflow
 import yaml
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_PROJECT_ENTRY_POINT
 
-from multiloss import paths
+from multiloss import names, paths
 from multiloss.data.fingerprint import fingerprint, mask_set_fingerprint
 from multiloss.data.readers import find_kermany_root, read_kermany, read_mask_set
 from multiloss.pipeline import reuse
 from multiloss.pipeline.workers import Worker, WorkerDied, WorkerError
 from multiloss.tracking import registry, store
 
-ALIASES_TAG = "pipeline.aliases"
-STEP_TAG = "pipeline.step"
-PROCESS_TAG = "pipeline.process"       # which process ran a step: main, worker 1, ...
 # A test hook: the step named here stops, its child run RUNNING, until the process is killed.
 HOLD_ENV = "MULTILOSS_HOLD_STEP"
 STAGES = ("synth", "segment", "segment_eval", "crop", "classify", "ensemble", "gradcam", "report")
@@ -147,9 +144,9 @@ def launch(job: Launch) -> str:
     run ends KILLED on an interrupt, FAILED if the stage failed before its run began."""
     client = mlflow.MlflowClient()
     run = client.create_run(job.experiment_id, run_name=job.name, tags={
-        MLFLOW_PARENT_RUN_ID: job.parent_run_id, MLFLOW_PROJECT_ENTRY_POINT: job.entry_point, STEP_TAG: job.name,
-        reuse.CODE_VERSION_TAG: job.code, reuse.INPUT_FINGERPRINT_TAG: job.input_fingerprint,
-        PROCESS_TAG: _process_label()})
+        MLFLOW_PARENT_RUN_ID: job.parent_run_id, MLFLOW_PROJECT_ENTRY_POINT: job.entry_point, names.STEP_TAG: job.name,
+        names.CODE_VERSION_TAG: job.code, names.INPUT_FINGERPRINT_TAG: job.input_fingerprint,
+        names.PROCESS_TAG: _process_label()})
     run_id = run.info.run_id
     client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in job.params.items()])
     module_name, argv = stage_argv(job.spec, job.params)
@@ -267,7 +264,7 @@ class Pipeline:
             for index, step in enumerate(steps):
                 if index in ran:
                     if step.aliases:
-                        self.client.set_tag(ran[index], ALIASES_TAG,
+                        self.client.set_tag(ran[index], names.ALIASES_TAG,
                                             json.dumps(alias_targets(list(step.aliases)), sort_keys=True))
                     outcomes[index] = (ran[index], "ran", jobs[index].params)
                 if index in outcomes:
@@ -352,7 +349,7 @@ class Pipeline:
         self._helpers = []
 
     def _still_valid(self, run, aliases, output_intact) -> bool:
-        if aliases and run.data.tags.get(ALIASES_TAG) != json.dumps(alias_targets(list(aliases)), sort_keys=True):
+        if aliases and run.data.tags.get(names.ALIASES_TAG) != json.dumps(alias_targets(list(aliases)), sort_keys=True):
             print(f"main: run {run.info.run_id} not reused: the registry aliases it set have moved since", flush=True)
             return False
         if output_intact is not None and not output_intact(run):
@@ -386,7 +383,7 @@ def _registered(run) -> bool:
     return bool(mlflow.MlflowClient().search_model_versions(f"run_id='{run.info.run_id}'"))
 
 
-def _tag_matches(folder_fingerprint, tag: str = "data_fingerprint"):
+def _tag_matches(folder_fingerprint, tag: str = names.DATA_FINGERPRINT_TAG):
     def intact(run) -> bool:
         try:
             return folder_fingerprint() == run.data.tags.get(tag)
@@ -454,12 +451,12 @@ def _run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int], u
     seg_runs = pipeline.run_steps([Step(f"segment.{loss}", "segment", {**segment, "loss": loss, "data": lungs},
                                         seg_print, output_intact=_registered)
                                    for loss in profile["segment"]["losses"]])
-    seg_versions = [registered_version(run_id, registry.SEGMENTATION_MODEL) for run_id in seg_runs]
+    seg_versions = [registered_version(run_id, names.SEGMENTATION_MODEL) for run_id in seg_runs]
     if stop_after("segment"):
         return runs
 
     top_k = int(profile["segment_eval"]["top_k"])
-    seg_aliases = [(registry.SEGMENTATION_MODEL, a) for a in ["champion", *(f"top{k}" for k in range(1, top_k + 1))]]
+    seg_aliases = [(names.SEGMENTATION_MODEL, a) for a in [names.CHAMPION, *(names.top_alias(k) for k in range(1, top_k + 1))]]
     eval_run = pipeline.step("segment_eval", "segment_eval", {
         **_settings(profile, "segment_eval"), "data": holdout, "img_size": segment["img_size"],
         "versions": ",".join(seg_versions)}, mask_set_fingerprint(read_mask_set(holdout), root=holdout),
@@ -469,7 +466,7 @@ def _run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int], u
         return runs
 
     targets = alias_targets(seg_aliases)
-    members = [version_reference(registry.SEGMENTATION_MODEL, targets[f"{registry.SEGMENTATION_MODEL}@top{k}"])
+    members = [version_reference(names.SEGMENTATION_MODEL, targets[f"{names.SEGMENTATION_MODEL}@top{k}"])
                for k in range(1, top_k + 1)]
     classify = _settings(profile, "classify")
     cropped = home_path(profile["crop"]["out"])
@@ -481,23 +478,23 @@ def _run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int], u
         return runs
 
     cropped_print = kermany_fingerprint(cropped)
-    champion = targets[f"{registry.SEGMENTATION_MODEL}@champion"]
+    champion = targets[f"{names.SEGMENTATION_MODEL}@champion"]
     encoder_input = json.dumps({"data": cropped_print,
-                                "encoder": version_reference(registry.SEGMENTATION_MODEL, champion)})
+                                "encoder": version_reference(names.SEGMENTATION_MODEL, champion)})
     pipeline.run_steps([Step(f"classify.{loss}.seed{seed}", "classify", {
         **classify, "loss": loss, "data": cropped, "seed": seed,
-        "encoder": f"models:/{registry.SEGMENTATION_MODEL}/{champion}"}, encoder_input, output_intact=_registered)
+        "encoder": f"models:/{names.SEGMENTATION_MODEL}/{champion}"}, encoder_input, output_intact=_registered)
         for seed in seeds for loss in profile["classify"]["losses"]])
     if stop_after("classify"):
         return runs
 
-    pool = [version_reference(registry.CLASSIFIER_MODEL, str(v.version))
-            for v in registry.versions(registry.CLASSIFIER_MODEL)]
+    pool = [version_reference(names.CLASSIFIER_MODEL, str(v.version))
+            for v in registry.versions(names.CLASSIFIER_MODEL)]
     ensemble_run = pipeline.step("ensemble", "ensemble", {**_settings(profile, "ensemble"), "data": cropped,
                                                           "seed": seeds[0]},
                                  json.dumps({"data": cropped_print, "pool": pool}),
-                                 aliases=[(registry.CLASSIFIER_MODEL, "champion"),
-                                          (registry.ENSEMBLE_MODEL, "champion")])
+                                 aliases=[(names.CLASSIFIER_MODEL, names.CHAMPION),
+                                          (names.ENSEMBLE_MODEL, names.CHAMPION)])
     runs["ensemble"] = ensemble_run
     if stop_after("ensemble"):
         return runs
@@ -521,8 +518,8 @@ def _run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int], u
 def _gradcam_models(ensemble_run: str | None) -> dict[str, str]:
     """champion: the champion classifier (a fixed version); ensemble: the model-level ensemble the
     ensemble step tagged."""
-    champion = alias_targets([(registry.CLASSIFIER_MODEL, "champion")])[f"{registry.CLASSIFIER_MODEL}@champion"]
-    models = {"champion": f"models:/{registry.CLASSIFIER_MODEL}/{champion}" if champion else ""}
+    champion = alias_targets([(names.CLASSIFIER_MODEL, names.CHAMPION)])[f"{names.CLASSIFIER_MODEL}@{names.CHAMPION}"]
+    models = {names.CHAMPION: f"models:/{names.CLASSIFIER_MODEL}/{champion}" if champion else ""}
     models["ensemble"] = (mlflow.MlflowClient().get_run(ensemble_run).data.tags.get("model_level_uri", "")
                           if ensemble_run else "")
     return models

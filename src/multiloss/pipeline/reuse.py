@@ -25,11 +25,7 @@ import mlflow
 from mlflow.entities import Run
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_PROJECT_ENTRY_POINT
 
-from multiloss import paths
-
-CODE_VERSION_TAG = "code_version"
-INPUT_FINGERPRINT_TAG = "input_fingerprint"
-HOST_TAG, PID_TAG, PID_START_TAG = "pipeline.host", "pipeline.pid", "pipeline.pid_start"
+from multiloss import names, paths
 
 
 def _module_file(name: str, package_dir: Path) -> Path | None:
@@ -91,8 +87,8 @@ def find_reusable(entry_point: str, params: dict[str, str], code: str, input_fin
     """The newest FINISHED run of ``entry_point`` with these parameters, code version and input."""
     client = mlflow.MlflowClient()
     query = (f"tags.`{MLFLOW_PROJECT_ENTRY_POINT}` = '{_quoted(entry_point)}' and attributes.status = 'FINISHED' "
-             f"and tags.{CODE_VERSION_TAG} = '{code}' "
-             f"and tags.{INPUT_FINGERPRINT_TAG} = '{_quoted(input_fingerprint)}'")
+             f"and tags.{names.CODE_VERSION_TAG} = '{code}' "
+             f"and tags.{names.INPUT_FINGERPRINT_TAG} = '{_quoted(input_fingerprint)}'")
     for run in client.search_runs(_all_experiment_ids(client), query, order_by=["attributes.start_time DESC"]):
         if all(run.data.params.get(key) == str(value) for key, value in params.items()):
             return run
@@ -111,7 +107,7 @@ def _process_start(pid: int) -> str:
 def process_tags(pid: int | None = None) -> dict[str, str]:
     """What identifies the running pipeline process, for :func:`end_dead_pipelines`."""
     pid = os.getpid() if pid is None else pid
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), PID_START_TAG: _process_start(pid)}
+    return {names.HOST_TAG: socket.gethostname(), names.PID_TAG: str(pid), names.PID_START_TAG: _process_start(pid)}
 
 
 def _process_alive(pid: int, start: str) -> bool:
@@ -163,7 +159,7 @@ def end_dead_pipelines() -> list[str]:
     experiments = _all_experiment_ids(client)
     host = socket.gethostname()
     running = client.search_runs(experiments, "attributes.status = 'RUNNING'")
-    pipelines = {run.info.run_id: run for run in running if PID_TAG in run.data.tags}
+    pipelines = {run.info.run_id: run for run in running if names.PID_TAG in run.data.tags}
     children: dict[str, list[Run]] = {}
     for run in running:
         parent = run.data.tags.get(MLFLOW_PARENT_RUN_ID)
@@ -174,9 +170,9 @@ def end_dead_pipelines() -> list[str]:
     ended = []
     for pipeline in pipelines.values():
         tags = pipeline.data.tags
-        if PID_TAG not in tags or tags.get(HOST_TAG) != host:
+        if names.PID_TAG not in tags or tags.get(names.HOST_TAG) != host:
             continue            # not a pipeline, or one on another machine: we cannot tell
-        if _process_alive(int(tags[PID_TAG]), tags.get(PID_START_TAG, "")):
+        if _process_alive(int(tags[names.PID_TAG]), tags.get(names.PID_START_TAG, "")):
             continue
         for child in children.get(pipeline.info.run_id, []):
             deleted = end_run_killed(child.info.run_id)
@@ -186,6 +182,6 @@ def end_dead_pipelines() -> list[str]:
         if pipeline.info.status == "RUNNING":
             client.set_terminated(pipeline.info.run_id, "KILLED")
             ended.append(pipeline.info.run_id)
-            print(f"main: pipeline run {pipeline.info.run_id} (process {tags[PID_TAG]} is gone) marked KILLED",
+            print(f"main: pipeline run {pipeline.info.run_id} (process {tags[names.PID_TAG]} is gone) marked KILLED",
                   flush=True)
     return ended

@@ -23,7 +23,7 @@ import mlflow
 import pandas as pd
 import yaml
 
-from multiloss import paths
+from multiloss import names, paths
 from multiloss.files import replacing
 from multiloss.metrics.classification import proportion_ci
 from multiloss.report.tables import markdown_table
@@ -209,7 +209,7 @@ def _given_run(run_id: str, stage: str, parameter: str):
         run = _client().get_run(run_id)
     except mlflow.exceptions.MlflowException as err:
         raise ValueError(f"{parameter}: no run {run_id!r} in {store.tracking_uri()}") from err
-    tag = run.data.tags.get("stage")
+    tag = run.data.tags.get(names.STAGE_TAG)
     if tag != stage:
         raise ValueError(f"{parameter}: run {run_id} is a {tag or 'untagged'} run, not a {stage} run")
     if run.info.status != "FINISHED":
@@ -254,8 +254,8 @@ def _latest_batch(runs: list) -> list:
     if not runs:
         return []
     newest = runs[0]
-    key = (newest.data.tags.get("data_fingerprint"), _param(newest, "img_size"))
-    return [r for r in runs if (r.data.tags.get("data_fingerprint"), _param(r, "img_size")) == key]
+    key = (newest.data.tags.get(names.DATA_FINGERPRINT_TAG), _param(newest, "img_size"))
+    return [r for r in runs if (r.data.tags.get(names.DATA_FINGERPRINT_TAG), _param(r, "img_size")) == key]
 
 
 def _distinct(values: Iterable) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from multiloss import names
 from multiloss.classification.train import (  # noqa: F401
     LOSS_PARAMETERS,
     ClassifierConfig,
@@ -26,7 +27,7 @@ TRAINING_ARGUMENTS = ("data", "encoder", "img_size", "epochs", "batch_size", "lr
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """The classifier training options, shared with the sweep stage (one place for their defaults)."""
     parser.add_argument("--data", required=True, help="Kermany-layout dataset (usually the crop stage's output)")
-    parser.add_argument("--encoder", default=f"models:/{registry.SEGMENTATION_MODEL}@champion",
+    parser.add_argument("--encoder", default=f"models:/{names.SEGMENTATION_MODEL}@champion",
                         help="model URI of the U-Net whose encoder is transferred")
     parser.add_argument("--img-size", type=integer("img_size", 32), default=128)
     parser.add_argument("--epochs", type=integer("epochs", 1), default=20)
@@ -60,11 +61,11 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     config = ClassifierConfig(loss=args.loss, loss_params={k: getattr(args, k) for k in LOSS_PARAMETERS},
                               **{k: getattr(args, k) for k in TRAINING_ARGUMENTS})
-    with store.stage_run("classification", run_name=f"classify-{args.loss}"):
+    with store.stage_run(names.CLASSIFICATION_EXPERIMENT, run_name=f"classify-{args.loss}"):
         trained = train_classifier(config)
-        version = registry.log_and_register(trained.model, registry.CLASSIFIER_MODEL, trained.registry_tags())
+        version = registry.log_and_register(trained.model, names.CLASSIFIER_MODEL, trained.registry_tags())
     headline = trained.scores
-    print(f"classify: registered {registry.CLASSIFIER_MODEL} version {version.version} (loss {args.loss}; "
+    print(f"classify: registered {names.CLASSIFIER_MODEL} version {version.version} (loss {args.loss}; "
           f"val MCC {headline['val']['mcc']:.4f}, test MCC {headline['test']['mcc']:.4f}, "
           f"test ECE {headline['test']['ece']:.4f})")
 

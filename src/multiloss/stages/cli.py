@@ -1,5 +1,8 @@
 """Parameter parsing shared by the stage modules.
 
+MLproject declares every stage parameter and its default, once: :class:`StageParser` reads them from
+there, so a stage's own command line cannot drift from what ``mlflow run`` passes.
+
 MLflow Projects know only string/float/path/uri parameters, so an integer arrives as "200" or
 "200.0"; these types accept both and name the parameter when the value is wrong.
 """
@@ -7,6 +10,11 @@ MLflow Projects know only string/float/path/uri parameters, so an integer arrive
 from __future__ import annotations
 
 import argparse
+import functools
+
+import yaml
+
+from multiloss import paths
 
 
 def integer(name: str, minimum: int | None = None, maximum: int | None = None):
@@ -53,3 +61,36 @@ def optional_float(name: str):
             raise argparse.ArgumentTypeError(f"parameter {name} must be a number or empty, got {text!r}") from None
     parse.__name__ = name
     return parse
+
+
+@functools.cache
+def declared_parameters(entry_point: str) -> dict[str, dict]:
+    """MLproject's parameters of ``entry_point``: name -> {type, default}."""
+    project = yaml.safe_load(paths.PROJECT_FILE.read_text())
+    try:
+        return project["entry_points"][entry_point].get("parameters", {})
+    except KeyError:
+        raise KeyError(f"{paths.PROJECT_FILE} declares no entry point {entry_point!r}") from None
+
+
+class StageParser(argparse.ArgumentParser):
+    """The parser of one entry point: ``parameter(name, type)`` adds ``--name`` with MLproject's
+    default (parsed by ``type``, as ``mlflow run`` would pass it). ``required=True`` keeps a
+    parameter mandatory on a direct command line although MLproject names a default for it."""
+
+    def __init__(self, entry_point: str, description: str | None = None):
+        super().__init__(prog=entry_point, description=description)
+        self.entry_point = entry_point
+        self.declared = declared_parameters(entry_point)
+
+    def parameter(self, name: str, type=str, *, required: bool = False, **kwargs) -> argparse.Action:
+        if name not in self.declared:
+            raise KeyError(f"{paths.PROJECT_FILE}: entry point {self.entry_point!r} declares no parameter {name!r}")
+        if "default" in kwargs:
+            raise TypeError(f"{self.entry_point}.{name}: its default lives in MLproject, not in the parser")
+        spec = self.declared[name]
+        if required or "default" not in spec:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = str(spec["default"])   # argparse parses a string default with ``type``
+        return self.add_argument("--" + name.replace("_", "-"), dest=name, type=type, **kwargs)

@@ -13,6 +13,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
+from multiloss import names
 from multiloss.classification.scoring import predictions_frame, split_figures
 from multiloss.classification.train import TAGGED_SCORES
 from multiloss.data.fingerprint import fingerprint
@@ -76,7 +77,7 @@ CROP_KEYS = ("members", "seg_size", "img_size", "margin")
 def choose_members(args, key: str, data_print: str, data: Path) -> tuple[list, int]:
     """The top max(top_k) versions trained on this data, best first, and their common img_size;
     every way this can fail is reported before anything is trained or logged."""
-    ranked = ranking.rank_versions(registry.CLASSIFIER_MODEL, key, tags={"data_fingerprint": data_print})
+    ranked = ranking.rank_versions(names.CLASSIFIER_MODEL, key, tags={names.DATA_FINGERPRINT_TAG: data_print})
     pool = len(ranked)
     if args.distinct == "loss":
         ranked = ranking.distinct_by_tag(ranked, "loss")
@@ -84,7 +85,7 @@ def choose_members(args, key: str, data_print: str, data: Path) -> tuple[list, i
     if len(ranked) < largest:
         shrunk = f" ({pool} versions, {len(ranked)} distinct losses; distinct=none allows repeats)" \
             if args.distinct == "loss" else ""
-        raise SystemExit(f"ensemble: top_k {largest} needs {largest} {registry.CLASSIFIER_MODEL} versions trained on "
+        raise SystemExit(f"ensemble: top_k {largest} needs {largest} {names.CLASSIFIER_MODEL} versions trained on "
                          f"{data} (fingerprint {data_print[:12]}) with a {key} score; found {len(ranked)}{shrunk}")
     chosen = ranked[:largest]
     sizes = {str(r.version.version): r.version.tags.get("img_size") for r in chosen}
@@ -110,31 +111,31 @@ def main(argv=None) -> None:
         raise SystemExit(f"ensemble: metric {args.metric!r} ranks the members, but the ensembles are compared on "
                          f"the classification scores; use one of them (mcc, auroc_micro, ece, ...)")
     try:
-        registry.versions(registry.SEGMENTATION_MODEL, only=[str(v) for v in crop["members"]])
+        registry.versions(names.SEGMENTATION_MODEL, only=[str(v) for v in crop["members"]])
     except ValueError as err:
         raise SystemExit(f"ensemble: the U-Nets that cropped {data} are gone from the registry: {err}") from None
-    segmenter_uris = [f"models:/{registry.SEGMENTATION_MODEL}/{v}" for v in crop["members"]]
+    segmenter_uris = [f"models:/{names.SEGMENTATION_MODEL}/{v}" for v in crop["members"]]
     seed_everything(args.seed)
     versions = [str(r.version.version) for r in chosen]
-    names = [f"{r.version.tags.get('loss', '?')} (v{v})" for r, v in zip(chosen, versions)]
+    member_names = [f"{r.version.tags.get('loss', '?')} (v{v})" for r, v in zip(chosen, versions)]
     if args.metric != key:
         print(f"ensemble: ranking on {key} (metric {args.metric!r} on select_on={args.select_on})")
 
-    with store.stage_run("ensembles", run_name=f"ensemble-top{','.join(map(str, args.top_k))}"):
+    with store.stage_run(names.ENSEMBLES_EXPERIMENT, run_name=f"ensemble-top{','.join(map(str, args.top_k))}"):
         store.log_params({"top_k": ",".join(map(str, args.top_k)), "metric": args.metric, "select_on": args.select_on,
                              "selection_key": key, "data": str(data), "distinct": args.distinct, "epochs": args.epochs,
                              "batch_size": args.batch_size, "lr": args.lr, "patience": args.patience, "seed": args.seed,
                              "ci_method": args.ci_method, "img_size": img_size, "members": ",".join(versions)})
-        mlflow.set_tags({"stage": "ensemble", "select_on": args.select_on, "data_fingerprint": data_print,
+        mlflow.set_tags({names.STAGE_TAG: "ensemble", "select_on": args.select_on, names.DATA_FINGERPRINT_TAG: data_print,
                          "test_selected": str(args.select_on == "test").lower()})
-        for position, (r, name) in enumerate(zip(chosen, names), start=1):
+        for position, (r, name) in enumerate(zip(chosen, member_names), start=1):
             print(f"ensemble: member {position}: {name}, {key} = {r.value:.4f}")
 
         run_ids = [r.version.run_id for r in chosen]
         val = rebase(member_predictions(run_ids, "val"), frame, "val", "train")
         test = rebase(member_predictions(run_ids, "test"), frame, "test", "test")
-        members = [registry.load_keras(f"models:/{registry.CLASSIFIER_MODEL}/{v}") for v in versions]
-        singles, ensembles, levels = build_all(names, members, frame, val, test, top_k=args.top_k, img_size=img_size,
+        members = [registry.load_keras(f"models:/{names.CLASSIFIER_MODEL}/{v}") for v in versions]
+        singles, ensembles, levels = build_all(member_names, members, frame, val, test, top_k=args.top_k, img_size=img_size,
                                                epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                                patience=args.patience, seed=args.seed)
 
@@ -173,35 +174,35 @@ def main(argv=None) -> None:
         info = serving.log_pipeline(segmenters=segmenters, parts=parts, combiner=combiner,
                                     config=serving.pipeline_config(crop, img_size, frame["path"]),
                                     weights=best.weights, stacker=best.stacker, name="model",
-                                    registered_model_name=registry.ENSEMBLE_MODEL,
+                                    registered_model_name=names.ENSEMBLE_MODEL,
                                     pip_requirements=registry.pip_requirements())
         version = str(info.registered_model_version)
         in_best = versions if best.kind == "model_level_weighted" else versions[:len(best.members)]
         tags = {"ensemble": best.name, "kind": best.kind, "k": len(best.members), "members": ",".join(in_best),
-                "segmenters": ",".join(crop["members"]), "select_on": args.select_on, "data_fingerprint": data_print,
+                "segmenters": ",".join(crop["members"]), "select_on": args.select_on, names.DATA_FINGERPRINT_TAG: data_print,
                 "img_size": img_size, "val_mcc": round(float(headline["val_mcc"]), 6),
                 **{f"test_{m}": round(float(headline[m]), 6) for m in TAGGED_SCORES}}
         client = mlflow.MlflowClient()
         for tag, value in tags.items():
-            client.set_model_version_tag(registry.ENSEMBLE_MODEL, version, tag, str(value))
+            client.set_model_version_tag(names.ENSEMBLE_MODEL, version, tag, str(value))
         print(markdown_table(table[["kind", "k", "accuracy", "auroc_micro", "f1", "mcc", "mcc_low", "mcc_high", "ece",
                                     "val_mcc", "mcnemar_p", "bootstrap_p"]]))
-        print(f"ensemble: best on {args.select_on} ({score}): {best.name}; registered {registry.ENSEMBLE_MODEL} "
+        print(f"ensemble: best on {args.select_on} ({score}): {best.name}; registered {names.ENSEMBLE_MODEL} "
               f"version {version} (test MCC {headline['mcc']:.4f} [{headline['mcc_low']:.3f}, {headline['mcc_high']:.3f}])")
 
         # Aliases last, once the version is whole. A test-selected choice gets its own alias: it
         # must not become the champion that other stages (gradcam, serving) pick up by default.
         if args.select_on == "val":
-            moves = [(registry.ENSEMBLE_MODEL, "champion", version), (registry.CLASSIFIER_MODEL, "champion", versions[0])]
-            moves += [(registry.CLASSIFIER_MODEL, f"top{i}", v) for i, v in enumerate(versions, start=1)]
+            moves = [(names.ENSEMBLE_MODEL, names.CHAMPION, version), (names.CLASSIFIER_MODEL, names.CHAMPION, versions[0])]
+            moves += [(names.CLASSIFIER_MODEL, names.top_alias(i), v) for i, v in enumerate(versions, start=1)]
         else:
-            moves = [(registry.ENSEMBLE_MODEL, "test_selected", version)]
+            moves = [(names.ENSEMBLE_MODEL, names.TEST_SELECTED, version)]
         for model_name, alias, target in moves:
             before = registry.set_alias(model_name, alias, target)
             if before != target:
                 print(f"ensemble: {model_name}@{alias} -> version {target} (was {before or 'unset'})")
         if args.select_on == "val":
-            registry.delete_aliases_beyond(registry.CLASSIFIER_MODEL, "top", len(versions))
+            registry.delete_aliases_beyond(names.CLASSIFIER_MODEL, names.TOP_PREFIX, len(versions))
 
 
 if __name__ == "__main__":

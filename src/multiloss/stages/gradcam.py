@@ -12,6 +12,7 @@ import numpy as np
 from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 
+from multiloss import names
 from multiloss.classification.scoring import PROBABILITY_COLUMNS
 from multiloss.data.classes import CLASSES
 from multiloss.data.datasets import image_dataset
@@ -27,7 +28,7 @@ from multiloss.stages.cli import integer
 from multiloss.tracking import registry, store
 
 BATCH_SIZE = 16
-DEFAULT_EXPERIMENT = "classification"
+DEFAULT_EXPERIMENT = names.CLASSIFICATION_EXPERIMENT
 
 
 def fraction(name: str):
@@ -45,7 +46,7 @@ def fraction(name: str):
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="gradcam", description=__doc__)
-    parser.add_argument("--model", default=f"models:/{registry.CLASSIFIER_MODEL}@champion",
+    parser.add_argument("--model", default=f"models:/{names.CLASSIFIER_MODEL}@champion",
                         help="model URI: models:/name@alias, models:/name/N, models:/m-<id>, runs:/<id>/model")
     parser.add_argument("--images", required=True,
                         help="a Kermany-layout dataset (per_class test images per class), a folder of images, or one image")
@@ -114,7 +115,7 @@ def main(argv=None) -> None:
                              "images": str(Path(args.images).resolve()), "layer": layer, "img_size": img_size,
                              "per_class": args.per_class, "seed": args.seed, "alpha": args.alpha,
                              "threshold": args.threshold, "n_images": len(picked)})
-        mlflow.set_tags({"stage": "gradcam", "model_run_id": run.info.run_id if run else ""})
+        mlflow.set_tags({names.STAGE_TAG: "gradcam", "model_run_id": run.info.run_id if run else ""})
 
         dataset = image_dataset(picked["path"], img_size=img_size, batch_size=BATCH_SIZE, cache=False)
         images = np.concatenate(list(dataset.as_numpy_iterator()))

@@ -16,11 +16,12 @@ import time
 import mlflow
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
+from multiloss import names
 from multiloss.pipeline import engine, reuse
 from multiloss.stages.cli import integer
 from multiloss.tracking import store
 
-EXPERIMENT = "pipeline"
+EXPERIMENT = names.PIPELINE_EXPERIMENT
 
 
 def seed_list(text: str) -> list[int]:
@@ -93,7 +94,7 @@ def main(argv=None) -> None:
     launched = os.environ.pop("MLFLOW_RUN_ID", None)      # steps set it for their own runs
     parent = _parent_run(client, launched)
     client.set_tag(parent, MLFLOW_RUN_NAME, f"main-{args.profile}")
-    client.set_tag(parent, "stage", "main")
+    client.set_tag(parent, names.STAGE_TAG, "main")
     for key, value in reuse.process_tags().items():
         client.set_tag(parent, key, value)
     _log_new_params(client, parent, {"profile": args.profile, "data": args.data, "img_size": args.img_size,

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 
+from multiloss import names
 from multiloss.tracking import ranking, registry, store
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="promote", description=__doc__)
-    parser.add_argument("--model", default=registry.CLASSIFIER_MODEL, help="registered model name")
+    parser.add_argument("--model", default=names.CLASSIFIER_MODEL, help="registered model name")
     parser.add_argument("--metric", default="val_mcc",
                         help="source-run metric or version tag to rank on (ece, brier, nll, loss rank low to high)")
     parser.add_argument("--alias", default="champion")

@@ -8,6 +8,7 @@ import tempfile
 
 import mlflow
 
+from multiloss import names
 from multiloss.report import comparison
 from multiloss.tracking import store
 
@@ -29,8 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    with store.stage_run("ensembles", run_name="report"):
-        mlflow.set_tag("stage", "report")
+    with store.stage_run(names.ENSEMBLES_EXPERIMENT, run_name="report"):
+        mlflow.set_tag(names.STAGE_TAG, "report")
         try:
             ours = comparison.collect(args.segment_eval_run.strip() or None, run_ids(args.classify_runs) or None,
                                       args.ensemble_run.strip() or None, args.dataset_label or None)

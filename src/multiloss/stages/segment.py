@@ -10,6 +10,7 @@ import mlflow
 import numpy as np
 import tf_keras
 
+from multiloss import names
 from multiloss.data.datasets import mask_dataset
 from multiloss.data.fingerprint import mask_set_fingerprint
 from multiloss.data.readers import read_mask_set
@@ -64,14 +65,14 @@ def main(argv=None) -> None:
     train, val = pairs[pairs.subset == "train"], pairs[pairs.subset == "val"]
     seed_everything(args.seed)
 
-    with store.stage_run("segmentation", run_name=f"segment-{args.loss}"):
+    with store.stage_run(names.SEGMENTATION_EXPERIMENT, run_name=f"segment-{args.loss}"):
         data_print = mask_set_fingerprint(pairs, root=args.data)
         store.log_params({"loss": args.loss, "data": str(Path(args.data).resolve()), "img_size": args.img_size,
                              "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                              "encoder_weights": args.encoder_weights, "bn_momentum": args.bn_momentum, "patience": args.patience,
                              "strategy": args.strategy, "split_seed": args.split_seed, "n_train": len(train), "n_val": len(val),
                              **{f"loss_{k}": v for k, v in loss.params.items()}})
-        mlflow.set_tags({"stage": "segment", "loss": args.loss, "data_fingerprint": data_print})
+        mlflow.set_tags({names.STAGE_TAG: "segment", "loss": args.loss, names.DATA_FINGERPRINT_TAG: data_print})
 
         strategy = distribution_strategy(args.strategy)
         batch = args.batch_size * strategy.num_replicas_in_sync
@@ -98,11 +99,11 @@ def main(argv=None) -> None:
             pairs.assign(masks=[";".join(m) for m in pairs["masks"]]).to_csv(Path(tmp) / "split.csv", index=False)
             mlflow.log_artifacts(tmp)
 
-        version = registry.log_and_register(model, registry.SEGMENTATION_MODEL, {
+        version = registry.log_and_register(model, names.SEGMENTATION_MODEL, {
             "loss": args.loss, **{f"loss_{k}": v for k, v in loss.params.items()},
             "data_fingerprint": data_print, "img_size": args.img_size, "seed": args.seed,
             "val_loss": round(result["best_val_loss"], 6), "val_dice": round(float(scores["dice"]), 6)})
-        print(f"segment: registered {registry.SEGMENTATION_MODEL} version {version.version} "
+        print(f"segment: registered {names.SEGMENTATION_MODEL} version {version.version} "
               f"(loss {args.loss}, val Dice {scores['dice']:.4f})")
 
 

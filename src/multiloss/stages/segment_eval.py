@@ -12,6 +12,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from multiloss import names
 from multiloss.data.datasets import mask_dataset
 from multiloss.data.fingerprint import mask_set_fingerprint
 from multiloss.data.readers import read_mask_set
@@ -42,24 +43,24 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     only = [v.strip() for v in args.versions.split(",") if v.strip()] or None
     pairs = read_mask_set(args.data)
-    with store.stage_run("segmentation", run_name="segment_eval"):
-        found = registry.versions(registry.SEGMENTATION_MODEL, only)
+    with store.stage_run(names.SEGMENTATION_EXPERIMENT, run_name="segment_eval"):
+        found = registry.versions(names.SEGMENTATION_MODEL, only)
         if not found:
-            raise SystemExit(f"segment_eval: no versions of {registry.SEGMENTATION_MODEL} registered; run segment first")
+            raise SystemExit(f"segment_eval: no versions of {names.SEGMENTATION_MODEL} registered; run segment first")
         holdout_print = mask_set_fingerprint(pairs, root=args.data)
         store.log_params({"data": str(Path(args.data).resolve()), "top_k": args.top_k, "img_size": args.img_size,
                              "versions": ",".join(str(v.version) for v in found), "n_holdout": len(pairs)})
-        mlflow.set_tags({"stage": "segment_eval", "holdout_fingerprint": holdout_print})
+        mlflow.set_tags({names.STAGE_TAG: "segment_eval", "holdout_fingerprint": holdout_print})
 
         batches = list(mask_dataset(pairs["image"], pairs["masks"], img_size=args.img_size,
                                     batch_size=args.batch_size, cache=False).as_numpy_iterator())
         images = np.concatenate([b[0] for b in batches])
         truth = np.concatenate([b[1] for b in batches])[..., 0] > 0.5
-        probabilities, names = {}, {}
+        probabilities, by_label = {}, {}
         for version in found:
             name = f"v{version.version} {version.tags.get('loss', '?')}"
-            names[name] = version
-            model = registry.load_keras(f"models:/{registry.SEGMENTATION_MODEL}/{version.version}")
+            by_label[name] = version
+            model = registry.load_keras(f"models:/{names.SEGMENTATION_MODEL}/{version.version}")
             probabilities[name] = predict_probabilities(model, images, args.batch_size)
             print(f"segment_eval: scored {name}", flush=True)
 
@@ -73,21 +74,21 @@ def main(argv=None) -> None:
 
         client = mlflow.MlflowClient()
         for position, name in enumerate(order, start=1):
-            version = names[name].version
+            version = by_label[name].version
             for score in SCORES:
-                client.set_model_version_tag(registry.SEGMENTATION_MODEL, version, f"holdout_{score}",
+                client.set_model_version_tag(names.SEGMENTATION_MODEL, version, f"holdout_{score}",
                                              f"{table.loc[name, f'{score}_mean']:.6f}")
-            client.set_model_version_tag(registry.SEGMENTATION_MODEL, version, "holdout_rank", str(position))
-            client.set_model_version_tag(registry.SEGMENTATION_MODEL, version, "holdout_fingerprint", holdout_print)
+            client.set_model_version_tag(names.SEGMENTATION_MODEL, version, "holdout_rank", str(position))
+            client.set_model_version_tag(names.SEGMENTATION_MODEL, version, "holdout_fingerprint", holdout_print)
         for position, name in enumerate(top, start=1):
-            registry.set_alias(registry.SEGMENTATION_MODEL, f"top{position}", names[name].version)
-        registry.delete_aliases_beyond(registry.SEGMENTATION_MODEL, "top", len(top))
+            registry.set_alias(names.SEGMENTATION_MODEL, names.top_alias(position), by_label[name].version)
+        registry.delete_aliases_beyond(names.SEGMENTATION_MODEL, names.TOP_PREFIX, len(top))
         scored = {str(v.version) for v in found}
-        for other in registry.versions(registry.SEGMENTATION_MODEL):
+        for other in registry.versions(names.SEGMENTATION_MODEL):
             if str(other.version) not in scored and "holdout_rank" in other.tags:
-                client.delete_model_version_tag(registry.SEGMENTATION_MODEL, other.version, "holdout_rank")
-        before = registry.set_alias(registry.SEGMENTATION_MODEL, "champion", names[order[0]].version)
-        print(f"segment_eval: champion -> version {names[order[0]].version} (was {before})")
+                client.delete_model_version_tag(names.SEGMENTATION_MODEL, other.version, "holdout_rank")
+        before = registry.set_alias(names.SEGMENTATION_MODEL, names.CHAMPION, by_label[order[0]].version)
+        print(f"segment_eval: champion -> version {by_label[order[0]].version} (was {before})")
 
         mlflow.log_metrics({f"champion_{k}": float(v) for k, v in table.loc[order[0]].items()})
         mlflow.log_metrics({f"and_top_k_{k}": float(v) for k, v in table.loc[ensemble_name].items()})

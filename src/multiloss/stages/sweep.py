@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+from multiloss import names
 from multiloss.classification import sweeps
 from multiloss.losses import CLASSIFICATION_LOSSES
 from multiloss.stages.classify import TRAINING_ARGUMENTS, add_training_arguments
@@ -37,7 +38,7 @@ def main(argv=None) -> None:
         loss=args.loss, space=sweeps.search_space(args.loss, sweeps.load_grid(args.grid or None)),
         training={k: getattr(args, k) for k in TRAINING_ARGUMENTS}, sampler=args.sampler, n_trials=args.n_trials,
         pruner=args.pruner, seed=args.seed, study=args.study, storage=args.storage, heartbeat=args.heartbeat)
-    with store.stage_run("sweeps", run_name=settings.study_name):
+    with store.stage_run(names.SWEEPS_EXPERIMENT, run_name=settings.study_name):
         store.log_params({"loss": args.loss, "n_trials": args.n_trials, "sampler": args.sampler,
                              "storage": sweeps.storage_label(args.storage), "study": settings.study_name,
                              "pruner": args.pruner, "grid": args.grid, "heartbeat": args.heartbeat,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import mlflow
 
+from multiloss import names
 from multiloss.data import synthetic
 from multiloss.data.fingerprint import fingerprint
 from multiloss.data.readers import class_counts, read_kermany, read_mask_set
@@ -31,7 +32,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     out = Path(args.out).resolve()
     params = {"n_seg": args.n_seg, "n_cls": args.n_cls, "size": args.size, "seed": args.seed}
-    with store.stage_run("data", run_name="synth"):
+    with store.stage_run(names.DATA_EXPERIMENT, run_name="synth"):
         store.log_params({**params, "out": str(out)})
         manifest, reused = synthetic.ensure_synthetic(out, **params)
         mlflow.set_tag("reused_existing_data", str(reused).lower())
@@ -48,7 +49,7 @@ def main(argv=None) -> None:
         if counts.to_dict(orient="index") != manifest["counts"]:
             raise RuntimeError(f"Kermany reader counts {counts.to_dict(orient='index')} differ from "
                                f"what synth wrote {manifest['counts']}")
-        mlflow.set_tag("data_fingerprint", fingerprint(kermany["path"], root=out))
+        mlflow.set_tag(names.DATA_FINGERPRINT_TAG, fingerprint(kermany["path"], root=out))
         print("Kermany reader, images per split and class:")
         print(counts.to_string())
         print(f"lung mask pairs: {len(lungs)}, Montgomery holdout pairs: {len(holdout)}")

@@ -19,10 +19,6 @@ from mlflow.entities.model_registry import ModelVersion
 
 from multiloss.paths import CHECKOUT
 
-SEGMENTATION_MODEL = "cxr-lung-seg"
-CLASSIFIER_MODEL = "cxr-classifier"
-ENSEMBLE_MODEL = "cxr-ensemble"
-
 
 def pip_requirements() -> list[str]:
     """Our runtime pins: the checkout's requirements.txt (also what conda.yaml installs), else the

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import mlflow
 
+from multiloss import names
 from multiloss.paths import store_dir
-
-EXPERIMENTS = ("data", "segmentation", "classification", "sweeps", "ensembles", "pipeline")
 
 
 def default_tracking_uri() -> str:
@@ -71,7 +70,7 @@ def ensure_experiment(name: str) -> str:
 
 
 def ensure_experiments() -> dict[str, str]:
-    return {name: ensure_experiment(name) for name in EXPERIMENTS}
+    return {name: ensure_experiment(name) for name in names.EXPERIMENTS}
 
 
 @contextlib.contextmanager
