@@ -73,14 +73,33 @@ def log_and_register(model: tf_keras.Model, registered_name: str, tags: dict[str
     logged = inference_copy(model)
     info = mlflow.tensorflow.log_model(logged, name="model", registered_model_name=registered_name,
                                        pip_requirements=pip_requirements(), await_registration_for=300)
-    client = mlflow.MlflowClient()
     version = str(info.registered_model_version)
-    for key, value in tags.items():
-        client.set_model_version_tag(registered_name, version, key, str(value))
-    registered = client.get_model_version(registered_name, version)
+    tag_version(registered_name, version, tags)
+    registered = mlflow.MlflowClient().get_model_version(registered_name, version)
     if _kept is not None:
         _keep(registered.source, logged)
     return registered
+
+
+def tag_version(registered_name: str, version: str, tags: dict[str, object]) -> None:
+    """Set ``tags`` on one version, each value as text (the registry stores strings)."""
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(registered_name, str(version), key, str(value))
+
+
+def version_uri(registered_name: str, version: str) -> str:
+    """``models:/name/N``: a reference to one version that no alias move can change."""
+    return f"models:/{registered_name}/{version}"
+
+
+def alias_version(registered_name: str, alias: str) -> ModelVersion:
+    """The version ``name@alias`` points at now, with a message naming both when there is none."""
+    try:
+        return mlflow.MlflowClient().get_model_version_by_alias(registered_name, alias)
+    except mlflow.exceptions.MlflowException as err:
+        raise ValueError(f"models:/{registered_name}@{alias}: registered model {registered_name!r} "
+                         f"has no alias {alias!r}") from err
 
 
 def versions(registered_name: str, only: list[str] | None = None) -> list[ModelVersion]:
@@ -123,12 +142,8 @@ def resolve_version(uri: str) -> str:
     if not uri.startswith("models:/"):
         return ""
     name, _, ref = uri.removeprefix("models:/").partition("@")
-    client = mlflow.MlflowClient()
     if ref:
-        try:
-            return str(client.get_model_version_by_alias(name, ref).version)
-        except mlflow.exceptions.MlflowException as err:
-            raise ValueError(f"{uri}: registered model {name!r} has no alias {ref!r}") from err
+        return str(alias_version(name, ref).version)
     name, _, number = name.partition("/")
     return number
 
