@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 
 
@@ -17,3 +18,26 @@ def replacing(path: str | os.PathLike):
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def replacing_folder(path: str | os.PathLike, *, before_swap=None):
+    """Yield a fresh hidden sibling folder to fill; on success it takes ``path``'s place (an existing
+    ``path`` is swapped out only once the new folder is whole), on error it goes. ``before_swap`` is
+    called just before the swap: a last check that may raise and leave ``path`` as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)      # a stale leftover of this very process id
+    tmp.mkdir()
+    try:
+        yield tmp
+        if before_swap is not None:
+            before_swap()
+        old = path.parent / f".{path.name}.old-{os.getpid()}"
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""segmentation-models must build tf-keras (Keras 2) models; importing multiloss must see to it."""
+"""Our models are tf-keras (Keras 2) models: importing multiloss pins the flavour before TensorFlow loads."""
 
 import os
 import subprocess
@@ -16,26 +16,20 @@ def run_python(code: str, **env_overrides) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-def test_unet_is_a_tf_keras_model_in_a_clean_process():
+def test_our_models_are_tf_keras_models_in_a_clean_process():
+    """Our builders, in a process where nothing set the environment first: with SM_FRAMEWORK alone,
+    TensorFlow 2.21 would hand segmentation-models Keras 3."""
     result = run_python("""
-        import multiloss
-        import segmentation_models as sm, tf_keras, keras
-        model = sm.Unet("efficientnetb0", encoder_weights=None, input_shape=(32, 32, 3))
-        print(isinstance(model, tf_keras.Model), isinstance(model, keras.Model), keras.__version__[0])
+        from multiloss.models.unet import build_unet
+        from multiloss.models.classifier import build_classifier
+        import tf_keras, keras
+        unet = build_unet()
+        classifier = build_classifier(unet)
+        print(*(isinstance(m, tf_keras.Model) for m in (unet, classifier)),
+              *(isinstance(m, keras.Model) for m in (unet, classifier)), keras.__version__[0])
     """)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split()[-3:] == ["True", "False", "3"]
-
-
-def test_without_the_package_sm_framework_alone_gives_keras_3():
-    """The trap the package guards against: this is what users get without it."""
-    result = run_python("""
-        import segmentation_models as sm, tf_keras
-        model = sm.Unet("efficientnetb0", encoder_weights=None, input_shape=(32, 32, 3))
-        print(isinstance(model, tf_keras.Model))
-    """, SM_FRAMEWORK="tf.keras")
-    # Either it builds a Keras 3 model or fails outright; never a tf-keras one.
-    assert result.returncode != 0 or result.stdout.split()[-1] == "False"
+    assert result.stdout.split()[-5:] == ["True", "True", "False", "False", "3"]
 
 
 def test_conflicting_environment_is_refused():

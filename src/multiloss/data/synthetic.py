@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -33,7 +32,7 @@ import numpy as np
 
 from multiloss.data.classes import CLASSES
 from multiloss.data.imageio import read_gray, write_image
-from multiloss.files import replacing
+from multiloss.files import replacing, replacing_folder
 
 GENERATOR_VERSION = 1
 MIN_SIZE, MAX_SIZE = 32, 2048
@@ -470,11 +469,7 @@ def write_synthetic(out: str | os.PathLike, *, n_seg: int, n_cls: int, size: int
                "counts": counts, "n_seg": n_seg, "n_holdout": n_holdout,
                "generator_version": GENERATOR_VERSION}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)  # a stale leftover of this very process id
-    try:
-        tmp.mkdir()
+    with replacing_folder(out, before_swap=lambda: _check_out_free(out)) as tmp:
         workers = min(8, os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             futures = [pool.submit(_run_job, tmp, size, seed, job) for job in jobs]
@@ -486,13 +481,6 @@ def write_synthetic(out: str | os.PathLike, *, n_seg: int, n_cls: int, size: int
                     future.cancel()  # do not keep writing into a folder about to be removed
                 raise
         (tmp / "synth.json").write_text(json.dumps(summary, indent=2) + "\n")
-        _check_out_free(out)
-        if out.is_dir():
-            out.rmdir()  # empty by the check above; rmdir refuses otherwise
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary
 
 
