@@ -1,4 +1,4 @@
-"""Input pipeline benchmark (SPEC §12): is the model, not the loader, the bottleneck?
+"""Input pipeline benchmark: is the model, not the loader, the bottleneck?
 
 Trains a small EfficientNet-B0 classifier (random init, 3 classes) on synthetic phantoms written to
 disk at a realistic source resolution, and measures training images/s for

@@ -1,4 +1,4 @@
-"""Readers for the on-disk layouts users actually have (SPEC §5).
+"""Readers for the on-disk layouts users actually have.
 
 * Kermany pediatric pneumonia: ``chest_xray/{train,test}/{NORMAL,PNEUMONIA}/*.jpeg``; the class of
   a PNEUMONIA file comes from its name (``person1_bacteria_1.jpeg``, ``person12_virus_44.jpeg``).

@@ -1,4 +1,4 @@
-"""The twelve classification losses of the paper (SPEC §7), on softmax outputs, mean over the batch.
+"""The twelve classification losses of the paper, on softmax outputs, mean over the batch.
 
 Each is a base term (CCE, categorical focal, KL divergence, categorical hinge) on targets that may
 be label-smoothed, plus, for the ``cal_*`` losses, a calibration penalty and, for the entropy
@@ -108,7 +108,7 @@ class ClassificationLoss(tf_keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         """Per example: the base term plus the batch-level penalties (broadcast), so Keras' batch
-        mean is exactly SPEC §7's loss and class weights reweight examples as they should."""
+        mean is exactly the loss as defined and class weights reweight examples as they should."""
         y_true = tf.cast(y_true, y_pred.dtype)
         params = self.params
         targets = smooth_labels(y_true, params["sigma"]) if "sigma" in params else y_true

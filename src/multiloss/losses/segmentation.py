@@ -1,4 +1,4 @@
-"""Binary lung-segmentation losses (SPEC §7) on sigmoid outputs ``y_pred`` in (0, 1).
+"""Binary lung-segmentation losses on sigmoid outputs ``y_pred`` in (0, 1).
 
 Every loss returns one value per image and lets Keras average over the batch (so sample weights
 and distribution strategies scale it correctly). Overlap losses (Dice, Tversky) are per image, so a

@@ -1,4 +1,4 @@
-"""Classification scores (SPEC §8): discrimination, calibration, intervals and paired tests.
+"""Classification scores: discrimination, calibration, intervals and paired tests.
 
 scikit-learn and SciPy do what they already do (AUROC, AUPRC, MCC, log-loss, exact binomial
 intervals, bootstrap); what they lack (expected calibration error, the multi-class Brier score,
@@ -54,7 +54,7 @@ def brier_score(y_true, probs) -> float:
 
 
 def classification_scores(y_true, probs) -> dict[str, float]:
-    """Every scalar score of SPEC §8 for one model on one split."""
+    """Every scalar classification score for one model on one split."""
     probs = np.asarray(probs, float)
     probs = probs / probs.sum(1, keepdims=True)   # float32 softmax rows miss 1 by ~1e-7
     labels = _labels(y_true)

@@ -1,4 +1,4 @@
-"""Segmentation scores (SPEC §8), per image, then mean ± std over the set.
+"""Segmentation scores, per image, then mean ± std over the set.
 
 ``mean_iou`` is the paper's "global" IoU: the IoU of the lung and of the background, averaged.
 An image where truth and prediction are both empty scores 1 (nothing to find, nothing found).

@@ -1,8 +1,8 @@
 """Logging, registering, tagging, promoting and loading models in the MLflow model registry.
 
 Models are logged for inference: an uncompiled copy without optimizer state (a third of the size,
-and loading needs no custom loss), with our own pins as pip requirements (inferring them costs
-~36 s a model, SPEC §4). Promotion uses aliases, never the deprecated stages.
+and loading needs no custom loss), with our own pins as pip requirements (inferring them loads the
+model in a subprocess). Promotion uses aliases, never the deprecated stages.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def inference_copy(model: tf_keras.Model) -> tf_keras.Model:
     """An uncompiled copy with the same weights: no optimizer state, no loss or regulariser to
     deserialize, so serving it needs none of our code. A model that has none of these already
     (one loaded from the registry, an ensemble of such) is returned as it is: cloning a U-Net
-    costs seconds."""
+    is not free."""
     if not _has_training_terms(model):
         return model
     copy = tf_keras.models.clone_model(model, clone_function=_without_training_terms)
@@ -112,7 +112,7 @@ def versions(registered_name: str, only: list[str] | None = None) -> list[ModelV
         if missing:
             raise ValueError(f"{registered_name} has no version {', '.join(missing)} (it has {numbers})")
         numbers = [n for n in numbers if str(n) in set(only)]
-    # search results carry empty aliases; a get fills them in (SPEC §4)
+    # search results carry empty aliases; a get fills them in
     return [client.get_model_version(registered_name, str(n)) for n in numbers]
 
 

@@ -1,6 +1,6 @@
 """Where runs, artifacts and registered models live: the only module that knows these paths.
 
-Default store (SPEC §4): ``sqlite:///<repo>/mlruns/mlflow.db`` with artifacts under
+Default store: ``sqlite:///<repo>/mlruns/mlflow.db`` with artifacts under
 ``<repo>/mlruns/artifacts/<experiment>``, unless the user set ``MLFLOW_TRACKING_URI`` (a team server,
 another database), which always wins. ``<repo>`` is ``$MULTILOSS_HOME`` if set, else the checkout
 this package was loaded from, else the working directory.
