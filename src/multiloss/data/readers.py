@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from multiloss.data import layout
 from multiloss.data.classes import CLASSES
 from multiloss.data.imageio import DataError, image_size, list_images
 
@@ -36,7 +37,7 @@ _NORMAL_NAME = re.compile(r"^(.+)-\d+$")
 def find_kermany_root(path: str | os.PathLike) -> Path:
     """The folder holding ``train/`` and ``test/``: ``path``, ``path/chest_xray`` or the nested copy."""
     path = Path(path)
-    candidates = [path, path / "chest_xray", path / "chest_xray" / "chest_xray"]
+    candidates = [path, path / layout.KERMANY, path / layout.KERMANY / layout.KERMANY]
     for root in candidates:
         if all((root / split).is_dir() for split in KERMANY_SPLITS):
             return root.resolve()   # file paths are resolved too: relative_to must agree
@@ -90,8 +91,8 @@ def class_counts(frame: pd.DataFrame) -> pd.DataFrame:
 
 def find_montgomery_root(path: str | os.PathLike) -> Path | None:
     path = Path(path)
-    for root in (path, path / "MontgomerySet"):
-        if (root / "CXR_png").is_dir() and (root / "ManualMask").is_dir():
+    for root in (path, path / layout.HOLDOUT):
+        if (root / layout.MONTGOMERY_IMAGES).is_dir() and (root / layout.MONTGOMERY_MASKS).is_dir():
             return root.resolve()
     return None
 
@@ -111,8 +112,8 @@ def read_montgomery(path: str | os.PathLike) -> pd.DataFrame:
     if root is None:
         raise DataError(f"{path}: not a Montgomery layout (need CXR_png/ and ManualMask/)")
     rows = []
-    for image in list_images(root / "CXR_png"):
-        masks = [root / "ManualMask" / side / image.name for side in ("leftMask", "rightMask")]
+    for image in list_images(root / layout.MONTGOMERY_IMAGES):
+        masks = [root / layout.MONTGOMERY_MASKS / side / image.name for side in layout.MONTGOMERY_SIDES]
         for mask in masks:
             if not mask.is_file():
                 raise DataError(f"{image}: no lung mask {mask}")
@@ -124,9 +125,9 @@ def read_montgomery(path: str | os.PathLike) -> pd.DataFrame:
 def read_pairs(path: str | os.PathLike) -> pd.DataFrame:
     """``images/`` + ``masks/``: each image's mask has its stem, optionally with ``_mask``."""
     path = Path(path)
-    images = list_images(path / "images")
+    images = list_images(path / layout.PAIR_IMAGES)
     by_stem = {}
-    for mask in list_images(path / "masks"):
+    for mask in list_images(path / layout.PAIR_MASKS):
         stem = mask.stem[: -len("_mask")] if mask.stem.endswith("_mask") else mask.stem
         by_stem[stem] = mask
     rows = []
@@ -144,6 +145,6 @@ def read_mask_set(path: str | os.PathLike) -> pd.DataFrame:
     """Image/mask pairs from either a Montgomery layout or an ``images/`` + ``masks/`` folder."""
     if find_montgomery_root(path) is not None:
         return read_montgomery(path)
-    if (Path(path) / "images").is_dir():
+    if (Path(path) / layout.PAIR_IMAGES).is_dir():
         return read_pairs(path)
     raise DataError(f"{path}: no lung mask set here (expected MontgomerySet/ layout or images/ + masks/)")

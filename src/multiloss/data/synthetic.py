@@ -30,6 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from multiloss.data import layout
 from multiloss.data.classes import CLASSES
 from multiloss.data.imageio import read_gray, write_image
 from multiloss.files import replacing, replacing_folder
@@ -425,18 +426,18 @@ def _plan_kermany(n_cls: int, seed: int) -> tuple[list[tuple[str, str, str]], di
 def _jobs(n_seg: int, n_cls: int, seed: int) -> tuple[list[tuple], dict, int]:
     """Every file to write as (stream, index, label, relative paths...), plus counts."""
     plan, counts = _plan_kermany(n_cls, seed)
-    jobs = [(_STREAM_CLS, i, label, f"chest_xray/{split}/{name}")
+    jobs = [(_STREAM_CLS, i, label, f"{layout.KERMANY}/{split}/{name}")
             for i, (split, label, name) in enumerate(plan)]
     for i in range(1, n_seg + 1):
         jobs.append((_STREAM_SEG, i, CLASSES[i % 3],
-                     f"lungs/images/lung_{i:04d}.png", f"lungs/masks/lung_{i:04d}_mask.png"))
+                     f"{layout.LUNGS}/{layout.PAIR_IMAGES}/lung_{i:04d}.png",
+                     f"{layout.LUNGS}/{layout.PAIR_MASKS}/lung_{i:04d}_mask.png"))
     n_holdout = max(4, n_seg // 4)
     for i in range(1, n_holdout + 1):
         label = CLASSES[i % 3]
         name = f"MCUCXR_{i:04d}_{0 if label == 'normal' else 1}.png"
-        jobs.append((_STREAM_HOLDOUT, i, label, f"MontgomerySet/CXR_png/{name}",
-                     f"MontgomerySet/ManualMask/leftMask/{name}",
-                     f"MontgomerySet/ManualMask/rightMask/{name}"))
+        jobs.append((_STREAM_HOLDOUT, i, label, f"{layout.HOLDOUT}/{layout.MONTGOMERY_IMAGES}/{name}",
+                     *(f"{layout.HOLDOUT}/{layout.MONTGOMERY_MASKS}/{side}/{name}" for side in layout.MONTGOMERY_SIDES)))
     return jobs, counts, n_holdout
 
 
@@ -518,7 +519,7 @@ def ensure_synthetic(out: str | os.PathLike, *, n_seg: int, n_cls: int, size: in
 
 
 def _preview_rows(out: Path, per_class: int) -> list[tuple[str, list[Path]]]:
-    train = out / "chest_xray" / "train"
+    train = out / layout.KERMANY / "train"
     patterns = {"normal": ("NORMAL", "*.jpeg"), "bacterial": ("PNEUMONIA", "*_bacteria_*.jpeg"),
                 "viral": ("PNEUMONIA", "*_virus_*.jpeg")}
     rows = []
@@ -528,16 +529,16 @@ def _preview_rows(out: Path, per_class: int) -> list[tuple[str, list[Path]]]:
         if not files:
             raise ValueError(f"{train / folder}: no {label} images ({pattern})")
         rows.append((label, files))
-    seg = sorted((out / "lungs" / "images").glob("*.png"))[:per_class]
+    seg = sorted((out / layout.LUNGS / layout.PAIR_IMAGES).glob("*.png"))[:per_class]
     if not seg:
-        raise ValueError(f"{out / 'lungs' / 'images'}: no segmentation images")
+        raise ValueError(f"{out / layout.LUNGS / layout.PAIR_IMAGES}: no segmentation images")
     rows.append(("segmentation", seg))
     return rows
 
 
 def _with_contour(image_path: Path) -> np.ndarray:
     image = read_gray(image_path)
-    mask = read_gray(image_path.parent.parent / "masks" / f"{image_path.stem}_mask.png")
+    mask = read_gray(image_path.parent.parent / layout.PAIR_MASKS / f"{image_path.stem}_mask.png")
     rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     contours, _ = cv2.findContours((mask > 127).astype(np.uint8), cv2.RETR_EXTERNAL,
                                    cv2.CHAIN_APPROX_NONE)
