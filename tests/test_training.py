@@ -9,6 +9,7 @@ import tf_keras
 from multiloss.tracking import store
 from multiloss.training import (
     KeepBestWeights,
+    best_epoch_of,
     create_training_variables,
     fit_keeping_best,
 )
@@ -105,3 +106,17 @@ def test_under_mirrored_strategy_keras_makes_the_variables_and_fit_keeping_best_
         print("epochs", result["epochs_run"], "traces", model.train_function.experimental_get_tracing_count())
     """)
     assert out.split()[-4:] == ["epochs", "2", "traces", "2"]
+
+
+@pytest.mark.parametrize("losses, expected", [
+    ([0.9, 0.5, 0.7], (2, 0.5)),
+    ([float("nan"), 0.8, 0.6, float("nan")], (3, 0.6)),    # argmin alone would answer the NaN epoch 1
+    ([float("inf"), 0.4, 0.4], (2, 0.4)),                  # a tie keeps the first, as KeepBestWeights does
+])
+def test_the_best_epoch_is_the_one_whose_weights_come_back(losses, expected):
+    assert best_epoch_of(losses) == expected
+
+
+def test_with_no_finite_epoch_the_last_epochs_weights_stay_and_are_reported():
+    epoch, loss = best_epoch_of([float("nan"), float("nan")])
+    assert epoch == 2 and np.isnan(loss)

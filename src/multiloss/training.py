@@ -110,6 +110,17 @@ class KeepBestWeights(tf_keras.callbacks.Callback):
             self.model.set_weights(self.weights)
 
 
+def best_epoch_of(val_losses) -> tuple[int, float]:
+    """The epoch (from 1) whose weights :class:`KeepBestWeights` restores, and its loss: the lowest
+    finite one; when none is finite nothing is restored, so the last epoch's (NaN)."""
+    losses = np.asarray(val_losses, float)
+    finite = np.isfinite(losses)
+    if not finite.any():
+        return len(losses), float(losses[-1])
+    index = int(np.argmin(np.where(finite, losses, np.inf)))
+    return index + 1, float(losses[index])
+
+
 def fit_keeping_best(model: tf_keras.Model, train, val, *, epochs: int, images_per_epoch: int,
                      patience: int, class_weight: dict | None = None, extra_callbacks=(),
                      metric_prefix: str = "") -> dict:
@@ -133,8 +144,7 @@ def fit_keeping_best(model: tf_keras.Model, train, val, *, epochs: int, images_p
                         class_weight=class_weight)
     best.restore()
     val_loss = history.history["val_loss"]
-    best_epoch = int(np.argmin(val_loss)) + 1
+    best_epoch, best_val_loss = best_epoch_of(val_loss)
     rates = logger.images_per_second
-    return {"best_epoch": best_epoch, "best_val_loss": float(val_loss[best_epoch - 1]),
-            "epochs_run": len(val_loss),
+    return {"best_epoch": best_epoch, "best_val_loss": best_val_loss, "epochs_run": len(val_loss),
             "train_images_per_s": float(np.mean(rates[1:] if len(rates) > 1 else rates))}

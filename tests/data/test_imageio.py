@@ -40,6 +40,37 @@ def test_truncated_jpeg_is_named(tmp_path):
         read_gray(path)
 
 
+def _jpeg(pixels, progressive=False) -> bytes:
+    ok, encoded = cv2.imencode(".jpeg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 90,
+                                                 cv2.IMWRITE_JPEG_PROGRESSIVE, int(progressive)])
+    assert ok
+    return encoded.tobytes()
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_bytes_after_the_end_of_image_marker_are_not_a_truncation(tmp_path, progressive):
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 80), dtype=np.uint8)
+    data = _jpeg(pixels, progressive)
+    path = tmp_path / "person3_virus_15.jpeg"
+    path.write_bytes(data + b"\x00" * 7 + b"exporter trailer\xff\x00")
+    np.testing.assert_array_equal(read_gray(path), cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE))
+
+
+def test_a_truncated_jpeg_with_a_thumbnail_and_a_trailer_is_still_truncated(tmp_path):
+    """The thumbnail's own end-of-image marker and the appended bytes must not pass for the image's."""
+    rng = np.random.default_rng(1)
+    thumbnail = _jpeg(rng.integers(0, 256, (8, 8), dtype=np.uint8))
+    app1 = b"\xff\xe1" + (len(thumbnail) + 8).to_bytes(2, "big") + b"Exif\x00\x00" + thumbnail
+    data = _jpeg(rng.integers(0, 256, (64, 64), dtype=np.uint8))
+    whole = data[:2] + app1 + data[2:]
+    path = tmp_path / "IM-0001-0001.jpeg"
+    path.write_bytes(whole + b"trailer")
+    assert read_gray(path).shape == (64, 64)             # whole, with both: fine
+    path.write_bytes(whole[: len(whole) * 2 // 3] + b"trailer")
+    with pytest.raises(DataError, match=r"IM-0001-0001\.jpeg: truncated JPEG"):
+        read_gray(path)
+
+
 def test_truncated_png_is_named(tmp_path):
     path = write_gray(tmp_path / "MCUCXR_0001_0.png", size=(64, 64))
     path.write_bytes(path.read_bytes()[:-20])

@@ -48,11 +48,44 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
+def jpeg_end(data: bytes) -> int | None:
+    """Where a JPEG's end-of-image marker ends, found by walking its segments and scans (so an EOI
+    inside an embedded thumbnail does not count); None when the data stops before it."""
+    pos, n = 2, len(data)                        # after SOI
+    while pos + 1 < n:
+        if data[pos] != 0xFF:
+            return None                          # lost sync: not a well-formed segment
+        marker = data[pos + 1]
+        if marker == 0xFF:                       # fill byte before a marker
+            pos += 1
+            continue
+        if marker == 0xD9:                       # EOI
+            return pos + 2
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            pos += 2                             # standalone markers carry no length
+            continue
+        if pos + 3 >= n:
+            return None
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker == 0xDA:                       # start of scan: entropy-coded data up to the next marker
+            while True:
+                pos = data.find(b"\xff", pos)
+                if pos < 0 or pos + 1 >= n:
+                    return None
+                following = data[pos + 1]
+                if following == 0x00 or 0xD0 <= following <= 0xD7 or following == 0xFF:
+                    pos += 1 if following == 0xFF else 2     # stuffed byte, restart marker, fill
+                    continue
+                break
+    return None
+
+
 def _check_complete(path: Path, data: bytes) -> None:
-    """Catch truncated JPEG/PNG files, which OpenCV would otherwise decode half-grey."""
+    """Catch truncated JPEG/PNG files, which OpenCV would otherwise decode half-grey. Bytes after a
+    JPEG's end-of-image marker (some exporters append them) are not a truncation."""
     tail = data.rstrip(b"\x00\r\n\t ")
     if data[:2] == b"\xff\xd8":
-        if not tail.endswith(b"\xff\xd9"):
+        if not tail.endswith(b"\xff\xd9") and jpeg_end(data) is None:
             raise DataError(f"{path}: truncated JPEG (no end-of-image marker)")
     elif data[:8] == b"\x89PNG\r\n\x1a\n":
         if b"IEND" not in tail[-12:]:
