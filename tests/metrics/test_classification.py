@@ -127,3 +127,11 @@ def test_binomial_mcc_intervals_work_for_negative_mcc():
     for method in ("clopper-pearson", "wilson"):
         low, high = mcc_interval(y, wrong, method)
         assert -1 <= low < matthews_corrcoef(y, wrong) < high <= 1
+
+
+def test_every_interval_method_says_what_it_is_for_the_mcc():
+    from multiloss.metrics.classification import CI_METHODS, MCC_INTERVAL_LABELS
+
+    assert set(MCC_INTERVAL_LABELS) == set(CI_METHODS)
+    for method in ("clopper-pearson", "wilson"):
+        assert "proportion interval on (MCC + 1)/2" in MCC_INTERVAL_LABELS[method]

@@ -150,6 +150,16 @@ def mcc_interval(y_true, predicted, method: str = "bootstrap", level: float = 0.
     return 2 * low - 1, 2 * high - 1
 
 
+# What each interval method gives for the MCC, in the words logs and reports use: only the bootstrap
+# is an interval of the MCC itself; the binomial ones are proportion intervals on (MCC + 1)/2.
+MCC_INTERVAL_LABELS = {
+    "bootstrap": "percentile bootstrap of the MCC over test images",
+    "wald": "Wald, the MCC treated as a proportion of n images (as the paper prints)",
+    "clopper-pearson": "Clopper-Pearson proportion interval on (MCC + 1)/2, mapped back (not an MCC interval)",
+    "wilson": "Wilson proportion interval on (MCC + 1)/2, mapped back (not an MCC interval)",
+}
+
+
 def mcnemar_exact(y_true, pred_a, pred_b) -> float:
     """Two-sided exact McNemar p-value from the images exactly one of the two models gets right."""
     labels = _labels(y_true)
