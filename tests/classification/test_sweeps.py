@@ -18,7 +18,14 @@ import yaml
 from optuna.trial import TrialState
 
 from multiloss import names
-from multiloss.classification import sweeps
+from multiloss.classification.sweeps.grid import grid_points, load_grid, search_space
+from multiloss.classification.sweeps.storage import open_storage, redact
+from multiloss.classification.sweeps.study import (
+    PARENT_ATTR,
+    SweepSettings,
+    make_pruner,
+)
+from multiloss.classification.sweeps.worker import run_sweep
 from multiloss.data.synthetic import write_synthetic
 from multiloss.models.unet import build_unet
 from multiloss.stages import sweep
@@ -32,40 +39,40 @@ def children(parent_run_id: str) -> list:
 
 
 def test_grid_is_restricted_to_the_loss_parameters(tmp_path):
-    grid = sweeps.load_grid()
+    grid = load_grid()
     assert grid["lam"] == [0.5, 1, 2, 5, 10, 15, 20] and grid["beta"][:2] == [1e-5, 1e-4]
-    space = sweeps.search_space("cal_neg_entropy", grid)
-    assert set(space) == {"lam", "beta"} and len(sweeps.grid_points(space, seed=0)) == 49
-    assert list(sweeps.search_space("cal_cce", grid)) == ["lam"]
-    assert len(sweeps.grid_points(sweeps.search_space("ls_focal", grid), 0)) == 16
-    points = sweeps.grid_points(space, seed=3)
-    assert points == sweeps.grid_points(space, seed=3) and len({tuple(p.items()) for p in points}) == 49
+    space = search_space("cal_neg_entropy", grid)
+    assert set(space) == {"lam", "beta"} and len(grid_points(space, seed=0)) == 49
+    assert list(search_space("cal_cce", grid)) == ["lam"]
+    assert len(grid_points(search_space("ls_focal", grid), 0)) == 16
+    points = grid_points(space, seed=3)
+    assert points == grid_points(space, seed=3) and len({tuple(p.items()) for p in points}) == 49
     with pytest.raises(ValueError, match="'cce' has no parameters to sweep"):
-        sweeps.search_space("cce", grid)
+        search_space("cce", grid)
 
     override = tmp_path / "tiny.yaml"
     override.write_text(yaml.safe_dump({"lam": [1, 10]}))
-    tiny = sweeps.load_grid(override)
+    tiny = load_grid(override)
     assert tiny["lam"] == [1.0, 10.0] and tiny["beta"] == grid["beta"]
     override.write_text(yaml.safe_dump({"lambda": [1]}))
     with pytest.raises(ValueError, match=r"tiny.yaml: unknown parameter 'lambda'"):
-        sweeps.load_grid(override)
+        load_grid(override)
     override.write_text(yaml.safe_dump({"lam": []}))
     with pytest.raises(ValueError, match="lam must be a non-empty list"):
-        sweeps.load_grid(override)
+        load_grid(override)
 
 
 def test_settings_budget_and_errors():
     space = {"lam": [1.0, 2.0, 3.0]}
-    assert sweeps.SweepSettings("cal_cce", space, {}).budget == 3
-    assert sweeps.SweepSettings("cal_cce", space, {}, n_trials=2).budget == 2
-    assert sweeps.SweepSettings("cal_cce", space, {}, n_trials=9).budget == 3
-    assert sweeps.SweepSettings("cal_cce", space, {}).study_name == "sweep-cal_cce"
+    assert SweepSettings("cal_cce", space, {}).budget == 3
+    assert SweepSettings("cal_cce", space, {}, n_trials=2).budget == 2
+    assert SweepSettings("cal_cce", space, {}, n_trials=9).budget == 3
+    assert SweepSettings("cal_cce", space, {}).study_name == "sweep-cal_cce"
     with pytest.raises(ValueError, match="n_trials must be >= 1 with sampler=tpe"):
-        sweeps.SweepSettings("cal_cce", space, {}, sampler="tpe")
+        SweepSettings("cal_cce", space, {}, sampler="tpe")
     with pytest.raises(ValueError, match="pruner must be one of"):
-        sweeps.SweepSettings("cal_cce", space, {}, pruner="asha")
-    assert sweeps.redact("postgresql://me:secret@db:5432/optuna") == "postgresql://me:***@db:5432/optuna"
+        SweepSettings("cal_cce", space, {}, pruner="asha")
+    assert redact("postgresql://me:secret@db:5432/optuna") == "postgresql://me:***@db:5432/optuna"
 
 
 def by_trial_number(trial, params, report):
@@ -86,9 +93,9 @@ def test_pruners_see_each_trials_best_so_far_and_hyperband_waits_a_quarter_of_th
             report(epoch, value)
         return min(curves[trial.number])
 
-    settings = sweeps.SweepSettings("cal_cce", {"lam": [1.0, 2.0, 5.0]}, {"epochs": 5}, pruner="median")
+    settings = SweepSettings("cal_cce", {"lam": [1.0, 2.0, 5.0]}, {"epochs": 5}, pruner="median")
     with store.stage_run("sweeps", run_name="best-so-far"):
-        study = sweeps.run_sweep(settings, objective).study
+        study = run_sweep(settings, objective).study
     trials = {t.number: t for t in study.get_trials()}
     assert trials[0].intermediate_values == {1: 1.0, 2: 1.0, 3: 1.0, 4: 0.7, 5: 0.6}
     # raw, trial 1's 1.05 would beat the finished trial's spikes (1.5, 3.9) until epoch 4; against
@@ -96,15 +103,15 @@ def test_pruners_see_each_trials_best_so_far_and_hyperband_waits_a_quarter_of_th
     assert trials[1].state == TrialState.PRUNED and trials[1].intermediate_values == {1: 1.1, 2: 1.05}
     assert trials[2].state == TrialState.PRUNED and len(trials[2].intermediate_values) == 2
 
-    hyperband = sweeps.make_pruner("hyperband", 20)
+    hyperband = make_pruner("hyperband", 20)
     assert (hyperband._min_resource, hyperband._max_resource) == (5, 20)
-    assert sweeps.make_pruner("hyperband", 4)._min_resource == 2
+    assert make_pruner("hyperband", 4)._min_resource == 2
 
 
 def test_pruned_trials_and_a_tpe_budget_that_resumes():
-    settings = sweeps.SweepSettings("cal_cce", {"lam": [1.0, 2.0, 5.0, 10.0]}, {"epochs": 3}, pruner="median")
+    settings = SweepSettings("cal_cce", {"lam": [1.0, 2.0, 5.0, 10.0]}, {"epochs": 3}, pruner="median")
     with store.stage_run("sweeps", run_name="pruning") as run:
-        outcome = sweeps.run_sweep(settings, by_trial_number)
+        outcome = run_sweep(settings, by_trial_number)
     study = outcome.study
     states = {t.number: t.state for t in study.get_trials()}
     assert states == {0: TrialState.COMPLETE, 1: TrialState.PRUNED, 2: TrialState.PRUNED, 3: TrialState.PRUNED}
@@ -128,31 +135,32 @@ def test_pruned_trials_and_a_tpe_budget_that_resumes():
             "sweep/intermediate_values.png"} <= artifacts
 
     # TPE in the same store: the budget counts the study's trials, and a re-run resumes it.
-    settings = sweeps.SweepSettings("cal_focal", {"lam": [1.0, 2.0], "gamma": [1.0, 2.0]}, {}, sampler="tpe",
-                                    n_trials=3, study="tpe")
+    settings = SweepSettings("cal_focal", {"lam": [1.0, 2.0], "gamma": [1.0, 2.0]}, {}, sampler="tpe",
+                             n_trials=3, study="tpe")
     with store.stage_run("sweeps"):
-        first = sweeps.run_sweep(settings, by_trial_number)
+        first = run_sweep(settings, by_trial_number)
     with store.stage_run("sweeps"):
-        again = sweeps.run_sweep(settings, by_trial_number)
+        again = run_sweep(settings, by_trial_number)
     with store.stage_run("sweeps"):
-        more = sweeps.run_sweep(dataclasses.replace(settings, n_trials=5), by_trial_number)
+        more = run_sweep(dataclasses.replace(settings, n_trials=5), by_trial_number)
     assert (first.trials_run, again.trials_run, more.trials_run) == ([0, 1, 2], [], [3, 4])
     assert not again.created and again.parent_run_id == first.parent_run_id
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(first.parent_run_id, "sweep")}
     assert "sweep/param_importances.png" in artifacts   # two parameters
     with store.stage_run("sweeps"), pytest.raises(ValueError, match="started with sampler='tpe'"):
-        sweeps.run_sweep(dataclasses.replace(settings, sampler="grid"), by_trial_number)
+        run_sweep(dataclasses.replace(settings, sampler="grid"), by_trial_number)
 
 
 WORKER = textwrap.dedent("""
     import json, pathlib, sys, time
     import multiloss
-    from multiloss.classification import sweeps
+    from multiloss.classification.sweeps.study import SweepSettings
+    from multiloss.classification.sweeps.worker import run_sweep
     from multiloss.tracking import store
 
     folder, mode, lams = pathlib.Path(sys.argv[1]), sys.argv[2], [float(v) for v in sys.argv[3].split(",")]
-    settings = sweeps.SweepSettings("cal_cce", {"lam": lams}, {"epochs": 2}, study=mode,
-                                    storage=str(folder / "journal.log"), heartbeat=1)
+    settings = SweepSettings("cal_cce", {"lam": lams}, {"epochs": 2}, study=mode,
+                             storage=str(folder / "journal.log"), heartbeat=1)
 
     def objective(trial, params, report):
         marker = folder / f"started-{mode}-{trial.number}"
@@ -169,7 +177,7 @@ WORKER = textwrap.dedent("""
         return params["lam"]
 
     with store.stage_run("sweeps", run_name=f"worker-{mode}") as run:
-        outcome = sweeps.run_sweep(settings, objective)
+        outcome = run_sweep(settings, objective)
     print("RAN", run.info.run_id, json.dumps(outcome.trials_run), flush=True)
 """)
 
@@ -193,11 +201,11 @@ def test_workers_share_one_journal_and_a_killed_workers_trial_is_retried(tmp_pat
     run_ids = [o.split("RAN ")[-1].split()[0] for o in outputs]
     assert all(ran) and sorted(ran[0] + ran[1]) == list(range(6))   # both worked, no trial twice
 
-    study = optuna.load_study(study_name="meet", storage=sweeps.open_storage(str(tmp_path / "journal.log")))
+    study = optuna.load_study(study_name="meet", storage=open_storage(str(tmp_path / "journal.log")))
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
     assert sorted(t.params["lam"] for t in trials) == lams                 # every point exactly once
-    parent_id = study.user_attrs[sweeps.PARENT_ATTR]
+    parent_id = study.user_attrs[PARENT_ATTR]
     worker_id = next(rid for rid in run_ids if rid != parent_id)
     client = mlflow.MlflowClient()
     assert client.get_run(parent_id).data.tags["sweep.role"] == "parent"
@@ -219,10 +227,10 @@ def test_workers_share_one_journal_and_a_killed_workers_trial_is_retried(tmp_pat
     worker.wait(timeout=30)
     time.sleep(2.5)   # past the grace period (twice the 1 s heartbeat)
 
-    settings = sweeps.SweepSettings("cal_cce", {"lam": [1.0, 2.0, 3.0]}, {"epochs": 2}, study="hang",
-                                    storage=str(tmp_path / "journal.log"), heartbeat=1)
+    settings = SweepSettings("cal_cce", {"lam": [1.0, 2.0, 3.0]}, {"epochs": 2}, study="hang",
+                             storage=str(tmp_path / "journal.log"), heartbeat=1)
     with store.stage_run("sweeps"):
-        outcome = sweeps.run_sweep(settings, by_trial_number)
+        outcome = run_sweep(settings, by_trial_number)
     trials = outcome.study.get_trials()
     killed = trials[0]
     assert killed.state == TrialState.FAIL

@@ -13,6 +13,7 @@ import tf_keras
 
 from multiloss import names
 from multiloss.classification.scoring import PROBABILITY_COLUMNS
+from multiloss.classification.train import balanced_class_weights
 from multiloss.data.synthetic import write_synthetic
 from multiloss.models.classifier import CUT_LAYER, build_classifier, encoder_from_unet
 from multiloss.models.unet import build_unet
@@ -89,5 +90,5 @@ def test_classify_stage_logs_scores_registers_and_reloads_in_a_fresh_process(tmp
 
 
 def test_balanced_class_weights():
-    weights = classify.balanced_class_weights(np.array([0, 0, 0, 1, 2, 2]))
+    weights = balanced_class_weights(np.array([0, 0, 0, 1, 2, 2]))
     assert weights == pytest.approx({0: 6 / 9, 1: 2.0, 2: 1.0})

@@ -1,5 +1,5 @@
-"""Scoring one classifier's probabilities on one split: every metric of SPEC §8, the MCC interval,
-the per-image probabilities (which the ensembles read) and the figures."""
+"""Scoring one classifier's probabilities on one split: every classification metric, the MCC
+interval, the per-image probabilities (which the ensembles read) and the figures."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -23,43 +24,68 @@ from multiloss.data.classes import CLASSES
 from multiloss.data.datasets import image_dataset, label_indices
 from multiloss.data.fingerprint import fingerprint
 from multiloss.data.readers import find_kermany_root, read_kermany
-from multiloss.data.split import patient_split, write_split_csv
-from multiloss.losses import classification_loss
+from multiloss.data.split import (
+    SPLIT_SEED,
+    VAL_FRACTION,
+    patient_split,
+    write_split_csv,
+)
+from multiloss.losses import CLASSIFICATION_LOSSES, classification_loss
 from multiloss.losses.classification import ClassificationLoss
 from multiloss.models.classifier import build_classifier
 from multiloss.tracking import registry, store
 from multiloss.training import distribution_strategy, fit_keeping_best, seed_everything
 
-LOSS_PARAMETERS = ("gamma", "sigma", "lam", "beta")
+# The parameters any classification loss takes (each loss takes some of them), in the loss table's order.
+LOSS_PARAMETERS = tuple(dict.fromkeys(name for params in CLASSIFICATION_LOSSES.values() for name in params))
 # Headline scores copied onto a registered version's tags (the registry stores no metrics).
 TAGGED_SCORES = ("mcc", "accuracy", "ece", "auroc_micro")
 
 EpochHook = Callable[[int, dict], None]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ClassifierConfig:
-    """Everything one training reads; ``loss_params`` holds only what the user set (the rest are
-    the loss's paper values)."""
+    """Everything one training reads; ``loss_params`` holds only what the user set (None: the
+    loss's paper value).
+
+    The fields without a default are the classify stage's parameters, whose defaults MLproject
+    declares: :meth:`from_defaults` builds a config from those. The others are set only on a
+    direct command line or by a library caller.
+    """
 
     loss: str
+    loss_params: dict[str, float | None]
     data: str
-    loss_params: dict[str, float | None] = dataclasses.field(default_factory=dict)
-    encoder: str = f"models:/{names.SEGMENTATION_MODEL}@champion"
-    img_size: int = 128
-    epochs: int = 20
-    batch_size: int = 16
-    lr: float = 1e-3
+    encoder: str
+    img_size: int
+    epochs: int
+    batch_size: int
+    lr: float
     momentum: float = 0.9
-    seed: int = 0
-    augment: str = "none"
-    class_weights: str = "none"
-    ci_method: str = "bootstrap"
-    bn_momentum: float | None = None
-    patience: int = 5
-    val_fraction: float = 0.1
-    split_seed: int = 42
-    strategy: str = "default"
+    seed: int
+    augment: str
+    class_weights: str
+    ci_method: str
+    bn_momentum: float | None
+    patience: int
+    val_fraction: float = VAL_FRACTION
+    split_seed: int = SPLIT_SEED
+    strategy: str
+
+    @classmethod
+    def from_defaults(cls, loss: str, data: str, **overrides) -> ClassifierConfig:
+        """The config the classify stage builds for ``loss`` on ``data`` from MLproject's defaults,
+        with ``overrides`` (field name -> value): a library caller or a test repeats no default."""
+        from multiloss.stages.cli import declared_parameters, integer, optional_float
+
+        readers = {int: integer, float: lambda name: float, str: lambda name: str, float | None: optional_float}
+        hints = typing.get_type_hints(cls)
+        declared = {name: str(spec["default"]) for name, spec in declared_parameters("classify").items()}
+        values = {name: readers[hints[name]](name)(text) for name, text in declared.items()
+                  if name in hints and name not in LOSS_PARAMETERS}
+        loss_params = {name: optional_float(name)(declared[name]) for name in LOSS_PARAMETERS}
+        return cls(**{**values, "loss": loss, "data": data, "loss_params": loss_params, **overrides})
 
 
 @dataclasses.dataclass
@@ -73,9 +99,10 @@ class TrainedClassifier:
     encoder_version: str
 
     def registry_tags(self) -> dict[str, object]:
-        """The tags every ``cxr-classifier`` version carries (SPEC §4)."""
-        return {"loss": self.config.loss, **{f"loss_{k}": v for k, v in self.loss.params.items()},
-                "data_fingerprint": self.data_fingerprint, "img_size": self.config.img_size,
+        """The tags every ``cxr-classifier`` version carries: what it was trained on and how, and
+        its headline scores, so versions can be compared without opening their runs."""
+        return {names.LOSS_TAG: self.config.loss, **{f"loss_{k}": v for k, v in self.loss.params.items()},
+                names.DATA_FINGERPRINT_TAG: self.data_fingerprint, names.IMG_SIZE_TAG: self.config.img_size,
                 "seed": self.config.seed, "encoder_version": self.encoder_version,
                 **{f"{split}_{k}": round(self.scores[split][k], 6) for split in ("val", "test") for k in TAGGED_SCORES}}
 
@@ -112,7 +139,7 @@ def train_classifier(config: ClassifierConfig, *, epoch_hooks: Sequence[EpochHoo
                          "ci_method": config.ci_method, "bn_momentum": config.bn_momentum,
                          "patience": config.patience, "split_seed": config.split_seed, "strategy": config.strategy,
                          **{f"n_{name}": len(part) for name, part in parts.items()}})
-    mlflow.set_tags({names.STAGE_TAG: "classify", "loss": config.loss, names.DATA_FINGERPRINT_TAG: data_print})
+    mlflow.set_tags({names.STAGE_TAG: "classify", names.LOSS_TAG: config.loss, names.DATA_FINGERPRINT_TAG: data_print})
 
     strategy = distribution_strategy(config.strategy)
     batch = config.batch_size * strategy.num_replicas_in_sync
@@ -155,8 +182,6 @@ def log_unregistered(trained: TrainedClassifier) -> str:
 
 def register_logged(model_uri: str, tags: dict[str, object]):
     """Register a logged model as a new ``cxr-classifier`` version and tag it."""
-    version = mlflow.register_model(model_uri, names.CLASSIFIER_MODEL, await_registration_for=300)
-    client = mlflow.MlflowClient()
-    for key, value in tags.items():
-        client.set_model_version_tag(names.CLASSIFIER_MODEL, str(version.version), key, str(value))
-    return client.get_model_version(names.CLASSIFIER_MODEL, str(version.version))
+    version = str(mlflow.register_model(model_uri, names.CLASSIFIER_MODEL, await_registration_for=300).version)
+    registry.tag_version(names.CLASSIFIER_MODEL, version, tags)
+    return mlflow.MlflowClient().get_model_version(names.CLASSIFIER_MODEL, version)

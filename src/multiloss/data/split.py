@@ -13,8 +13,13 @@ from sklearn.model_selection import StratifiedGroupKFold
 from multiloss.data.imageio import DataError
 from multiloss.files import replacing
 
+# The validation split of every training, the same whatever the training's own seed: runs that
+# differ only in loss or seed are scored on the same images.
+VAL_FRACTION = 0.1
+SPLIT_SEED = 42
 
-def patient_split(frame: pd.DataFrame, fraction: float = 0.1, seed: int = 42) -> pd.DataFrame:
+
+def patient_split(frame: pd.DataFrame, fraction: float = VAL_FRACTION, seed: int = SPLIT_SEED) -> pd.DataFrame:
     """Add column ``subset`` (``train``/``val``) to the ``split == "train"`` rows of ``frame``.
 
     scikit-learn's StratifiedGroupKFold does the work: the validation set is one of
@@ -50,7 +55,7 @@ def write_split_csv(split: pd.DataFrame, path: str | os.PathLike, root: str | os
     return path
 
 
-def random_split(n: int, fraction: float = 0.1, seed: int = 42) -> np.ndarray:
+def random_split(n: int, fraction: float = VAL_FRACTION, seed: int = SPLIT_SEED) -> np.ndarray:
     """Subset names (``train``/``val``) for n items with no patient information (mask sets)."""
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be in (0, 1), got {fraction}")

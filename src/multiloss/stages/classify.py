@@ -1,66 +1,82 @@
 """Entry point ``classify``: train one classifier for one loss on a registered U-Net's encoder, score
-it on validation and test (SPEC §8), log everything, register a ``cxr-classifier`` version."""
+it on validation and test, log everything, register a ``cxr-classifier`` version."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from multiloss import names
-from multiloss.classification.train import (  # noqa: F401
+from multiloss.classification.train import (
     LOSS_PARAMETERS,
     ClassifierConfig,
-    balanced_class_weights,
     train_classifier,
 )
 from multiloss.losses import CLASSIFICATION_LOSSES
 from multiloss.metrics.classification import CI_METHODS
-from multiloss.stages.cli import integer, optional_float
+from multiloss.stages.cli import StageParser, integer, optional_float
 from multiloss.tracking import registry, store
 from multiloss.training import STRATEGIES
 
-# The training arguments the sweep stage forwards to every trial (everything but the loss).
-TRAINING_ARGUMENTS = ("data", "encoder", "img_size", "epochs", "batch_size", "lr", "momentum", "seed", "augment",
-                      "class_weights", "ci_method", "bn_momentum", "patience", "val_fraction", "split_seed",
-                      "strategy")
+# The training arguments: every field of ClassifierConfig but the loss and its parameters. The
+# sweep stage forwards them to every trial.
+TRAINING_ARGUMENTS = tuple(field.name for field in dataclasses.fields(ClassifierConfig)
+                           if field.name not in ("loss", "loss_params"))
+# How the command line reads each training argument (its default: MLproject's, or for an argument
+# MLproject does not declare, ClassifierConfig's).
+_READ = {
+    "data": {"required": True, "help": "Kermany-layout dataset (usually the crop stage's output)"},
+    "encoder": {"help": "model URI of the U-Net whose encoder is transferred"},
+    "img_size": {"type": integer("img_size", 32)},
+    "epochs": {"type": integer("epochs", 1)},
+    "batch_size": {"type": integer("batch_size", 1)},
+    "lr": {"type": float},
+    "momentum": {"type": float},
+    "seed": {"type": integer("seed", 0)},
+    "augment": {"choices": ("none", "paper"), "help": "paper: the U-Net's flip/±2 px/±5° augmentation on training images"},
+    "class_weights": {"choices": ("none", "balanced")},
+    "ci_method": {"choices": CI_METHODS},
+    "bn_momentum": {"type": optional_float("bn_momentum")},
+    "patience": {"type": integer("patience", 1)},
+    "val_fraction": {"type": float},
+    "split_seed": {"type": integer("split_seed", 0),
+                   "help": "seed of the patient-grouped validation split (fixed across losses)"},
+    "strategy": {"choices": STRATEGIES},
+}
 
 
-def add_training_arguments(parser: argparse.ArgumentParser) -> None:
-    """The classifier training options, shared with the sweep stage (one place for their defaults)."""
-    parser.add_argument("--data", required=True, help="Kermany-layout dataset (usually the crop stage's output)")
-    parser.add_argument("--encoder", default=f"models:/{names.SEGMENTATION_MODEL}@champion",
-                        help="model URI of the U-Net whose encoder is transferred")
-    parser.add_argument("--img-size", type=integer("img_size", 32), default=128)
-    parser.add_argument("--epochs", type=integer("epochs", 1), default=20)
-    parser.add_argument("--batch-size", type=integer("batch_size", 1), default=16)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--seed", type=integer("seed", 0), default=0)
-    parser.add_argument("--augment", choices=("none", "paper"), default="none",
-                        help="paper: the U-Net's flip/±2 px/±5° augmentation on training images")
-    parser.add_argument("--class-weights", choices=("none", "balanced"), default="none")
-    parser.add_argument("--ci-method", choices=CI_METHODS, default="bootstrap")
-    parser.add_argument("--bn-momentum", type=optional_float("bn_momentum"), default=None)
-    parser.add_argument("--patience", type=integer("patience", 1), default=5)
-    parser.add_argument("--val-fraction", type=float, default=0.1)
-    parser.add_argument("--split-seed", type=integer("split_seed", 0), default=42,
-                        help="seed of the patient-grouped validation split (fixed across losses)")
-    parser.add_argument("--strategy", choices=STRATEGIES, default="default")
+def add_training_arguments(parser: StageParser) -> None:
+    """The classifier training options, shared with the sweep stage."""
+    library_defaults = {field.name: field.default for field in dataclasses.fields(ClassifierConfig)}
+    for name in TRAINING_ARGUMENTS:
+        if name in parser.declared:
+            parser.parameter(name, **_READ[name])
+        else:            # a direct command line's option only
+            parser.add_argument("--" + name.replace("_", "-"), dest=name, default=library_defaults[name], **_READ[name])
+
+
+def training_arguments(args: argparse.Namespace) -> dict[str, object]:
+    """The parsed training arguments, as ClassifierConfig's keyword arguments."""
+    return {name: getattr(args, name) for name in TRAINING_ARGUMENTS}
+
+
+def parser() -> StageParser:
+    parser = StageParser("classify", description=__doc__)
+    parser.parameter("loss", required=True, choices=list(CLASSIFICATION_LOSSES))
+    for name in LOSS_PARAMETERS:
+        parser.parameter(name, type=optional_float(name), help="empty: the paper's value for this loss")
+    add_training_arguments(parser)
+    return parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="classify", description=__doc__)
-    parser.add_argument("--loss", required=True, choices=list(CLASSIFICATION_LOSSES))
-    for name in LOSS_PARAMETERS:
-        parser.add_argument(f"--{name}", type=optional_float(name), default=None,
-                            help="empty: the paper's value for this loss")
-    add_training_arguments(parser)
-    return parser.parse_args(argv)
+    return parser().parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     config = ClassifierConfig(loss=args.loss, loss_params={k: getattr(args, k) for k in LOSS_PARAMETERS},
-                              **{k: getattr(args, k) for k in TRAINING_ARGUMENTS})
+                              **training_arguments(args))
     with store.stage_run(names.CLASSIFICATION_EXPERIMENT, run_name=f"classify-{args.loss}"):
         trained = train_classifier(config)
         version = registry.log_and_register(trained.model, names.CLASSIFIER_MODEL, trained.registry_tags())

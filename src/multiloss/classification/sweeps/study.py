@@ -1,0 +1,314 @@
+"""One sweep study in Optuna: its settings, pruners and samplers, how a worker creates or joins
+it, takes its next trial and runs it, and the default objective (a classify training).
+
+A trial is a classify training in the worker's own process, so that a worker imports TensorFlow
+once and a per-epoch hook can prune it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import time
+import warnings
+from collections.abc import Callable
+
+import mlflow
+import numpy as np
+import optuna
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from optuna.trial import FrozenTrial, TrialState
+
+from multiloss import names
+from multiloss.classification.sweeps.grid import grid_points
+from multiloss.classification.sweeps.storage import (
+    RETRY_ATTR,
+    RUN_ID_ATTR,
+    Heartbeat,
+    heartbeat_enabled,
+    storage_label,
+)
+
+SAMPLERS = ("grid", "tpe")
+PRUNERS = ("none", "median", "hyperband")
+# What a trial minimises: validation cross-entropy of the predicted probabilities. A loss's own
+# value is not comparable across its parameters (a larger λ adds a larger penalty), so neither the
+# study nor the pruner may compare it; NLL is the same yardstick for every trial (and is proper,
+# so it rewards calibration, the point of the cal_* losses).
+OBJECTIVE = "val_nll"
+EPOCH_METRIC = "cross_entropy"   # compiled in, so Keras reports val_cross_entropy every epoch
+MIN_EPOCHS = 2   # epochs every trial runs before a pruner may stop it
+READY_TIMEOUT_S = 120
+
+# Study and trial attributes (storage.py names those its machinery reads).
+PARENT_ATTR = "sweep.parent_run_id"
+CONFIG_ATTR = "sweep.config"
+READY_ATTR = "sweep.ready"
+MODEL_URI_ATTR = "model_uri"
+TAGS_ATTR = "registry_tags"
+
+# Parameters whose values may differ between workers of one study (paths and devices are per machine).
+PER_MACHINE = ("data", "strategy")
+
+Report = Callable[[int, float], None]
+Objective = Callable[[optuna.Trial, dict[str, float], Report], float]
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSettings:
+    """One worker's parameters; ``training`` is what every trial's classify training gets (the
+    keyword arguments of ClassifierConfig, without the loss and its parameters)."""
+
+    loss: str
+    space: dict[str, list[float]]
+    training: dict[str, object]
+    sampler: str = "grid"
+    n_trials: int = 0
+    pruner: str = "none"
+    seed: int = 0
+    study: str = ""
+    storage: str = ""
+    heartbeat: int = 60
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.pruner not in PRUNERS:
+            raise ValueError(f"pruner must be one of {', '.join(PRUNERS)}, got {self.pruner!r}")
+        if self.n_trials < 0 or (self.sampler == "tpe" and self.n_trials < 1):
+            raise ValueError(f"n_trials must be >= 1 with sampler=tpe (0 means the whole grid only for sampler=grid), "
+                             f"got {self.n_trials}")
+        if self.heartbeat < 1:
+            raise ValueError(f"heartbeat must be >= 1 second, got {self.heartbeat}")
+
+    @property
+    def study_name(self) -> str:
+        return self.study or f"sweep-{self.loss}"
+
+    @property
+    def n_points(self) -> int:
+        return len(list(itertools.product(*self.space.values())))
+
+    @property
+    def budget(self) -> int:
+        """How many trials the study runs in all (across workers, retries not counted)."""
+        if self.sampler == "grid":
+            return min(self.n_trials, self.n_points) if self.n_trials else self.n_points
+        return self.n_trials
+
+    def study_config(self) -> dict[str, object]:
+        """What every worker of one study must agree on."""
+        return {"loss": self.loss, "sampler": self.sampler, "space": self.space, "seed": self.seed,
+                "training": {k: v for k, v in self.training.items() if k not in PER_MACHINE}}
+
+
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    """Steps are epochs counted from 1; values are each trial's best validation NLL so far (see
+    :func:`run_trial`). Median: once one trial has finished, stop a trial (from epoch MIN_EPOCHS)
+    whose best so far is worse than the median of the finished trials' best by the same epoch.
+    Hyperband: rungs from a quarter of ``epochs`` (at least MIN_EPOCHS) up to ``epochs``, keeping
+    the best third at each; in the first epochs every trial sits near ln 3, so an earlier first
+    rung ranks trials by noise (in bench/sweep_pruning.py it cut the trial with the lowest final NLL)."""
+    first = max(1, min(MIN_EPOCHS, epochs))
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=first)
+    if name == "hyperband":
+        rung = max(first, epochs // 4)
+        return optuna.pruners.HyperbandPruner(min_resource=rung, max_resource=max(rung, epochs), reduction_factor=3)
+    raise ValueError(f"pruner must be one of {', '.join(PRUNERS)}, got {name!r}")
+
+
+def make_sampler(settings: SweepSettings, created: bool) -> optuna.samplers.BaseSampler:
+    """Grid trials all come from the queue, so the sampler is never asked (a seeded random one
+    stands by). TPE lies about running trials (constant liar) so parallel workers spread out; the
+    study's creator is seeded, joiners draw their own seed so their start-up draws differ."""
+    if settings.sampler == "grid":
+        return optuna.samplers.RandomSampler(seed=settings.seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=settings.seed if created else None, constant_liar=True,
+                                          n_startup_trials=max(1, min(10, settings.budget // 3)))
+
+
+def open_study(settings: SweepSettings, storage, parent_run_id: str) -> tuple[optuna.Study, bool]:
+    """Create the study (this worker's run becomes the parent; the grid is queued) or join it.
+
+    A joiner waits until the creator has finished setting the study up, then checks that it was
+    started with the same loss, sampler, grid, seed and training parameters.
+    """
+    pruner = make_pruner(settings.pruner, int(settings.training.get("epochs", 1)))
+    name = settings.study_name
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, direction="minimize",
+                                    sampler=make_sampler(settings, True), pruner=pruner)
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(settings, False),
+                                  pruner=pruner)
+        _wait_until_ready(study, settings)
+        return study, False
+    study.set_user_attr(CONFIG_ATTR, json.loads(json.dumps(settings.study_config())))
+    study.set_user_attr(PARENT_ATTR, parent_run_id)
+    if settings.sampler == "grid":
+        for point in grid_points(settings.space, settings.seed):
+            study.enqueue_trial(point)
+    study.set_user_attr(READY_ATTR, True)
+    return study, True
+
+
+def _wait_until_ready(study: optuna.Study, settings: SweepSettings) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not study.user_attrs.get(READY_ATTR):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"study {study.study_name!r} in {storage_label(settings.storage)} was created but "
+                               f"never set up (its creator died?); delete it (optuna delete-study) or use another study name")
+        time.sleep(0.5)
+    stored = study.user_attrs[CONFIG_ATTR]
+    mine = json.loads(json.dumps(settings.study_config()))
+    for key in mine:
+        if stored.get(key) != mine[key]:
+            raise ValueError(f"study {study.study_name!r} was started with {key}={stored.get(key)!r} but this "
+                             f"worker has {key}={mine[key]!r}; use the same parameters or another study name")
+
+
+def _is_retry(trial: FrozenTrial) -> bool:
+    return RETRY_ATTR in trial.system_attrs
+
+
+def _claim(storage, trial: FrozenTrial) -> bool:
+    """Compare-and-set WAITING → RUNNING: True for exactly one worker."""
+    try:
+        return storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+
+
+def next_trial(study: optuna.Study, storage, settings: SweepSettings) -> optuna.Trial | None:
+    """The trial this worker runs next, or None when the grid or the budget is used up.
+
+    Dead workers' trials are failed and requeued first; requeued trials run before new ones.
+    """
+    if heartbeat_enabled(storage):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+    study_id = storage.get_study_id_from_name(study.study_name)
+    trials = storage.get_all_trials(study_id, deepcopy=False)
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    for trial in (t for t in waiting if _is_retry(t)):
+        if _claim(storage, trial):
+            return optuna.Trial(study, trial._trial_id)
+    begun = sum(1 for t in trials if t.state != TrialState.WAITING and not _is_retry(t))
+    if begun >= settings.budget:
+        return None
+    if settings.sampler == "grid":
+        for trial in (t for t in waiting if not _is_retry(t)):
+            if _claim(storage, trial):
+                return optuna.Trial(study, trial._trial_id)
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # "heartbeat is meant for Study.optimize": we beat ourselves
+        return study.ask()
+
+
+def run_trial(study: optuna.Study, storage, trial: optuna.Trial, objective: Objective,
+              settings: SweepSettings, parent_run_id: str) -> TrialState:
+    """Run one trial as an MLflow run nested under the sweep's parent and tell Optuna its outcome.
+
+    The objective calls ``report(epoch, value)`` after each epoch (epochs from 1); Optuna records
+    the best value so far, the pruners' yardstick. Validation NLL spikes in early epochs even in
+    good trials: raw, a spike in a finished trial keeps poor trials alive under the median rule and
+    cuts the best trial under Hyperband (bench/sweep_pruning.py compares the pruners). When the pruner says so (before the last
+    epoch), ``report`` raises TrialPruned and the trial ends PRUNED in Optuna and FINISHED, tagged
+    ``pruned=true``, in MLflow. Any other error fails both and is re-raised. The raw per-epoch
+    values are in the trial's MLflow run.
+    """
+    last_epoch = int(settings.training.get("epochs", 0))
+    best = [float("nan")]
+
+    def report(epoch: int, value: float) -> None:
+        if not np.isnan(value) and not value >= best[0]:     # NaN (diverged) never counts as better
+            best[0] = value
+        trial.report(best[0], step=epoch)                   # NaN only while every value was NaN
+        if epoch != last_epoch and trial.should_prune():   # stopping after the last epoch saves nothing
+            raise optuna.TrialPruned(f"trial {trial.number} pruned after epoch {epoch} ({OBJECTIVE} {value:.4g}, "
+                                     f"best {best[0]:.4g})")
+
+    state, value = TrialState.COMPLETE, None
+    experiment_id = mlflow.MlflowClient().get_run(parent_run_id).info.experiment_id
+    try:
+        with Heartbeat(storage, trial._trial_id):
+            params = {name: trial.suggest_categorical(name, values) for name, values in settings.space.items()}
+            retry_of = storage.get_trial(trial._trial_id).system_attrs.get(RETRY_ATTR)
+            tags = {"sweep.role": "trial", "sweep.study": study.study_name, "sweep.trial": str(trial.number),
+                    names.LOSS_TAG: settings.loss, **({"sweep.retry_of": str(retry_of)} if retry_of is not None else {})}
+            with mlflow.start_run(experiment_id=experiment_id, run_name=f"{study.study_name}-trial-{trial.number}",
+                                  nested=True, tags=tags) as run:
+                mlflow.set_tag(MLFLOW_PARENT_RUN_ID, parent_run_id)   # directly under the sweep, whichever worker
+                trial.set_user_attr(RUN_ID_ATTR, run.info.run_id)
+                mlflow.log_params({f"loss_{name}": v for name, v in params.items()})
+                try:
+                    value = float(objective(trial, params, report))
+                    mlflow.log_metric(f"trial_{OBJECTIVE}", value)
+                except optuna.TrialPruned as pruned:   # caught inside the run, so it ends FINISHED
+                    state = TrialState.PRUNED
+                    mlflow.set_tag("pruned", "true")
+                    print(f"sweep: {pruned}", flush=True)
+                finally:
+                    mlflow.log_metric("trial_epochs", len(storage.get_trial(trial._trial_id).intermediate_values))
+    except BaseException:   # the MLflow run has ended FAILED; Optuna records the same
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        raise
+    study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    return state
+
+
+def study_idle(study: optuna.Study, settings: SweepSettings) -> bool:
+    """Nothing running and nothing left that any worker would take."""
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == TrialState.RUNNING for t in trials):
+        return False
+    if any(t.state == TrialState.WAITING and _is_retry(t) for t in trials):
+        return False
+    begun = sum(1 for t in trials if t.state != TrialState.WAITING and not _is_retry(t))
+    if begun >= settings.budget:
+        return True
+    return settings.sampler == "grid" and not any(t.state == TrialState.WAITING for t in trials)
+
+
+def improves_on_finished(study: optuna.Study, value: float) -> bool:
+    finished = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    return not finished or value < min(finished)
+
+
+def classifier_objective(settings: SweepSettings) -> Objective:
+    """A trial = a classify training (in this process), pruned on the validation cross-entropy of
+    each epoch, valued by the validation NLL of the kept (lowest-val_loss) weights.
+
+    Training arguments ``settings.training`` leaves out take the classify stage's defaults. Only a
+    trial that beats every finished one logs its model, so the best trial's model is always there
+    to be registered and the others cost no disk."""
+    import tf_keras
+
+    from multiloss.classification import train
+
+    def objective(trial: optuna.Trial, params: dict[str, float], report: Report) -> float:
+        config = train.ClassifierConfig.from_defaults(settings.loss, loss_params=params, **settings.training)
+
+        def hook(epoch: int, logs: dict) -> None:
+            report(epoch + 1, float(logs[f"val_{EPOCH_METRIC}"]))
+
+        try:
+            trained = train.train_classifier(
+                config, epoch_hooks=[hook], extra_metrics=[tf_keras.metrics.CategoricalCrossentropy(name=EPOCH_METRIC)])
+            value = trained.scores["val"]["nll"]
+            if improves_on_finished(trial.study, value):
+                trial.set_user_attr(MODEL_URI_ATTR, train.log_unregistered(trained))
+                trial.set_user_attr(TAGS_ATTR, {k: str(v) for k, v in trained.registry_tags().items()})
+            return value
+        finally:
+            tf_keras.backend.clear_session()   # one worker trains many models
+
+    return objective
