@@ -1,12 +1,8 @@
-"""Run reuse and the clean-up of dead pipelines, on a throw-away store (no training)."""
+"""Run reuse: code versions and the finished runs a step may reuse, on a throw-away store."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
-import pytest
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_PROJECT_ENTRY_POINT
 
 from multiloss import names
@@ -66,39 +62,3 @@ def test_reuses_only_a_finished_run_with_equal_strings_code_and_input():
     assert reuse.find_reusable("segment", params, "c2", "d1") is None
     assert reuse.find_reusable("segment", params, "c1", "d2") is None
     assert reuse.find_reusable("classify", params, "c1", "d1") is None
-
-
-def dead_pid() -> int:
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
-
-
-def test_dead_pipeline_and_its_running_children_are_killed_and_their_versions_deleted():
-    store.configure()
-    client = mlflow.MlflowClient()
-    dead = finished_run("main", {}, status="RUNNING")
-    for key, value in reuse.process_tags(os.getpid()).items():
-        client.set_tag(dead, key, value)
-    client.set_tag(dead, names.PID_TAG, str(dead_pid()))
-    done = finished_run("segment", {}, parent=dead)
-    stuck = finished_run("classify", {}, status="RUNNING", parent=dead)
-    client.create_registered_model("cxr-classifier")
-    client.create_model_version("cxr-classifier", "file:///nowhere", run_id=stuck)
-
-    alive = finished_run("main", {}, status="RUNNING")
-    for key, value in reuse.process_tags().items():
-        client.set_tag(alive, key, value)
-    alive_child = finished_run("classify", {}, status="RUNNING", parent=alive)
-
-    assert set(reuse.end_dead_pipelines()) == {dead, stuck}
-    status = {run_id: client.get_run(run_id).info.status for run_id in (dead, done, stuck, alive, alive_child)}
-    assert status == {dead: "KILLED", done: "FINISHED", stuck: "KILLED", alive: "RUNNING", alive_child: "RUNNING"}
-    assert client.search_model_versions(f"run_id='{stuck}'") == []
-    assert reuse.end_dead_pipelines() == []
-
-
-@pytest.mark.parametrize("pid_start", ["", "1"])
-def test_a_reused_pid_is_not_the_pipeline_process(pid_start):
-    # the pid is ours (alive); a start time that differs means another process got the pid
-    assert reuse._process_alive(os.getpid(), pid_start) is (pid_start == "" or reuse._process_start(os.getpid()) == "")

@@ -1,14 +1,12 @@
-"""The whole pipeline: every stage a child run of one parent run, a finished step reused.
+"""The pipeline engine: each step a child run of one parent run, a finished step reused.
 
 Steps run in this process: each gets its child run (parameters logged as strings, tags for reuse),
 and the stage's own ``main(argv)`` joins it through ``MLFLOW_RUN_ID``, exactly as under
-``mlflow run``. A subprocess per step would pay the TensorFlow import again for each of ~20 steps
-(6.5 s each on an idle 2-core CPU, measured); Keras state is cleared between steps instead. The
-argv comes from the entry point's command in MLproject, so a step runs what ``mlflow run`` runs.
-With ``workers`` > 1, the independent steps of a stage (the U-Nets, the classifiers) also run in
-long-lived worker processes beside this one, each taking the next step when it is free.
-
-Profiles (``experiments/<name>.yaml``) hold every setting of a pipeline, in one place each.
+``mlflow run``. A subprocess per step would pay the TensorFlow import again for each of ~20 steps;
+Keras state is cleared between steps instead. The argv comes from the entry point's command in
+MLproject, so a step runs what ``mlflow run`` runs. With ``workers`` > 1, independent steps (the
+U-Nets, the classifiers) also run in long-lived worker processes beside this one, each taking the
+next step when it is free. Which steps make a pipeline is :mod:`multiloss.pipeline.chain`'s business.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ import json
 import multiprocessing
 import os
 import shlex
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -33,30 +30,12 @@ import yaml
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_PROJECT_ENTRY_POINT
 
 from multiloss import names, paths
-from multiloss.data.fingerprint import fingerprint, mask_set_fingerprint
-from multiloss.data.readers import find_kermany_root, read_kermany, read_mask_set
-from multiloss.pipeline import reuse
+from multiloss.pipeline import recovery, reuse
 from multiloss.pipeline.workers import Worker, WorkerDied, WorkerError
 from multiloss.tracking import registry, store
 
 # A test hook: the step named here stops, its child run RUNNING, until the process is killed.
 HOLD_ENV = "MULTILOSS_HOLD_STEP"
-STAGES = ("synth", "segment", "segment_eval", "crop", "classify", "ensemble", "gradcam", "report")
-
-
-def home_path(path: str | os.PathLike) -> Path:
-    """A profile's path: relative ones live under the project root (``MULTILOSS_HOME`` if set),
-    beside the tracking store, so that one home holds a pipeline's data and runs."""
-    return (paths.project_root() / path).resolve()
-
-
-def load_profile(name: str) -> dict:
-    """``experiments/<name>.yaml``, or a YAML file given by path."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) else paths.CONFIG_DIR / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in paths.CONFIG_DIR.glob("*.yaml")))
-        raise ValueError(f"profile {name!r}: no file {path} (profiles in {paths.CONFIG_DIR}: {known})")
-    return yaml.safe_load(path.read_text())
 
 
 def entry_points(project_file: Path = paths.PROJECT_FILE) -> dict[str, dict]:
@@ -85,32 +64,15 @@ def stage_argv(spec: dict, params: dict[str, str]) -> tuple[str, list[str]]:
     return words[at + 1], words[at + 2:]
 
 
-def registered_version(run_id: str, name: str) -> str:
-    found = mlflow.MlflowClient().search_model_versions(f"name='{name}' and run_id='{run_id}'")
-    if not found:
-        raise RuntimeError(f"run {run_id} registered no version of {name}")
-    return str(max(int(v.version) for v in found))
-
-
-def version_reference(name: str, version: str) -> str:
-    """``name/version:source run``: unique across stores, unlike a version number."""
-    return f"{name}/{version}:{mlflow.MlflowClient().get_model_version(name, version).run_id}"
-
-
 def alias_targets(pairs: list[tuple[str, str]]) -> dict[str, str]:
     """``name@alias`` -> version for each pair; '' where the alias is not set."""
-    client = mlflow.MlflowClient()
     targets = {}
     for name, alias in pairs:
         try:
-            targets[f"{name}@{alias}"] = str(client.get_model_version_by_alias(name, alias).version)
-        except mlflow.exceptions.MlflowException:
+            targets[f"{name}@{alias}"] = str(registry.alias_version(name, alias).version)
+        except ValueError:
             targets[f"{name}@{alias}"] = ""
     return targets
-
-
-def kermany_fingerprint(folder: str | os.PathLike) -> str:
-    return fingerprint(read_kermany(folder)["path"], root=find_kermany_root(folder))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +122,7 @@ def launch(job: Launch) -> str:
             time.sleep(60)
         importlib.import_module(module_name).main(argv)
     except KeyboardInterrupt:
-        reuse.end_run_killed(run_id)
+        recovery.end_run_killed(run_id)
         raise
     except BaseException:
         if client.get_run(run_id).info.status == "RUNNING":      # it failed before its run began
@@ -234,9 +196,9 @@ class Pipeline:
         """The run ids of independent steps, in order: reused where possible, the others run up to
         ``workers`` at a time. If one fails, no further step starts, those running finish, and its
         error is raised; an interrupt kills the workers and ends their runs KILLED."""
-        names = [step.name for step in steps]
-        if len(set(names)) != len(names):
-            raise ValueError(f"steps run together need distinct names, got {', '.join(names)}")
+        step_names = [step.name for step in steps]
+        if len(set(step_names)) != len(step_names):
+            raise ValueError(f"steps run together need distinct names, got {', '.join(step_names)}")
         outcomes: dict[int, tuple[str | None, str, dict]] = {}
         jobs: dict[int, Launch] = {}
         for index, step in enumerate(steps):
@@ -319,13 +281,13 @@ class Pipeline:
             self._kill_helpers()
             for thread in threads:
                 thread.join(10)
-            reuse.end_unfinished_children(self.parent_run_id, self.experiment_id)
+            recovery.end_unfinished_children(self.parent_run_id, self.experiment_id)
             raise
         if dead:
             for worker in dead:
                 worker.kill()
             self._helpers = [worker for worker in self._helpers if worker not in dead]
-            reuse.end_unfinished_children(self.parent_run_id, self.experiment_id)
+            recovery.end_unfinished_children(self.parent_run_id, self.experiment_id)
 
     def _start_helpers(self, count: int) -> list[Worker]:
         """``count`` live workers: those already started (dead ones dropped), then new ones."""
@@ -371,175 +333,8 @@ class Pipeline:
 def _clear_keras() -> None:
     """Free the last step's models, then freeze what survives (TensorFlow, the models kept in
     memory, ~1M objects) out of the collector's reach: each later full collection, in this step's
-    tracing and at its end, then scans only the new objects (about 1 s saved per step)."""
+    tracing and at its end, then scans only the new objects."""
     import tf_keras
     tf_keras.backend.clear_session()
     gc.collect()
     gc.freeze()
-
-
-def _registered(run) -> bool:
-    """A training run's model version is still in the registry."""
-    return bool(mlflow.MlflowClient().search_model_versions(f"run_id='{run.info.run_id}'"))
-
-
-def _tag_matches(folder_fingerprint, tag: str = names.DATA_FINGERPRINT_TAG):
-    def intact(run) -> bool:
-        try:
-            return folder_fingerprint() == run.data.tags.get(tag)
-        except (OSError, ValueError):
-            return False
-    return intact
-
-
-def with_overrides(profile: dict, *, img_size: int = 0, epochs: int = 0, seg_losses: str = "",
-                   cls_losses: str = "") -> dict:
-    """The profile with main's overrides: ``img_size`` every image size of the chain (U-Net,
-    crop, classifier), ``epochs`` the most epochs of each U-Net and each classifier."""
-    profile = json.loads(json.dumps(profile))
-    for stage, losses in (("segment", seg_losses), ("classify", cls_losses)):
-        if img_size:
-            profile[stage]["img_size"] = img_size
-        if epochs:
-            profile[stage]["epochs"] = epochs
-        if losses.strip():
-            profile[stage]["losses"] = [name.strip() for name in losses.split(",") if name.strip()]
-        twice = sorted({name for name in profile[stage]["losses"] if profile[stage]["losses"].count(name) > 1})
-        if twice:
-            raise ValueError(f"the {stage} losses name {', '.join(twice)} more than once "
-                             f"(main's {'seg' if stage == 'segment' else 'cls'}_losses or the profile)")
-    return profile
-
-
-def _settings(profile: dict, stage: str) -> dict:
-    return {k: v for k, v in (profile.get(stage) or {}).items() if k != "losses"}
-
-
-def run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int],
-              until: str = STAGES[-1]) -> dict[str, str | None]:
-    """synth (no data) → segment ×losses → segment_eval → crop → classify ×losses ×seeds →
-    ensemble → gradcam (champion classifier, model-level ensemble) → report, stopping after
-    stage ``until``. Returns the run ids of segment_eval, ensemble and report (None if not run).
-    Models stay in memory between steps (:func:`registry.models_kept_in_memory`)."""
-    with registry.models_kept_in_memory():
-        try:
-            return _run_chain(pipeline, profile, data, seeds, until)
-        finally:
-            pipeline.close()
-
-
-def _run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int], until: str) -> dict[str, str | None]:
-    runs = dict.fromkeys(("segment_eval", "ensemble", "report"))
-
-    def stop_after(stage: str) -> bool:
-        return STAGES.index(until) <= STAGES.index(stage)
-    data = data or profile.get("data") or "synthetic"
-    layout = profile["layout"]
-    if data == "synthetic":
-        root = home_path(profile["synth"]["out"])
-        synth = {**profile["synth"], "out": root}
-        pipeline.step("synth", "synth", synth, output_intact=_tag_matches(
-            lambda: fingerprint(read_kermany(root / layout["kermany"])["path"], root=root)))
-    else:
-        root = Path(data).resolve() if data != profile.get("data") else home_path(data)
-        if not root.is_dir():
-            raise ValueError(f"data {data!r} is not a folder (expected {', '.join(layout.values())} inside)")
-    lungs, holdout, kermany = (root / layout[k] for k in ("lungs", "holdout", "kermany"))
-
-    segment = _settings(profile, "segment")
-    seg_print = mask_set_fingerprint(read_mask_set(lungs), root=lungs)
-    seg_runs = pipeline.run_steps([Step(f"segment.{loss}", "segment", {**segment, "loss": loss, "data": lungs},
-                                        seg_print, output_intact=_registered)
-                                   for loss in profile["segment"]["losses"]])
-    seg_versions = [registered_version(run_id, names.SEGMENTATION_MODEL) for run_id in seg_runs]
-    if stop_after("segment"):
-        return runs
-
-    top_k = int(profile["segment_eval"]["top_k"])
-    seg_aliases = [(names.SEGMENTATION_MODEL, a) for a in [names.CHAMPION, *(names.top_alias(k) for k in range(1, top_k + 1))]]
-    eval_run = pipeline.step("segment_eval", "segment_eval", {
-        **_settings(profile, "segment_eval"), "data": holdout, "img_size": segment["img_size"],
-        "versions": ",".join(seg_versions)}, mask_set_fingerprint(read_mask_set(holdout), root=holdout),
-        aliases=seg_aliases)
-    runs["segment_eval"] = eval_run
-    if stop_after("segment_eval"):
-        return runs
-
-    targets = alias_targets(seg_aliases)
-    members = [version_reference(names.SEGMENTATION_MODEL, targets[f"{names.SEGMENTATION_MODEL}@top{k}"])
-               for k in range(1, top_k + 1)]
-    classify = _settings(profile, "classify")
-    cropped = home_path(profile["crop"]["out"])
-    pipeline.step("crop", "crop", {**_settings(profile, "crop"), "out": cropped, "data": kermany, "top_k": top_k,
-                                   "img_size": classify["img_size"], "seg_size": segment["img_size"]},
-                  json.dumps({"source": kermany_fingerprint(kermany), "members": members}),
-                  output_intact=_tag_matches(lambda: fingerprint(read_kermany(cropped)["path"], root=cropped)))
-    if stop_after("crop"):
-        return runs
-
-    cropped_print = kermany_fingerprint(cropped)
-    champion = targets[f"{names.SEGMENTATION_MODEL}@champion"]
-    encoder_input = json.dumps({"data": cropped_print,
-                                "encoder": version_reference(names.SEGMENTATION_MODEL, champion)})
-    pipeline.run_steps([Step(f"classify.{loss}.seed{seed}", "classify", {
-        **classify, "loss": loss, "data": cropped, "seed": seed,
-        "encoder": f"models:/{names.SEGMENTATION_MODEL}/{champion}"}, encoder_input, output_intact=_registered)
-        for seed in seeds for loss in profile["classify"]["losses"]])
-    if stop_after("classify"):
-        return runs
-
-    pool = [version_reference(names.CLASSIFIER_MODEL, str(v.version))
-            for v in registry.versions(names.CLASSIFIER_MODEL)]
-    ensemble_run = pipeline.step("ensemble", "ensemble", {**_settings(profile, "ensemble"), "data": cropped,
-                                                          "seed": seeds[0]},
-                                 json.dumps({"data": cropped_print, "pool": pool}),
-                                 aliases=[(names.CLASSIFIER_MODEL, names.CHAMPION),
-                                          (names.ENSEMBLE_MODEL, names.CHAMPION)])
-    runs["ensemble"] = ensemble_run
-    if stop_after("ensemble"):
-        return runs
-
-    for model_name, uri in _gradcam_models(ensemble_run).items():
-        if not uri:
-            print(f"main: step gradcam.{model_name} skipped: no {model_name} model to explain", flush=True)
-            continue
-        pipeline.step(f"gradcam.{model_name}", "gradcam", {**_settings(profile, "gradcam"), "model": uri,
-                                                           "images": cropped},
-                      json.dumps({"data": cropped_print, "model": _model_reference(uri)}))
-    if stop_after("gradcam"):
-        return runs
-
-    runs["report"] = pipeline.step("report", "report", {
-        "segment_eval_run": eval_run, "classify_runs": ",".join(pipeline.run_ids("classify")),
-        "ensemble_run": ensemble_run or "", "dataset_label": "synthetic" if data == "synthetic" else "real"})
-    return runs
-
-
-def _gradcam_models(ensemble_run: str | None) -> dict[str, str]:
-    """champion: the champion classifier (a fixed version); ensemble: the model-level ensemble the
-    ensemble step tagged."""
-    champion = alias_targets([(names.CLASSIFIER_MODEL, names.CHAMPION)])[f"{names.CLASSIFIER_MODEL}@{names.CHAMPION}"]
-    models = {names.CHAMPION: f"models:/{names.CLASSIFIER_MODEL}/{champion}" if champion else ""}
-    models["ensemble"] = (mlflow.MlflowClient().get_run(ensemble_run).data.tags.get("model_level_uri", "")
-                          if ensemble_run else "")
-    return models
-
-
-def _model_reference(uri: str) -> str:
-    if uri.startswith("models:/"):
-        name, _, version = uri.removeprefix("models:/").partition("/")
-        if version.isdigit():
-            return version_reference(name, version)
-    return uri
-
-
-def report_text(run_id: str | None) -> str:
-    """The Markdown report a report run logged ('' when there is none)."""
-    if not run_id:
-        return ""
-    for artifact in mlflow.MlflowClient().list_artifacts(run_id):
-        if artifact.path.endswith(".md"):
-            with tempfile.TemporaryDirectory() as tmp:
-                local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact.path, dst_path=tmp)
-                return Path(local).read_text(encoding="utf-8")
-    return ""

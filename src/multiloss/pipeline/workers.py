@@ -1,11 +1,11 @@
 """Worker processes that run pipeline steps beside the main process.
 
-A step's graph building is single-threaded and its small-batch training keeps ~1.2 of 2 CPU cores
-busy, so two steps at once finish sooner than two in a row (two demo classifier trainings: 66 s
-against 102 s, measured). Each worker is a fresh Python started with ``spawn`` (TensorFlow's
-threads do not survive a ``fork``): it imports TensorFlow once, runs the steps it is given one at a
-time, and dies with its parent, even a parent killed by SIGKILL. The module knows nothing of
-MLflow: the parent says what to run, and what to do once at start.
+A step's graph building is single-threaded and its small-batch training leaves CPU cores idle, so
+two steps at once finish sooner than two in a row (bench/demo_pipeline.py --workers 1,2 measures
+it). Each worker is a fresh Python started with ``spawn`` (TensorFlow's threads do not survive a
+``fork``): it imports TensorFlow once, runs the steps it is given one at a time, and dies with its
+parent, even a parent killed by SIGKILL. The module knows nothing of MLflow: the parent says what
+to run, and what to do once at start.
 """
 
 from __future__ import annotations

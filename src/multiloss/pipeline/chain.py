@@ -1,0 +1,249 @@
+"""The chain of stages a pipeline runs, each stage one or more steps of a :class:`Pipeline`, and the
+parent run that holds them.
+
+synth (no data) → segment ×losses → segment_eval → crop → classify ×losses ×seeds → ensemble →
+gradcam (champion classifier, model-level ensemble) → report. Each step's input fingerprint names
+the data and the model versions it reads, so a step is reused only while those are unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+from multiloss import names
+from multiloss.data.fingerprint import fingerprint, mask_set_fingerprint
+from multiloss.data.readers import find_kermany_root, read_kermany, read_mask_set
+from multiloss.pipeline import recovery
+from multiloss.pipeline.engine import Pipeline, Step, alias_targets
+from multiloss.pipeline.profiles import home_path, stage_settings
+from multiloss.tracking import registry, store
+
+STAGES = ("synth", "segment", "segment_eval", "crop", "classify", "ensemble", "gradcam", "report")
+
+
+@dataclasses.dataclass(frozen=True)
+class Finished:
+    """What a pipeline did: its parent run, how many steps ran and were reused, its wall time, and
+    the report's Markdown ('' when the chain stopped before the report)."""
+    parent_run_id: str
+    ran: int
+    reused: int
+    seconds: float
+    report: str
+
+
+def run_pipeline(profile: dict, run_name: str, params: dict[str, object], *, data: str, seeds: list[int],
+                 until: str, fresh: bool, workers: int) -> Finished:
+    """Run the chain under one parent run: the run ``mlflow run`` made for us, else a new one.
+
+    The runs of pipelines that died are marked KILLED first, so that only what they did not
+    finish is redone. The parent ends KILLED on an interrupt, FAILED on an error.
+    """
+    store.configure()
+    client = mlflow.MlflowClient()
+    recovery.end_dead_pipelines()
+    launched = os.environ.pop("MLFLOW_RUN_ID", None)      # steps set it for their own runs
+    parent = launched or client.create_run(store.ensure_experiment(names.PIPELINE_EXPERIMENT),
+                                           run_name="main").info.run_id
+    client.set_tag(parent, MLFLOW_RUN_NAME, run_name)
+    client.set_tag(parent, names.STAGE_TAG, "main")
+    for key, value in recovery.process_tags().items():
+        client.set_tag(parent, key, value)
+    _log_new_params(client, parent, params)
+    client.log_dict(parent, profile, "profile.json")
+    started = time.monotonic()
+    pipeline = Pipeline(parent, fresh=fresh, workers=workers)
+    try:
+        runs = run_chain(pipeline, profile, data, seeds, until)
+    except KeyboardInterrupt:
+        client.set_terminated(parent, "KILLED")
+        raise
+    except BaseException:
+        client.set_terminated(parent, "FAILED")
+        raise
+    reused = sum(step["how"] == "reused" for step in pipeline.steps.values())
+    ran = sum(step["how"] == "ran" for step in pipeline.steps.values())
+    seconds = time.monotonic() - started
+    for name, value in {"steps_ran": ran, "steps_reused": reused, "pipeline_seconds": seconds}.items():
+        client.log_metric(parent, name, value)
+    finished = Finished(parent, ran, reused, seconds, report_text(runs.get("report")))
+    if not launched:
+        client.set_terminated(parent, "FINISHED")
+    return finished
+
+
+def _log_new_params(client: mlflow.MlflowClient, run_id: str, params: dict[str, object]) -> None:
+    """Log the parameters ``mlflow run`` has not logged already (it refuses a second value)."""
+    logged = client.get_run(run_id).data.params
+    fresh = [mlflow.entities.Param(k, str(v)) for k, v in params.items() if k not in logged]
+    if fresh:
+        client.log_batch(run_id, params=fresh)
+
+
+def run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int],
+              until: str = STAGES[-1]) -> dict[str, str | None]:
+    """Every stage of :data:`STAGES` up to ``until``, as steps of ``pipeline``. Returns the run ids
+    of segment_eval, ensemble and report (None if not run). Models stay in memory between steps
+    (:func:`registry.models_kept_in_memory`), and the pipeline's workers stop at the end."""
+    with registry.models_kept_in_memory():
+        try:
+            return _run_chain(pipeline, profile, data, seeds, until)
+        finally:
+            pipeline.close()
+
+
+def _run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int], until: str) -> dict[str, str | None]:
+    runs = dict.fromkeys(("segment_eval", "ensemble", "report"))
+
+    def stop_after(stage: str) -> bool:
+        return STAGES.index(until) <= STAGES.index(stage)
+    data = data or profile.get("data") or "synthetic"
+    layout = profile["layout"]
+    if data == "synthetic":
+        root = home_path(profile["synth"]["out"])
+        synth = {**profile["synth"], "out": root}
+        pipeline.step("synth", "synth", synth, output_intact=_tag_matches(
+            lambda: fingerprint(read_kermany(root / layout["kermany"])["path"], root=root)))
+    else:
+        root = Path(data).resolve() if data != profile.get("data") else home_path(data)
+        if not root.is_dir():
+            raise ValueError(f"data {data!r} is not a folder (expected {', '.join(layout.values())} inside)")
+    lungs, holdout, kermany = (root / layout[k] for k in ("lungs", "holdout", "kermany"))
+
+    segment = stage_settings(profile, "segment")
+    seg_print = mask_set_fingerprint(read_mask_set(lungs), root=lungs)
+    seg_runs = pipeline.run_steps([Step(f"segment.{loss}", "segment", {**segment, "loss": loss, "data": lungs},
+                                        seg_print, output_intact=_registered)
+                                   for loss in profile["segment"]["losses"]])
+    seg_versions = [registered_version(run_id, names.SEGMENTATION_MODEL) for run_id in seg_runs]
+    if stop_after("segment"):
+        return runs
+
+    top_k = int(profile["segment_eval"]["top_k"])
+    seg_aliases = [(names.SEGMENTATION_MODEL, a) for a in [names.CHAMPION, *(names.top_alias(k) for k in range(1, top_k + 1))]]
+    eval_run = pipeline.step("segment_eval", "segment_eval", {
+        **stage_settings(profile, "segment_eval"), "data": holdout, "img_size": segment["img_size"],
+        "versions": ",".join(seg_versions)}, mask_set_fingerprint(read_mask_set(holdout), root=holdout),
+        aliases=seg_aliases)
+    runs["segment_eval"] = eval_run
+    if stop_after("segment_eval"):
+        return runs
+
+    targets = alias_targets(seg_aliases)
+    members = [version_reference(names.SEGMENTATION_MODEL, targets[f"{names.SEGMENTATION_MODEL}@{names.top_alias(k)}"])
+               for k in range(1, top_k + 1)]
+    classify = stage_settings(profile, "classify")
+    cropped = home_path(profile["crop"]["out"])
+    pipeline.step("crop", "crop", {**stage_settings(profile, "crop"), "out": cropped, "data": kermany, "top_k": top_k,
+                                   "img_size": classify["img_size"], "seg_size": segment["img_size"]},
+                  json.dumps({"source": kermany_fingerprint(kermany), "members": members}),
+                  output_intact=_tag_matches(lambda: fingerprint(read_kermany(cropped)["path"], root=cropped)))
+    if stop_after("crop"):
+        return runs
+
+    cropped_print = kermany_fingerprint(cropped)
+    champion = targets[f"{names.SEGMENTATION_MODEL}@{names.CHAMPION}"]
+    encoder_input = json.dumps({"data": cropped_print,
+                                "encoder": version_reference(names.SEGMENTATION_MODEL, champion)})
+    pipeline.run_steps([Step(f"classify.{loss}.seed{seed}", "classify", {
+        **classify, "loss": loss, "data": cropped, "seed": seed,
+        "encoder": registry.version_uri(names.SEGMENTATION_MODEL, champion)}, encoder_input, output_intact=_registered)
+        for seed in seeds for loss in profile["classify"]["losses"]])
+    if stop_after("classify"):
+        return runs
+
+    pool = [version_reference(names.CLASSIFIER_MODEL, str(v.version))
+            for v in registry.versions(names.CLASSIFIER_MODEL)]
+    ensemble_run = pipeline.step("ensemble", "ensemble", {**stage_settings(profile, "ensemble"), "data": cropped,
+                                                          "seed": seeds[0]},
+                                 json.dumps({"data": cropped_print, "pool": pool}),
+                                 aliases=[(names.CLASSIFIER_MODEL, names.CHAMPION),
+                                          (names.ENSEMBLE_MODEL, names.CHAMPION)])
+    runs["ensemble"] = ensemble_run
+    if stop_after("ensemble"):
+        return runs
+
+    for model_name, uri in gradcam_models(ensemble_run).items():
+        if not uri:
+            print(f"main: step gradcam.{model_name} skipped: no {model_name} model to explain", flush=True)
+            continue
+        pipeline.step(f"gradcam.{model_name}", "gradcam", {**stage_settings(profile, "gradcam"), "model": uri,
+                                                           "images": cropped},
+                      json.dumps({"data": cropped_print, "model": _model_reference(uri)}))
+    if stop_after("gradcam"):
+        return runs
+
+    runs["report"] = pipeline.step("report", "report", {
+        "segment_eval_run": eval_run, "classify_runs": ",".join(pipeline.run_ids("classify")),
+        "ensemble_run": ensemble_run or "", "dataset_label": "synthetic" if data == "synthetic" else "real"})
+    return runs
+
+
+def registered_version(run_id: str, name: str) -> str:
+    """The (newest) version of ``name`` that run ``run_id`` registered."""
+    found = mlflow.MlflowClient().search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    if not found:
+        raise RuntimeError(f"run {run_id} registered no version of {name}")
+    return str(max(int(v.version) for v in found))
+
+
+def version_reference(name: str, version: str) -> str:
+    """``name/version:source run``: unique across stores, unlike a version number."""
+    return f"{name}/{version}:{mlflow.MlflowClient().get_model_version(name, version).run_id}"
+
+
+def kermany_fingerprint(folder: str | os.PathLike) -> str:
+    return fingerprint(read_kermany(folder)["path"], root=find_kermany_root(folder))
+
+
+def _registered(run) -> bool:
+    """A training run's model version is still in the registry."""
+    return bool(mlflow.MlflowClient().search_model_versions(f"run_id='{run.info.run_id}'"))
+
+
+def _tag_matches(folder_fingerprint, tag: str = names.DATA_FINGERPRINT_TAG):
+    """A step's output check: the folder it wrote still has the fingerprint its run tagged."""
+    def intact(run) -> bool:
+        try:
+            return folder_fingerprint() == run.data.tags.get(tag)
+        except (OSError, ValueError):
+            return False
+    return intact
+
+
+def gradcam_models(ensemble_run: str | None) -> dict[str, str]:
+    """The models Grad-CAM explains: the champion classifier (a fixed version) and the model-level
+    ensemble the ensemble step tagged; '' for one that is not there."""
+    champion = alias_targets([(names.CLASSIFIER_MODEL, names.CHAMPION)])[f"{names.CLASSIFIER_MODEL}@{names.CHAMPION}"]
+    models = {names.CHAMPION: registry.version_uri(names.CLASSIFIER_MODEL, champion) if champion else ""}
+    models["ensemble"] = (mlflow.MlflowClient().get_run(ensemble_run).data.tags.get("model_level_uri", "")
+                          if ensemble_run else "")
+    return models
+
+
+def _model_reference(uri: str) -> str:
+    if uri.startswith("models:/"):
+        name, _, version = uri.removeprefix("models:/").partition("/")
+        if version.isdigit():
+            return version_reference(name, version)
+    return uri
+
+
+def report_text(run_id: str | None) -> str:
+    """The Markdown report a report run logged ('' when there is none)."""
+    if not run_id:
+        return ""
+    for artifact in mlflow.MlflowClient().list_artifacts(run_id):
+        if artifact.path.endswith(".md"):
+            with tempfile.TemporaryDirectory() as tmp:
+                local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact.path, dst_path=tmp)
+                return Path(local).read_text(encoding="utf-8")
+    return ""

@@ -1,0 +1,60 @@
+"""Pipeline profiles: ``experiments/<name>.yaml`` holds every setting of a pipeline, in one place
+each; the ``main`` stage's parameters override a few of them."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import yaml
+
+from multiloss import paths
+
+
+def home_path(path: str | os.PathLike) -> Path:
+    """A profile's path: relative ones live under the project root (``MULTILOSS_HOME`` if set),
+    beside the tracking store, so that one home holds a pipeline's data and runs."""
+    return (paths.project_root() / path).resolve()
+
+
+def load_profile(name: str) -> dict:
+    """``experiments/<name>.yaml``, or a YAML file given by path."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else paths.CONFIG_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in paths.CONFIG_DIR.glob("*.yaml")))
+        raise ValueError(f"profile {name!r}: no file {path} (profiles in {paths.CONFIG_DIR}: {known})")
+    return yaml.safe_load(path.read_text())
+
+
+def with_overrides(profile: dict, *, img_size: int = 0, epochs: int = 0, seg_losses: str = "",
+                   cls_losses: str = "") -> dict:
+    """The profile with main's overrides (0 or empty: the profile's own): ``img_size`` every image
+    size of the chain (U-Net, crop, classifier), ``epochs`` the most epochs of each U-Net and each
+    classifier."""
+    profile = json.loads(json.dumps(profile))
+    for stage, losses in (("segment", seg_losses), ("classify", cls_losses)):
+        if img_size:
+            profile[stage]["img_size"] = img_size
+        if epochs:
+            profile[stage]["epochs"] = epochs
+        if losses.strip():
+            profile[stage]["losses"] = [name.strip() for name in losses.split(",") if name.strip()]
+        twice = sorted({name for name in profile[stage]["losses"] if profile[stage]["losses"].count(name) > 1})
+        if twice:
+            raise ValueError(f"the {stage} losses name {', '.join(twice)} more than once "
+                             f"(main's {'seg' if stage == 'segment' else 'cls'}_losses or the profile)")
+    return profile
+
+
+def workers(profile: dict, given: int, name: str) -> int:
+    """How many steps run at once: ``given`` (main's parameter), else the profile's, else 1."""
+    count = given or profile.get("workers", 1)
+    if not isinstance(count, int) or isinstance(count, bool):
+        raise ValueError(f"profile {name}: workers must be a whole number of processes, got {count!r}")
+    return count
+
+
+def stage_settings(profile: dict, stage: str) -> dict:
+    """The parameters the profile gives one stage (its losses are the chain's to spread over steps)."""
+    return {k: v for k, v in (profile.get(stage) or {}).items() if k != "losses"}

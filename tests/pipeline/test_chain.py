@@ -1,0 +1,109 @@
+"""The chain of stages as the ``main`` stage runs it: its parameters, a bad profile, and resume
+after a kill."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from multiloss import names
+from multiloss.pipeline import engine
+from multiloss.stages import main as main_stage
+from multiloss.tracking import store
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = {
+    "data": "synthetic",
+    "layout": {"lungs": "lungs", "holdout": "MontgomerySet", "kermany": "chest_xray"},
+    "synth": {"out": "data/synthetic", "n_seg": 8, "n_cls": 13, "size": 64, "seed": 0},
+    "segment": {"losses": ["bce"], "img_size": 32, "epochs": 1, "batch_size": 4, "patience": 1},
+    "segment_eval": {"top_k": 1},
+    "crop": {"out": "data/cropped"},
+    "classify": {"losses": ["cce"], "img_size": 32, "epochs": 1, "batch_size": 4, "patience": 1},
+}
+
+
+def test_parameters_parse_and_bad_values_are_named(capsys):
+    args = main_stage.parse_args(["--seeds", "0,1,2", "--fresh", "true", "--until", "crop", "--img-size", "64.0"])
+    assert (args.seeds, args.fresh, args.until, args.img_size) == ([0, 1, 2], True, "crop", 64)
+    for bad, message in ((["--seeds", "0,0"], "parameter seeds must be distinct"),
+                         (["--fresh", "maybe"], "parameter fresh must be true or false"),
+                         (["--until", "train"], "invalid choice: 'train'")):
+        with pytest.raises(SystemExit):
+            main_stage.parse_args(bad)
+        assert message in capsys.readouterr().err
+
+
+def test_a_profile_whose_workers_is_not_a_count_is_named(tmp_path):
+    profile = tmp_path / "bad.yaml"
+    profile.write_text(yaml.safe_dump({**TINY, "workers": "two"}))
+    with pytest.raises(ValueError, match=r"profile .*bad\.yaml: workers must be a whole number of processes, got 'two'"):
+        main_stage.main(["--profile", str(profile)])
+
+
+def command(profile: Path, *args) -> list[str]:
+    return [sys.executable, "-m", "multiloss.stages.main", "--profile", str(profile), *args]
+
+
+def launch(profile: Path, *args, hold: str) -> subprocess.Popen:
+    """main in its own process group (so the test can kill the group), holding step ``hold``."""
+    return subprocess.Popen(command(profile, *args), cwd=REPO, env={**os.environ, engine.HOLD_ENV: hold},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def run(profile: Path, *args) -> str:
+    result = subprocess.run(command(profile, *args), cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    return result.stdout + result.stderr
+
+
+def wait_for_hold(process: subprocess.Popen) -> tuple[str, str]:
+    """Read main's output until it holds a step; returns (step, run id)."""
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if found := re.match(r"main: holding step (\S+) \(run (\w+)\)", line):
+            return found.group(1), found.group(2)
+    raise AssertionError("main ended without holding:\n" + "".join(seen[-40:]))
+
+
+def statuses(client) -> dict[str, str]:
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return {r.info.run_id: r.info.status for r in runs}
+
+
+@pytest.mark.slow
+def test_killed_pipeline_resumes_where_it_stopped(tmp_path):
+    """SIGKILL, then SIGTERM, then a run to the end: each start redoes only what did not finish."""
+    profile = tmp_path / "tiny.yaml"
+    profile.write_text(yaml.safe_dump(TINY))
+    first = launch(profile, "--until", "crop", hold="segment_eval")
+    _, held_first = wait_for_hold(first)
+    os.killpg(first.pid, signal.SIGKILL)                 # no chance to clean up
+    first.wait()
+    store.configure()
+    client = mlflow.MlflowClient()
+    first_parent = client.get_run(held_first).data.tags["mlflow.parentRunId"]
+    assert statuses(client)[held_first] == statuses(client)[first_parent] == "RUNNING"
+
+    second = launch(profile, "--until", "crop", hold="crop")
+    _, held_second = wait_for_hold(second)
+    os.killpg(second.pid, signal.SIGTERM)                # main ends its runs itself
+    out = "".join(second.stdout)
+    assert second.wait() == 143, out[-3000:]
+    second_parent = client.get_run(held_second).data.tags["mlflow.parentRunId"]
+    after = statuses(client)
+    assert after[held_first] == after[first_parent] == after[held_second] == after[second_parent] == "KILLED"
+
+    out = run(profile, "--until", "crop")
+    assert "step synth reuses run" in out and "step segment.bce reuses run" in out
+    assert "step segment_eval reuses run" in out and "main: step crop: multiloss.stages.crop" in out
+    assert "1 steps ran, 3 reused" in out
+    champion = client.get_model_version_by_alias(names.SEGMENTATION_MODEL, "champion")
+    assert client.get_run(champion.run_id).info.status == "FINISHED"
