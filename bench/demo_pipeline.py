@@ -2,7 +2,7 @@
 in a fresh MULTILOSS_HOME (or a given one), then once more to time the all-reused rerun.
 
 Prints, per step, the wall time of its child run (from the run's start and end times), its headline
-metric and whether it ran or was reused; the total against the 15-minute target (SPEC §12); the
+metric and whether it ran or was reused; the total against the 15-minute target; the
 peak memory of the pipeline process; and the load average, since the machine may be shared.
 
     .venv/bin/python bench/demo_pipeline.py                      # fresh home under bench/out/

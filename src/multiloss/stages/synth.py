@@ -14,18 +14,23 @@ from multiloss.data import synthetic
 from multiloss.data.fingerprint import fingerprint
 from multiloss.data.readers import class_counts, read_kermany, read_mask_set
 from multiloss.data.split import patient_split, write_split_csv
-from multiloss.stages.cli import integer
+from multiloss.stages.cli import StageParser, integer
 from multiloss.tracking import store
 
 
+def parser() -> StageParser:
+    parser = StageParser("synth", description=__doc__)
+    parser.parameter("out", required=True,
+                     help="folder to write (must be new, empty, or an earlier synth output with the same parameters)")
+    parser.parameter("n_seg", type=integer("n_seg", 1))
+    parser.parameter("n_cls", type=integer("n_cls", 2))
+    parser.parameter("size", type=integer("size", 32, 2048))
+    parser.parameter("seed", type=integer("seed", 0))
+    return parser
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="synth", description=__doc__)
-    parser.add_argument("--out", required=True, help="folder to write (must be new, empty, or an earlier synth output with the same parameters)")
-    parser.add_argument("--n-seg", type=integer("n_seg", 1), default=200)
-    parser.add_argument("--n-cls", type=integer("n_cls", 2), default=150)
-    parser.add_argument("--size", type=integer("size", 32, 2048), default=128)
-    parser.add_argument("--seed", type=integer("seed", 0), default=0)
-    return parser.parse_args(argv)
+    return parser().parse_args(argv)
 
 
 def main(argv=None) -> None:
@@ -37,23 +42,7 @@ def main(argv=None) -> None:
         manifest, reused = synthetic.ensure_synthetic(out, **params)
         mlflow.set_tag("reused_existing_data", str(reused).lower())
         print(f"synth: {'reused' if reused else 'wrote'} {out}")
-
-        kermany = read_kermany(out / "chest_xray")
-        counts = class_counts(kermany)
-        for split, row in counts.iterrows():
-            for label, count in row.items():
-                mlflow.log_metric(f"n_{split}_{label}", int(count))
-        lungs = read_mask_set(out / "lungs")
-        holdout = read_mask_set(out / "MontgomerySet")
-        mlflow.log_metrics({"n_seg_pairs": len(lungs), "n_holdout_pairs": len(holdout)})
-        if counts.to_dict(orient="index") != manifest["counts"]:
-            raise RuntimeError(f"Kermany reader counts {counts.to_dict(orient='index')} differ from "
-                               f"what synth wrote {manifest['counts']}")
-        mlflow.set_tag(names.DATA_FINGERPRINT_TAG, fingerprint(kermany["path"], root=out))
-        print("Kermany reader, images per split and class:")
-        print(counts.to_string())
-        print(f"lung mask pairs: {len(lungs)}, Montgomery holdout pairs: {len(holdout)}")
-
+        kermany = _log_read_back(out, manifest)
         split = patient_split(kermany)
         with tempfile.TemporaryDirectory() as tmp:
             write_split_csv(split, Path(tmp) / "validation_split.csv", root=out)
@@ -62,6 +51,27 @@ def main(argv=None) -> None:
             mlflow.log_artifact(str(preview))
         sizes = split["subset"].value_counts()
         print(f"patient-grouped validation split: {sizes.get('train', 0)} train / {sizes.get('val', 0)} val")
+
+
+def _log_read_back(out: Path, manifest: dict):
+    """Read the written datasets with the real readers, log their counts and the data fingerprint,
+    and fail if the readers see other counts than synth wrote. Returns the Kermany frame."""
+    kermany = read_kermany(out / "chest_xray")
+    counts = class_counts(kermany)
+    for split, row in counts.iterrows():
+        for label, count in row.items():
+            mlflow.log_metric(f"n_{split}_{label}", int(count))
+    lungs = read_mask_set(out / "lungs")
+    holdout = read_mask_set(out / "MontgomerySet")
+    mlflow.log_metrics({"n_seg_pairs": len(lungs), "n_holdout_pairs": len(holdout)})
+    if counts.to_dict(orient="index") != manifest["counts"]:
+        raise RuntimeError(f"Kermany reader counts {counts.to_dict(orient='index')} differ from "
+                           f"what synth wrote {manifest['counts']}")
+    mlflow.set_tag(names.DATA_FINGERPRINT_TAG, fingerprint(kermany["path"], root=out))
+    print("Kermany reader, images per split and class:")
+    print(counts.to_string())
+    print(f"lung mask pairs: {len(lungs)}, Montgomery holdout pairs: {len(holdout)}")
+    return kermany
 
 
 if __name__ == "__main__":
