@@ -1,5 +1,5 @@
-"""Pruning benchmark (SPEC §12): one loss's full grid without pruning, then with each pruner, on
-synthetic data; epochs spent and best validation NLL found, against the grid's epoch budget.
+"""Pruning benchmark: one loss's full grid without pruning, then with each pruner, on synthetic
+data; epochs spent and best validation NLL found, against the grid's epoch budget.
 
 Everything goes to a throw-away store (``--home``, a fresh temporary folder by default): synthetic
 data, a briefly trained U-Net whose encoder the classifiers start from, and one study per pruner.
@@ -8,7 +8,7 @@ budget is exactly points × epochs. Target: the pruned sweeps reach the grid's b
 ≤ 40 % of that budget.
 
     .venv/bin/python bench/sweep_pruning.py --loss ls_focal --epochs 20 --img-size 64 --lr 0.01 \
-        --n-cls 120 --val-fraction 0.2 --home /tmp/sweep-bench        # ~50 min on 2 CPU cores
+        --n-cls 120 --val-fraction 0.2 --home /tmp/sweep-bench
 
 At 32 px and lr 1e-3 the classifiers barely learn and the grid's "best" is noise; at 64 px and lr
 0.01 every trial sits near ln 3 for its first ~4 epochs, so a pruner can only tell trials apart
@@ -57,16 +57,23 @@ def main() -> None:
     import multiloss  # noqa: F401  (before TensorFlow)
     from multiloss.classification import sweeps
     from multiloss.data.synthetic import write_synthetic
+    from multiloss.segmentation import train as unet_training
     from multiloss.stages import segment
     from multiloss.tracking import registry, store
 
     data = home / "synthetic"
     if not data.exists():
         write_synthetic(data, n_seg=args.n_seg, n_cls=args.n_cls, size=args.size, seed=args.seed)
-    segment.main(["--loss", "bce_dice", "--data", str(data / "lungs"), "--img-size", str(max(32, args.img_size)),
-                  "--epochs", str(args.unet_epochs), "--batch-size", "8", "--seed", str(args.seed),
-                  "--bn-momentum", str(args.bn_momentum)])
-    encoder = f"models:/{names.SEGMENTATION_MODEL}/{registry.versions(names.SEGMENTATION_MODEL)[-1].version}"
+    # The U-Net whose encoder the classifiers start from: the segment stage's defaults (read by its
+    # parser from MLproject) but for these settings.
+    unet = segment.parse_args(["--loss", "bce_dice", "--data", str(data / "lungs"),
+                               "--img-size", str(max(32, args.img_size)), "--epochs", str(args.unet_epochs),
+                               "--batch-size", "8", "--seed", str(args.seed), "--bn-momentum", str(args.bn_momentum)])
+    prepared = unet_training.prepare(unet_training.UNetConfig.from_parameters(vars(unet)))
+    with store.stage_run(names.SEGMENTATION_EXPERIMENT, run_name="segment-bce_dice"):
+        trained = unet_training.train_unet(prepared)
+        version = registry.log_and_register(trained.model, names.SEGMENTATION_MODEL, trained.registry_tags())
+    encoder = registry.version_uri(names.SEGMENTATION_MODEL, version.version)
 
     space = sweeps.search_space(args.loss, sweeps.load_grid(args.grid or None))
     training = {"data": str(data / "chest_xray"), "encoder": encoder, "img_size": args.img_size,
@@ -78,7 +85,7 @@ def main() -> None:
         settings = sweeps.SweepSettings(args.loss, space, training, pruner=pruner, seed=args.seed,
                                         study=f"bench-{args.loss}-{pruner}", heartbeat=600)
         start = time.perf_counter()
-        with store.stage_run("sweeps", run_name=settings.study_name):
+        with store.stage_run(names.SWEEPS_EXPERIMENT, run_name=settings.study_name):
             study = sweeps.run_sweep(settings).study
         trials = sorted(study.get_trials(), key=lambda t: t.datetime_start)
         rows.append({"pruner": pruner, "trials": trials, "seconds": time.perf_counter() - start,
