@@ -1,12 +1,15 @@
 """Writing a lung-cropped copy of a Kermany-layout dataset (paper §2.2), all or nothing.
 
-Masks come from the AND of the top-K U-Nets at the segmentation size; boxes are cut from the
-full-resolution originals. An image whose AND mask is empty is kept uncropped, counted and listed.
-Everything is written under a temporary sibling folder and renamed into place at the end.
+Masks come from the AND of the top-K U-Nets (the versions aliased ``top1``..``topK``) at the
+segmentation size; boxes are cut from the full-resolution originals. An image whose AND mask is
+empty is kept uncropped, counted and listed. Everything is written under a temporary sibling
+folder and renamed into place at the end; a finished copy made by the same members with the same
+settings from the same source is reused as it is.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,12 +17,21 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
 
+from multiloss import names
 from multiloss.data.datasets import image_dataset
+from multiloss.data.fingerprint import fingerprint
 from multiloss.data.imageio import read_gray, write_image
-from multiloss.data.readers import find_kermany_root
+from multiloss.data.readers import class_counts, find_kermany_root, read_kermany
+from multiloss.models.unet import check_size
 from multiloss.segmentation.crop import BOX_MARGIN, crop_lungs
-from multiloss.segmentation.masks import and_ensemble, predict_probabilities
+from multiloss.segmentation.masks import (
+    PREDICT_BATCH,
+    and_ensemble,
+    predict_probabilities,
+)
+from multiloss.tracking import registry
 
 CHUNK_PIXELS = 2 ** 22          # images read and predicted per model.predict call, in pixels
 
@@ -39,7 +51,7 @@ def read_crop_summary(out: str | os.PathLike) -> dict | None:
 
 
 def crop_dataset(frame: pd.DataFrame, data: str | os.PathLike, out: str | os.PathLike, models: list, *,
-                 seg_size: int, img_size: int, margin: float = BOX_MARGIN, batch_size: int = 8,
+                 seg_size: int, img_size: int, margin: float = BOX_MARGIN, batch_size: int = PREDICT_BATCH,
                  provenance: dict | None = None, progress=print) -> pd.DataFrame:
     """Crop every image of ``frame`` (from :func:`read_kermany`) into ``out``; returns the manifest.
 
@@ -55,8 +67,8 @@ def crop_dataset(frame: pd.DataFrame, data: str | os.PathLike, out: str | os.Pat
     rows = []
     try:
         paths = frame["path"].tolist()
-        # Each model.predict call costs ~0.2 s of set-up: predict a chunk of images per call (as
-        # many as fit in ~50 MB), in batches of batch_size inside it.
+        # Each model.predict call has a fixed set-up cost: predict a chunk of images per call (as
+        # many as CHUNK_PIXELS allows), in batches of batch_size inside it.
         chunk = max(1, CHUNK_PIXELS // (seg_size * seg_size * batch_size)) * batch_size
         chunks = image_dataset(paths, img_size=seg_size, batch_size=chunk, cache=False)
         done = 0
@@ -95,3 +107,61 @@ def crop_dataset(frame: pd.DataFrame, data: str | os.PathLike, out: str | os.Pat
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def top_members(top_k: int) -> list[ModelVersion]:
+    """The ``cxr-lung-seg`` versions aliased ``top1``..``topK``, best first."""
+    members = []
+    for k in range(1, top_k + 1):
+        try:
+            members.append(registry.alias_version(names.SEGMENTATION_MODEL, names.top_alias(k)))
+        except ValueError as err:
+            raise LookupError(f"{names.SEGMENTATION_MODEL} has no alias {names.top_alias(k)}; run segment_eval "
+                              f"with top_k >= {top_k} first") from err
+    return members
+
+
+def segmentation_size(members: list[ModelVersion], seg_size: int, img_size: int) -> int:
+    """The size the members run at: ``seg_size`` when set, else the best member's img_size tag,
+    else ``img_size``."""
+    size = seg_size or int(members[0].tags.get(names.IMG_SIZE_TAG, 0)) or img_size
+    return check_size("seg_size", size)
+
+
+@dataclasses.dataclass
+class Crop:
+    manifest: pd.DataFrame    # one row per image (manifest.csv)
+    cropped: pd.DataFrame     # the copy at ``out``, as read_kermany reads it back
+    reused: bool              # True: ``out`` already held this crop and nothing was written
+
+
+def crop_or_reuse(frame: pd.DataFrame, data: str | os.PathLike, out: str | os.PathLike,
+                  members: list[ModelVersion], *, seg_size: int, img_size: int, margin: float = BOX_MARGIN,
+                  batch_size: int = PREDICT_BATCH, progress=print) -> Crop:
+    """The lung-cropped copy of ``frame`` (read from ``data``) at ``out``, by the AND of ``members``.
+
+    An earlier crop at ``out`` with the same members, settings and source is reused; one with other
+    settings is replaced whole (see :func:`crop_dataset`). The copy must read back with its source's
+    class counts.
+    """
+    out = Path(out).resolve()
+    provenance = {"members": [str(m.version) for m in members],
+                  "source_fingerprint": fingerprint(frame["path"], root=find_kermany_root(data))}
+    earlier = read_crop_summary(out)
+    settings = {"seg_size": seg_size, "img_size": img_size, "margin": margin, **provenance}
+    reused = earlier is not None and all(earlier.get(k) == v for k, v in settings.items())
+    if reused:
+        progress(f"crop: {out} already holds this crop (same members, settings and source); reusing it")
+        manifest = pd.read_csv(out / "manifest.csv")
+    else:
+        check_out_free(out)
+        if earlier is not None:
+            changed = sorted(k for k, v in settings.items() if earlier.get(k) != v)
+            progress(f"crop: {out} holds an earlier crop with other {', '.join(changed)}; replacing it")
+        models = [registry.load_keras(registry.version_uri(names.SEGMENTATION_MODEL, m.version)) for m in members]
+        manifest = crop_dataset(frame, data, out, models, seg_size=seg_size, img_size=img_size, margin=margin,
+                                batch_size=batch_size, provenance=provenance, progress=progress)
+    cropped = read_kermany(out)
+    if not class_counts(cropped).equals(class_counts(frame)):
+        raise RuntimeError(f"cropped dataset {out} reads back with other counts than its source")
+    return Crop(manifest, cropped, reused)
