@@ -13,7 +13,13 @@ from matplotlib.figure import Figure
 from multiloss.files import replacing
 
 
-def _save(fig: Figure, path: str | os.PathLike) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as ``path`` (format from its suffix) and return the path.
+
+    Every logged figure goes through here, so all share one resolution and tight bounds, and a
+    reader never sees a half-written file (it is written beside ``path`` and moved into place). The
+    figure stays open: one made through pyplot is the caller's to close.
+    """
     with replacing(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
     return Path(path)
@@ -36,7 +42,7 @@ def mask_overlays(images: np.ndarray, truth: np.ndarray, predicted: np.ndarray, 
         ax.imshow(rgb)
         ax.set_axis_off()
         ax.set_title(titles[i] if titles else "green: truth, red: model", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def polar_scores(table: pd.DataFrame, scores: list[str], path, title: str) -> Path:
@@ -53,7 +59,7 @@ def polar_scores(table: pd.DataFrame, scores: list[str], path, title: str) -> Pa
     ax.set_ylim(max(0.0, low - 0.05), 1.0)
     ax.set_title(title)
     ax.legend(loc="upper right", bbox_to_anchor=(1.35, 1.1), fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confusion_plot(matrix: np.ndarray, classes, path, title: str) -> Path:
@@ -68,7 +74,7 @@ def confusion_plot(matrix: np.ndarray, classes, path, title: str) -> Path:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def roc_pr_plot(labels: np.ndarray, probs: np.ndarray, classes, path, title: str) -> Path:
@@ -97,7 +103,7 @@ def roc_pr_plot(labels: np.ndarray, probs: np.ndarray, classes, path, title: str
     pr_ax.set(xlabel="recall", ylabel="precision", title=f"PR — {title}")
     roc_ax.legend(fontsize=8)
     pr_ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def reliability_plot(confidence: np.ndarray, accuracy: np.ndarray, counts: np.ndarray, path, title: str) -> Path:
@@ -108,4 +114,4 @@ def reliability_plot(confidence: np.ndarray, accuracy: np.ndarray, counts: np.nd
     ax.plot(confidence, accuracy, lw=1)
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top probability)", ylabel="accuracy", title=title)
     ax.legend(fontsize=8, loc="upper left")
-    return _save(fig, path)
+    return save_figure(fig, path)
