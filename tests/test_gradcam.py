@@ -20,6 +20,8 @@ from multiloss.gradcam import (
     gradcam,
     images_to_explain,
     overlay,
+    source_run,
+    trained_img_size,
 )
 from multiloss.models.classifier import DEEPEST_CONV, build_classifier
 from multiloss.models.unet import build_unet
@@ -260,9 +262,9 @@ def test_image_size_comes_from_the_run_that_logged_a_model(tmp_path):
         info = mlflow.tensorflow.log_model(model, name="model_level_top2", pip_requirements=[])
     assert info.model_uri.startswith("models:/m-")
     for uri in (info.model_uri, f"runs:/{run.info.run_id}/model_level_top2"):
-        version, source = gradcam_stage.source_run(uri)
+        version, source = source_run(uri)
         assert version is None and source.info.run_id == run.info.run_id
-        assert gradcam_stage.trained_img_size(uri, version, source) == 96
-    assert gradcam_stage.source_run(str(tmp_path / "saved_model")) == (None, None)
+        assert trained_img_size(uri, version, source) == 96
+    assert source_run(str(tmp_path / "saved_model")) == (None, None)
     with pytest.raises(SystemExit, match="pass the parameter img_size"):
-        gradcam_stage.trained_img_size("x", None, None)
+        trained_img_size("x", None, None)

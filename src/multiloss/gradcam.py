@@ -1,4 +1,4 @@
-"""Grad-CAM (SPEC §10): which parts of an image a classifier's class score comes from.
+"""Grad-CAM: which parts of an image a classifier's class score comes from.
 
 The score differentiated is the class's pre-softmax logit, not its probability. The probability's
 gradient is ``p_c (w_c − Σ_j p_j w_j)``: it fades to nothing as ``p_c`` nears 1 (a confident
@@ -11,29 +11,41 @@ The chosen layer's output is caught as the model runs eagerly rather than throug
 functional "grad model": a layer inside a nested sub-model (a member of a model-level ensemble,
 addressed ``member/layer``) has no tensor in the outer model's graph, so no functional model from
 the outer inputs can reach it, while catching it works the same for top-level and nested layers.
+
+The last sections serve the ``gradcam`` stage: which images to explain, which model a URI names
+(and the run and image size it was trained with), and the figures and table of one run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import matplotlib
+import mlflow
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 import tf_keras
 from matplotlib.figure import Figure
+from mlflow.entities import Run
+from mlflow.entities.model_registry import ModelVersion
 
+from multiloss import names
+from multiloss.classification.scoring import PROBABILITY_COLUMNS
 from multiloss.data.classes import CLASSES
+from multiloss.data.datasets import image_dataset
 from multiloss.data.imageio import DataError, is_image_file, list_images
 from multiloss.data.readers import find_kermany_root, read_kermany
-from multiloss.files import replacing
+from multiloss.plots import save_figure
+from multiloss.tracking import registry
 
 COLORMAP = "jet"
 NESTED = "/"          # "member/cls_conv": a layer inside the nested model "member"
+BATCH_SIZE = 16       # images per forward and backward pass
 
 
 def default_layer(model: tf_keras.Model) -> str:
@@ -97,8 +109,10 @@ def _is_softmax(activation) -> bool:
 
 
 def _logit_source(head: tf_keras.layers.Layer) -> str | None:
-    """How the pre-softmax logits are rebuilt: from a softmax Dense's input, a softmax layer's
-    input, or not at all (the output already is the score)."""
+    """How the pre-softmax logits are rebuilt: "dense", "softmax" or None.
+
+    From a softmax Dense's input, a softmax layer's input, or not at all (the output already is
+    the score)."""
     if isinstance(head, tf_keras.layers.Dense) and _is_softmax(head.activation):
         return "dense"
     if isinstance(head, tf_keras.layers.Softmax):
@@ -110,8 +124,9 @@ def _logit_source(head: tf_keras.layers.Layer) -> str | None:
 
 @contextlib.contextmanager
 def _caught(layer: tf_keras.layers.Layer, keep: str, tape: tf.GradientTape | None = None):
-    """While the block runs, every call of ``layer`` appends its input or (watched) output to the
-    yielded list; ``layer.call`` is restored afterwards."""
+    """While the block runs, every call of ``layer`` appends its input or (watched) output to the yielded list.
+
+    ``layer.call`` is restored afterwards, so the model is left as it was."""
     seen: list[tf.Tensor] = []
     own = vars(layer).get("call")
     original = layer.call
@@ -236,12 +251,11 @@ def _rgb_float(image) -> np.ndarray:
 
 
 def overlay(image, heatmap, alpha: float = 0.4, threshold: float = 0.0) -> np.ndarray:
-    """RGB uint8: ``image`` with the heatmap's colours blended in (weight ``alpha``) wherever the
-    heat is at least ``threshold``; elsewhere the image shows unchanged.
+    """RGB uint8: ``image`` with the heatmap's colours blended in wherever the heat is at least ``threshold``.
 
-    ``threshold`` is a fraction of the map's [0, 1] range, compared with the float map before anything
-    is converted to 8 bits (the published code thresholded the 0–255 map, SPEC §11); the colours come
-    from the float map too.
+    The colours weigh ``alpha``; elsewhere the image shows unchanged. ``threshold`` is a fraction of the map's [0, 1] range, compared with the float map before anything
+    is converted to 8 bits: the published code thresholded the 0–255 map, whose truncation drops heat
+    just above the threshold. The colours come from the float map too.
     """
     heat = np.asarray(heatmap, np.float32)
     if heat.ndim != 2:
@@ -261,12 +275,6 @@ def overlay(image, heatmap, alpha: float = 0.4, threshold: float = 0.0) -> np.nd
     return np.clip(np.rint(blended * 255.0), 0, 255).astype(np.uint8)
 
 
-def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    with replacing(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    return Path(path)
-
-
 def overlay_figure(image, heatmap, path, title: str, alpha: float = 0.4, threshold: float = 0.0) -> Path:
     """The image and its Grad-CAM overlay side by side, under ``title``."""
     fig = Figure(figsize=(6.0, 3.3), layout="constrained")
@@ -275,7 +283,7 @@ def overlay_figure(image, heatmap, path, title: str, alpha: float = 0.4, thresho
         ax.imshow(pixels)
         ax.set_axis_off()
     fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def overlay_grid(images, heatmaps, titles: list[str], path, alpha: float = 0.4, threshold: float = 0.0,
@@ -292,7 +300,7 @@ def overlay_grid(images, heatmaps, titles: list[str], path, alpha: float = 0.4, 
         ax.imshow(overlay(images[i], heatmaps[i], alpha, threshold))
         ax.set_axis_off()
         ax.set_title(titles[i], fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def images_to_explain(source: str | os.PathLike, per_class: int = 2, seed: int = 0) -> pd.DataFrame:
@@ -321,3 +329,122 @@ def images_to_explain(source: str | os.PathLike, per_class: int = 2, seed: int =
         take = sorted(rng.choice(paths, size=min(per_class, len(paths)), replace=False))
         picked += [{"path": p, "label": label} for p in take]
     return pd.DataFrame(picked, columns=["path", "label"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The model a Grad-CAM run explains, and the run that trained it.
+
+@dataclass(frozen=True)
+class ExplainedModel:
+    """A model URI resolved: its version, its run, the image size it takes, its Grad-CAM run's experiment.
+
+    The registered version and the run that logged the model are each None where the URI names none.
+    """
+
+    uri: str
+    version: ModelVersion | None
+    run: Run | None
+    img_size: int
+    experiment: str
+
+
+def explained_model(uri: str, img_size: int = 0) -> ExplainedModel:
+    """``uri`` resolved; ``img_size`` 0 stands for the size the model was trained at.
+
+    The Grad-CAM run goes into the experiment of the run that logged the model, so the maps sit
+    beside the model they explain; a model no run logged goes to the classification experiment.
+    """
+    version, run = source_run(uri)
+    size = img_size or trained_img_size(uri, version, run)
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment(run.info.experiment_id).name if run else names.CLASSIFICATION_EXPERIMENT
+    return ExplainedModel(uri, version, run, size, experiment)
+
+
+def source_run(uri: str) -> tuple[ModelVersion | None, Run | None]:
+    """(registered version or None, the run that logged the model or None) behind a model URI.
+
+    ``models:/name@alias`` and ``models:/name/N`` name a version, ``runs:/<id>/...`` a run and
+    ``models:/m-<id>`` a logged model that knows its run; a path names neither.
+    """
+    client = mlflow.MlflowClient()
+    number = registry.resolve_version(uri)
+    if number:
+        name = uri.removeprefix("models:/").partition("@")[0].partition("/")[0]
+        version = client.get_model_version(name, number)
+        return version, client.get_run(version.run_id) if version.run_id else None
+    if uri.startswith("runs:/"):
+        return None, client.get_run(uri.removeprefix("runs:/").split("/")[0])
+    if uri.startswith("models:/m-"):
+        logged = mlflow.get_logged_model(uri.removeprefix("models:/").split("/")[0])
+        return None, client.get_run(logged.source_run_id) if logged.source_run_id else None
+    return None, None
+
+
+def trained_img_size(uri: str, version: ModelVersion | None, run: Run | None) -> int:
+    """The image size the model was trained at: its version's ``img_size`` tag, else its run's parameter.
+
+    A model explained at another size than it was trained at shows maps of features it never
+    learned, so a size that cannot be found stops the stage (SystemExit) rather than being guessed.
+    """
+    for where, values, key in (("version tag", version.tags if version else {}, names.IMG_SIZE_TAG),
+                               ("run parameter", run.data.params if run else {}, "img_size")):
+        text = values.get(key)
+        if text:
+            try:
+                return int(float(text))
+            except ValueError:
+                raise SystemExit(f"gradcam: {uri}: {where} img_size is {text!r}, not a number; "
+                                 "pass the parameter img_size") from None
+    raise SystemExit(f"gradcam: cannot tell the image size {uri} was trained at (no img_size tag or run "
+                     "parameter); pass the parameter img_size")
+
+
+# ---------------------------------------------------------------------------------------------
+# One Grad-CAM run's figures and table.
+
+def chosen_layer(model: tf_keras.Model, layer: str = "") -> str:
+    """``layer``, checked to be in ``model``, or when empty the default (:func:`default_layer`).
+
+    Checked before anything is computed or logged, so a misspelt layer fails at once and names the
+    layers there are.
+    """
+    name = layer or default_layer(model)
+    find_layer(model, name)
+    return name
+
+
+def prediction_title(label: str, probabilities: np.ndarray) -> str:
+    """``true <label> · predicted <class> (<p>)``, or the prediction alone where the label is unknown."""
+    top = int(probabilities.argmax())
+    predicted = f"predicted {CLASSES[top]} ({probabilities[top]:.2f})"
+    return f"true {label} · {predicted}" if label else predicted
+
+
+def explain_images(model: tf_keras.Model, picked: pd.DataFrame, img_size: int, layer: str,
+                   folder: str | os.PathLike, alpha: float = 0.4, threshold: float = 0.0) -> pd.DataFrame:
+    """The Grad-CAM map of each picked image for the class the model predicts, written into ``folder``.
+
+    ``picked`` is :func:`images_to_explain`'s table. Written: one figure per image under
+    ``gradcam/`` (``<k>_<file stem>.png``), all of them in ``gradcam_grid.png``, and ``gradcam.csv``:
+    ``picked`` with the predicted class, the class probabilities and the layer, which is returned.
+    The predicted class is the one explained because the question is what a prediction rests on.
+    """
+    dataset = image_dataset(picked["path"], img_size=img_size, batch_size=BATCH_SIZE, cache=False)
+    images = np.concatenate(list(dataset.as_numpy_iterator()))
+    probabilities = model.predict(images, batch_size=BATCH_SIZE, verbose=0)
+    heatmaps = gradcam(model, images, layer, class_index=probabilities.argmax(1), batch_size=BATCH_SIZE)
+
+    table = picked.copy()
+    table["predicted"] = [CLASSES[k] for k in probabilities.argmax(1)]
+    table[PROBABILITY_COLUMNS] = probabilities
+    table["layer"] = layer
+    titles = [prediction_title(label, p) for label, p in zip(picked["label"], probabilities)]
+    folder = Path(folder)
+    figures = folder / "gradcam"
+    figures.mkdir()
+    for k, (path, heatmap) in enumerate(zip(picked["path"], heatmaps)):
+        overlay_figure(images[k], heatmap, figures / f"{k:03d}_{Path(path).stem}.png", titles[k], alpha, threshold)
+    overlay_grid(images, heatmaps, titles, folder / "gradcam_grid.png", alpha, threshold)
+    table.to_csv(folder / "gradcam.csv", index=False)
+    return table
