@@ -1,0 +1,259 @@
+"""One run of the ensemble stage: every ensemble over the chosen members, scored, and the best one served.
+
+:func:`prepare` checks all a run needs before anything is trained or logged: the crop stage's
+output, enough members with one image size, a score the ensembles can be compared on, and the
+U-Nets that cropped the data, since the registered model repeats that crop. :func:`build_and_register`
+then works inside the stage's MLflow run: it builds and scores the ensembles, logs the table and
+figures, registers the best as ``cxr-ensemble`` (an end-to-end pyfunc: raw image → segment → crop →
+members → combine) and moves the aliases last, once that version is whole.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import tf_keras
+
+from multiloss import names
+from multiloss.classification.scoring import predictions_frame, split_figures
+from multiloss.classification.train import TAGGED_SCORES
+from multiloss.data.fingerprint import fingerprint
+from multiloss.data.readers import find_kermany_root, read_kermany
+from multiloss.ensembles import serving
+from multiloss.ensembles.build import (
+    Ensemble,
+    SplitPredictions,
+    build_all,
+    choose_best,
+    describe,
+    level_slug,
+    member_predictions,
+    rebase,
+    score_table,
+    serving_parts,
+)
+from multiloss.ensembles.members import EnsembleInputError, Members, choose_members
+from multiloss.metrics.classification import classification_scores
+from multiloss.plots import polar_scores
+from multiloss.report.tables import markdown_table, write_table
+from multiloss.segmentation.cropped_dataset import read_crop_summary
+from multiloss.tracking import ranking, registry, store
+from multiloss.training import seed_everything
+
+CROP_KEYS = ("members", "seg_size", "img_size", "margin")      # crop.json entries the served model repeats
+ROW_METRICS = (*TAGGED_SCORES, "f1", "val_mcc")                 # logged per table row as <row>.<score>
+HEADLINE_METRICS = (*TAGGED_SCORES, "mcc_low", "mcc_high", "f1", "auprc_micro", "brier", "nll")   # test_<score>
+PRINTED_COLUMNS = ["kind", "k", "accuracy", "auroc_micro", "f1", "mcc", "mcc_low", "mcc_high", "ece", "val_mcc",
+                   "mcnemar_p", "bootstrap_p"]
+
+
+@dataclass(frozen=True)
+class EnsembleSettings:
+    """The ensemble stage's parameters other than its data."""
+
+    top_k: list[int]          # ensemble sizes, ascending; the largest is the number of members
+    metric: str               # the score members and ensembles are chosen on; its split comes from select_on
+    select_on: str            # val, or test to reproduce the paper
+    distinct: str             # loss: at most one member per loss; none: repeats allowed
+    epochs: int               # the model-level heads' training
+    batch_size: int
+    lr: float
+    patience: int
+    seed: int
+    ci_method: str
+
+
+@dataclass(frozen=True)
+class EnsembleInputs:
+    """What :func:`prepare` found and checked: the data, its crop, the members and the U-Nets."""
+
+    settings: EnsembleSettings
+    key: str                  # the selection key: metric on select_on, e.g. val_mcc
+    data: Path
+    crop: dict                # the crop stage's crop.json
+    frame: pd.DataFrame       # read_kermany of the data
+    data_print: str
+    members: Members
+    segmenter_uris: list[str]
+
+    @property
+    def score(self) -> str:
+        return ranking.base_score(self.key)
+
+
+@dataclass
+class Scored:
+    """Every ensemble built, the score table, and the best ensemble and model-level ensemble."""
+
+    members: list[tf_keras.Model]
+    test: SplitPredictions
+    ensembles: list[Ensemble]
+    levels: list[Ensemble]
+    table: pd.DataFrame
+    best: Ensemble
+    best_level: Ensemble
+
+    @property
+    def headline(self) -> pd.Series:
+        return self.table.loc[self.best.name]
+
+
+def slug(name: str) -> str:
+    """A table row's name as a metric prefix: ``model-level top-3`` → ``model_level_top_3``."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def prepare(settings: EnsembleSettings, data: str | Path) -> EnsembleInputs:
+    """The checked inputs of an ensemble run on the cropped dataset ``data``.
+
+    Raises :class:`EnsembleInputError` for anything that would otherwise fail after hours of
+    training: so it runs before the stage opens its MLflow run.
+    """
+    key = ranking.selection_key(settings.metric, settings.select_on)
+    data = Path(data).resolve()
+    crop = read_crop_summary(data)
+    if crop is None or any(k not in crop for k in CROP_KEYS):
+        raise EnsembleInputError(f"{data} is not a crop stage output (no crop.json with {', '.join(CROP_KEYS)}); "
+                                 "the end-to-end model repeats that crop")
+    frame = read_kermany(data)
+    data_print = fingerprint(frame["path"], root=find_kermany_root(data))
+    store.configure()
+    members = choose_members(key, data_print, data, settings.top_k[-1], settings.distinct)
+    if ranking.base_score(key) not in classification_scores(np.array([0, 1, 2]), np.eye(3)):
+        raise EnsembleInputError(f"metric {settings.metric!r} ranks the members, but the ensembles are compared on "
+                                 f"the classification scores; use one of them (mcc, auroc_micro, ece, ...)")
+    try:
+        registry.versions(names.SEGMENTATION_MODEL, only=[str(v) for v in crop["members"]])
+    except ValueError as err:
+        raise EnsembleInputError(f"the U-Nets that cropped {data} are gone from the registry: {err}") from None
+    segmenter_uris = [registry.version_uri(names.SEGMENTATION_MODEL, v) for v in crop["members"]]
+    return EnsembleInputs(settings, key, data, crop, frame, data_print, members, segmenter_uris)
+
+
+def build_and_register(inputs: EnsembleInputs) -> str:
+    """Build, score, log and register, in the active run; returns the registered ``cxr-ensemble`` version."""
+    seed_everything(inputs.settings.seed)
+    for position, (r, name) in enumerate(zip(inputs.members.ranked, inputs.members.member_names), start=1):
+        print(f"ensemble: member {position}: {name}, {inputs.key} = {r.value:.4f}")
+    scored = build_and_score(inputs)
+    log_scores(scored)
+    log_models_and_figures(scored)
+    version = register_best(inputs, scored)
+    headline = scored.headline
+    print(markdown_table(scored.table[PRINTED_COLUMNS]))
+    print(f"ensemble: best on {inputs.settings.select_on} ({inputs.score}): {scored.best.name}; registered "
+          f"{names.ENSEMBLE_MODEL} version {version} (test MCC {headline['mcc']:.4f} "
+          f"[{headline['mcc_low']:.3f}, {headline['mcc_high']:.3f}])")
+    move_aliases(inputs.settings.select_on, version, inputs.members.versions)
+    return version
+
+
+def build_and_score(inputs: EnsembleInputs) -> Scored:
+    """Every ensemble for each size in ``top_k``, scored on test beside the single members.
+
+    The best ensemble (and the best model-level one, which Grad-CAM explains) is chosen on
+    ``select_on``'s predictions, out of fold where a combiner was fitted on validation.
+    """
+    settings, members = inputs.settings, inputs.members
+    run_ids = [r.version.run_id for r in members.ranked]
+    val = rebase(member_predictions(run_ids, "val"), inputs.frame, "val", "train")
+    test = rebase(member_predictions(run_ids, "test"), inputs.frame, "test", "test")
+    models = [registry.load_keras(registry.version_uri(names.CLASSIFIER_MODEL, v)) for v in members.versions]
+    singles, ensembles, levels = build_all(members.member_names, models, inputs.frame, val, test,
+                                           top_k=settings.top_k, img_size=members.img_size, epochs=settings.epochs,
+                                           batch_size=settings.batch_size, lr=settings.lr,
+                                           patience=settings.patience, seed=settings.seed)
+    table = score_table(singles, ensembles, test.labels, val.labels, reference=singles[0],
+                        ci_method=settings.ci_method, seed=settings.seed)
+    select_labels = val.labels if settings.select_on == "val" else test.labels
+    higher = ranking.higher_is_better(inputs.key)
+    best, _ = choose_best(ensembles, inputs.score, select_labels, on=settings.select_on, higher_is_better=higher)
+    best_level, _ = choose_best(levels, inputs.score, select_labels, on=settings.select_on, higher_is_better=higher)
+    return Scored(models, test, ensembles, levels, table, best, best_level)
+
+
+def log_scores(scored: Scored) -> None:
+    """Each row's scores as ``<row>.<score>``; the best ensemble's as ``test_<score>`` and ``val_mcc``."""
+    for name, row in scored.table.iterrows():
+        mlflow.log_metrics({f"{slug(name)}.{m}": float(row[m]) for m in ROW_METRICS})
+    headline = scored.headline
+    mlflow.log_metrics({f"test_{m}": float(headline[m]) for m in HEADLINE_METRICS})
+    mlflow.log_metric("val_mcc", float(headline["val_mcc"]))
+
+
+def log_models_and_figures(scored: Scored) -> None:
+    """The model-level ensembles as logged models, the table, the ensembles' weights and the figures.
+
+    The best model-level ensemble is tagged ``model_level_uri`` and kept in memory: the pipeline's
+    Grad-CAM step loads it next.
+    """
+    for level in scored.levels:
+        info = registry.log_keras(level.parts[0].full, name=level_slug(len(level.members)),
+                                  keep_in_memory=level is scored.best_level)
+        if level is scored.best_level:
+            mlflow.set_tag("model_level_uri", info.model_uri)
+    mlflow.set_tag("best_ensemble", scored.best.name)
+
+    table, best, test = scored.table, scored.best, scored.test
+    with tempfile.TemporaryDirectory() as tmp:
+        write_table(table, tmp, "ensemble_scores")
+        (Path(tmp) / "ensembles.json").write_text(json.dumps(describe(scored.ensembles), indent=2))
+        polar_scores(table[["f1", "mcc"]].T, list(table.index), Path(tmp) / "ensemble_polar.png",
+                     "Test F1 and MCC per model")
+        split_figures(tmp, "test", test.labels, best.test_probs, best.name)
+        predictions_frame(test.paths, test.labels, best.test_probs).to_csv(
+            Path(tmp) / "best_test_predictions.csv", index=False)
+        mlflow.log_artifacts(tmp)
+
+
+def register_best(inputs: EnsembleInputs, scored: Scored) -> str:
+    """The best ensemble as a new ``cxr-ensemble`` version, tagged with what it is and how it scored.
+
+    It carries the U-Nets that cropped the data, so it serves raw X-rays without the registry.
+    """
+    best, members = scored.best, inputs.members
+    segmenters = [registry.load_keras(uri) for uri in inputs.segmenter_uris]
+    parts, combiner = serving_parts(best, scored.members)
+    info = serving.log_pipeline(segmenters=segmenters, parts=parts, combiner=combiner,
+                                config=serving.pipeline_config(inputs.crop, members.img_size, inputs.frame["path"]),
+                                weights=best.weights, stacker=best.stacker, name="model",
+                                registered_model_name=names.ENSEMBLE_MODEL,
+                                pip_requirements=registry.pip_requirements())
+    version = str(info.registered_model_version)
+    in_best = members.versions if best.kind == "model_level_weighted" else members.versions[:len(best.members)]
+    headline = scored.headline
+    registry.tag_version(names.ENSEMBLE_MODEL, version, {
+        "ensemble": best.name, "kind": best.kind, "k": len(best.members), "members": ",".join(in_best),
+        "segmenters": ",".join(inputs.crop["members"]), "select_on": inputs.settings.select_on,
+        names.DATA_FINGERPRINT_TAG: inputs.data_print, names.IMG_SIZE_TAG: members.img_size,
+        "val_mcc": round(float(headline["val_mcc"]), 6),
+        **{f"test_{m}": round(float(headline[m]), 6) for m in TAGGED_SCORES}})
+    return version
+
+
+def move_aliases(select_on: str, version: str, member_versions: list[str]) -> None:
+    """Point the aliases at the new ensemble and its members, printing each one that moved.
+
+    Chosen on validation: the ensemble's and the best member's ``champion`` and the members'
+    ``top<k>`` (older ``top<k>`` beyond them removed). Chosen on test: only ``test_selected``, since
+    such a choice must not become the champion that other stages (gradcam, serving) pick up.
+    """
+    if select_on == "val":
+        moves = [(names.ENSEMBLE_MODEL, names.CHAMPION, version),
+                 (names.CLASSIFIER_MODEL, names.CHAMPION, member_versions[0])]
+        moves += [(names.CLASSIFIER_MODEL, names.top_alias(i), v) for i, v in enumerate(member_versions, start=1)]
+    else:
+        moves = [(names.ENSEMBLE_MODEL, names.TEST_SELECTED, version)]
+    for model_name, alias, target in moves:
+        before = registry.set_alias(model_name, alias, target)
+        if before != target:
+            print(f"ensemble: {model_name}@{alias} -> version {target} (was {before or 'unset'})")
+    if select_on == "val":
+        registry.delete_aliases_beyond(names.CLASSIFIER_MODEL, names.TOP_PREFIX, len(member_versions))
