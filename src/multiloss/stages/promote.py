@@ -1,22 +1,28 @@
-"""Entry point ``promote``: point an alias (default ``champion``) at the best version of a
-registered model by a metric, or at a named version; prints what moved from where."""
+"""Entry point ``promote``: point an alias (default ``champion``) at a version of a registered model.
+
+The version is the best by a metric, or one named; what moved from where is printed, so a
+promotion never passes unnoticed.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from multiloss import names
+from multiloss.stages.cli import StageParser
 from multiloss.tracking import ranking, registry, store
 
 
+def parser() -> StageParser:
+    stage = StageParser("promote", __doc__)
+    stage.parameter("model", help="registered model name")
+    stage.parameter("metric", help="source-run metric or version tag to rank on (ece, brier, nll, loss rank low to high)")
+    stage.parameter("alias")
+    stage.parameter("version", help="a version number; empty: the best by --metric")
+    return stage
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="promote", description=__doc__)
-    parser.add_argument("--model", default=names.CLASSIFIER_MODEL, help="registered model name")
-    parser.add_argument("--metric", default="val_mcc",
-                        help="source-run metric or version tag to rank on (ece, brier, nll, loss rank low to high)")
-    parser.add_argument("--alias", default="champion")
-    parser.add_argument("--version", default="", help="a version number; empty: the best by --metric")
-    return parser.parse_args(argv)
+    return parser().parse_args(argv)
 
 
 def main(argv=None) -> str:

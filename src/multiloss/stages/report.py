@@ -1,5 +1,8 @@
-"""Entry point ``report``: our segmentation, classification and ensemble scores beside the paper's
-Tables 1–5, logged as ``comparison.md`` and ``comparison.html`` and printed."""
+"""Entry point ``report``: our segmentation, classification and ensemble scores beside the paper's tables.
+
+Logged as ``comparison.md`` and ``comparison.html`` and printed, so a pipeline ends with the
+comparison on screen and the same text in the store.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import mlflow
 
 from multiloss import names
 from multiloss.report import comparison
+from multiloss.stages.cli import StageParser
 from multiloss.tracking import store
 
 
@@ -17,15 +21,19 @@ def run_ids(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def parser() -> StageParser:
+    stage = StageParser("report", __doc__)
+    stage.parameter("segment_eval_run", help="segment_eval run id (default: the latest finished)")
+    stage.parameter("classify_runs",
+                    help="comma-separated classify run ids (default: the finished runs of the latest batch)")
+    stage.parameter("ensemble_run", help="ensemble run id (default: the latest finished)")
+    stage.parameter("dataset_label", choices=("", *comparison.DATASET_LABELS),
+                    help="the data set our numbers come from (default: inferred from the runs' data paths)")
+    return stage
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="report", description=__doc__)
-    parser.add_argument("--segment-eval-run", default="", help="segment_eval run id (default: the latest finished)")
-    parser.add_argument("--classify-runs", default="",
-                        help="comma-separated classify run ids (default: the finished runs of the latest batch)")
-    parser.add_argument("--ensemble-run", default="", help="ensemble run id (default: the latest finished)")
-    parser.add_argument("--dataset-label", choices=("", *comparison.DATASET_LABELS), default="",
-                        help="the data set our numbers come from (default: inferred from the runs' data paths)")
-    return parser.parse_args(argv)
+    return parser().parse_args(argv)
 
 
 def main(argv=None) -> None:
@@ -39,8 +47,8 @@ def main(argv=None) -> None:
             raise SystemExit(f"report: {err}") from err
         used = {stage: ",".join(ids) for stage, ids in ours.runs.items()}
         store.log_params({"segment_eval_run": used.get("segment_eval", ""),
-                             "classify_runs": used.get("classify", ""),
-                             "ensemble_run": used.get("ensemble", ""), "dataset_label": ours.dataset})
+                          "classify_runs": used.get("classify", ""),
+                          "ensemble_run": used.get("ensemble", ""), "dataset_label": ours.dataset})
         mlflow.set_tag("dataset", ours.dataset)
         with tempfile.TemporaryDirectory() as tmp:
             markdown = comparison.write_report(tmp, ours)
