@@ -1,4 +1,4 @@
-"""Every ensemble of SPEC §9 over chosen members, scored and compared with the best single model.
+"""Every ensemble over chosen members, prediction level and model level, scored beside the single models.
 
 Fitting uses validation data only: SLSQP weights and the stacking learner are fitted on the
 members' validation predictions; the model-level heads train on the training split and stop on
@@ -88,10 +88,11 @@ def layout_key(path: str) -> str:
 
 
 def rebase(predictions: SplitPredictions, frame: pd.DataFrame, split: str, subset: str) -> SplitPredictions:
-    """The members' predictions re-keyed onto the images of ``frame`` (from read_kermany of the
-    data the ensemble uses): members may have been trained on another copy of the same data (the
-    fingerprint ignores location). Every image must be found in ``frame``'s ``subset`` split
-    (validation images inside train, test images as the test split)."""
+    """The members' predictions re-keyed onto the images of ``frame``, the data the ensemble uses.
+
+    ``frame`` comes from read_kermany of that data: members may have been trained on another copy of
+    the same data (the fingerprint ignores location). Every image must be found in ``frame``'s
+    ``subset`` split (validation images inside train, test images as the test split)."""
     where = {layout_key(p): p for p in frame.loc[frame["split"] == subset, "path"].astype(str)}
     missing = [p for p in predictions.paths if layout_key(p) not in where]
     if missing:
@@ -137,10 +138,9 @@ def model_level(names: list[str], members: list[tf_keras.Model], *, train_paths:
                 lr: float, patience: int, seed: int = 0, metric_prefix: str = "",
                 max_cache_bytes: int = MAX_FEATURE_CACHE_BYTES,
                 feature_cache: dict[tuple[str, str, int], np.ndarray] | None = None) -> Ensemble:
-    """Train the model-level ensemble's new layers (SGD with momentum, as the classifiers) on the
-    training split, keeping the lowest-validation-loss weights; the members stay frozen.
+    """Train the model-level ensemble's new layers on the training split; the members stay frozen.
 
-    Frozen members' features never change, so when they fit in ``max_cache_bytes`` each member's
+    SGD with momentum, as the classifiers, keeping the lowest-validation-loss weights. Frozen members' features never change, so when they fit in ``max_cache_bytes`` each member's
     are computed once per split, kept in ``feature_cache`` (keyed by member name, split and image
     size, so the top-3 and top-5 ensembles share them), and the head trains and predicts on them.
     The limit counts the cache and the concatenated copy; past it the cache is emptied."""
@@ -204,8 +204,10 @@ def weighted_model_level(levels: list[Ensemble], val: SplitPredictions, seed: in
 
 def score_table(singles: list[Ensemble], ensembles: list[Ensemble], test_labels: np.ndarray, val_labels: np.ndarray, *,
                 reference: Ensemble, ci_method: str = "bootstrap", seed: int = 0) -> pd.DataFrame:
-    """One row per model: test scores with the MCC interval, the honest validation MCC, and
-    McNemar's and the paired-bootstrap p-value against ``reference`` (the best single model)."""
+    """One row per model: test scores, the honest validation MCC, and p-values against ``reference``.
+
+    The test scores carry the MCC interval; the p-values are McNemar's and the paired bootstrap's,
+    against the best single model, so a row says whether it beats that model beyond chance."""
     rows = {}
     reference_pred = reference.test_probs.argmax(1)
     for entry in [*singles, *ensembles]:
@@ -229,9 +231,11 @@ def score_table(singles: list[Ensemble], ensembles: list[Ensemble], test_labels:
 
 def choose_best(entries: list[Ensemble], score: str, labels: np.ndarray, *, on: str = "val",
                 higher_is_better: bool = True) -> tuple[Ensemble, dict[str, float]]:
-    """The best entry by ``score`` (a classification_scores key) on its honest validation
-    predictions (``on="val"``) or, reproducing the paper, on the test split; and every entry's value.
-    Small validation sets tie often (several ensembles at MCC 1.0): the lower log-loss wins a tie."""
+    """The best entry by ``score`` (a classification_scores key), and every entry's value.
+
+    Scored on its honest validation predictions (``on="val"``) or, reproducing the paper, on the
+    test split. Small validation sets tie often (several ensembles at MCC 1.0): the lower log-loss
+    wins a tie."""
     scores = {e.name: classification_scores(labels, e.val_probs if on == "val" else e.test_probs) for e in entries}
     sign = 1.0 if higher_is_better else -1.0
     best = max(entries, key=lambda e: (sign * scores[e.name][score], -scores[e.name]["nll"]))
@@ -250,9 +254,10 @@ def serving_parts(best: Ensemble, members: list[tf_keras.Model]) -> tuple[list[t
 def build_all(names: list[str], members: list[tf_keras.Model], frame: pd.DataFrame, val: SplitPredictions,
               test: SplitPredictions, *, top_k: list[int], img_size: int, epochs: int, batch_size: int, lr: float,
               patience: int, seed: int = 0) -> tuple[list[Ensemble], list[Ensemble], list[Ensemble]]:
-    """Singles, every ensemble for each K in ``top_k`` (members are best first, so the top-K are a
-    prefix), and the model-level ones among them. The model-level heads train on the training split
-    minus the validation images."""
+    """Singles, every ensemble for each K in ``top_k``, and the model-level ones among them.
+
+    Members are best first, so the top-K are a prefix. The model-level heads train on the training
+    split minus the validation images."""
     val_keys = {layout_key(p) for p in val.paths}
     train = frame[(frame["split"] == "train") & ~frame["path"].astype(str).map(layout_key).isin(val_keys)]
     singles = [Ensemble(name, "single", [name], val.probs[i], test.probs[i]) for i, name in enumerate(names)]

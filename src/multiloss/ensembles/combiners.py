@@ -1,4 +1,7 @@
-"""Prediction-level ensembles on arrays (SPEC §9), Keras-free.
+"""Prediction-level ensembles on arrays: majority vote, mean, SLSQP-weighted mean, out-of-fold fits.
+
+Keras-free NumPy and SciPy, shared by the scoring (ensembles.build) and the served model
+(ensembles.serving), so both combine the members alike.
 
 ``member_probs`` is always shaped (K members, N images, C classes). Weights are fitted on
 validation predictions only; the caller never passes test predictions to a fit.
@@ -31,8 +34,9 @@ def vote_shares(member_probs) -> np.ndarray:
 
 
 def majority_vote(member_probs) -> np.ndarray:
-    """(N,) the most voted class; a tie goes to the tied class with the highest mean probability
-    (not, as in the published code, to the highest class index)."""
+    """(N,) the most voted class; a tie goes to the tied class with the highest mean probability.
+
+    Not, as in the published code, to the highest class index, which favours one class."""
     probs = _check(member_probs)
     shares = vote_shares(probs)
     tied = shares == shares.max(1, keepdims=True)
@@ -41,9 +45,10 @@ def majority_vote(member_probs) -> np.ndarray:
 
 
 def majority_probs(member_probs, tie_weight: float = 1e-6) -> np.ndarray:
-    """(N, C) scores for the majority vote: the vote shares, nudged by ``tie_weight`` × the mean
-    probability so that the arg-max is :func:`majority_vote`'s class and ranking metrics
-    (AUROC, AUPRC) see the shares."""
+    """(N, C) scores for the majority vote: the vote shares, nudged by ``tie_weight`` × the mean probability.
+
+    The nudge makes the arg-max :func:`majority_vote`'s class, while ranking metrics (AUROC,
+    AUPRC) still see the shares."""
     probs = _check(member_probs)
     scores = vote_shares(probs) + tie_weight * probs.mean(0)
     return scores / scores.sum(1, keepdims=True)

@@ -32,12 +32,12 @@ CHUNK = 32          # images preprocessed and predicted at a time
 
 
 def expand_inputs(model_input) -> tuple[list[str], list[np.ndarray], list[str]]:
-    """(names, 8-bit grayscale originals, codecs) from a DataFrame with a ``path`` column (files or
-    folders of images) or an ``image`` column (arrays), a list of paths, or arrays: one image
-    (H, W) or (H, W, 3|4 RGB), or a batch (N, H, W) or (N, H, W, 3|4).
+    """(names, 8-bit grayscale originals, codecs) of the images a request names.
 
-    The codec of a file is its own suffix (the crop stage writes each crop with its source's
-    suffix); an array's is None (the model's default)."""
+    A request is a DataFrame with a ``path`` column (files or folders of images) or an ``image``
+    column (arrays), a list of paths, or arrays: one image (H, W) or (H, W, 3|4 RGB), or a batch
+    (N, H, W) or (N, H, W, 3|4). The codec of a file is its own suffix (the crop stage writes each
+    crop with its source's suffix); an array's is None (the model's default)."""
     if isinstance(model_input, pd.DataFrame):
         if "path" in model_input.columns:
             return expand_inputs(model_input["path"].tolist())
@@ -60,8 +60,10 @@ def expand_inputs(model_input) -> tuple[list[str], list[np.ndarray], list[str]]:
 
 
 def _arrays(arrays: list[np.ndarray]) -> tuple[list[str], list[np.ndarray], list[None]]:
-    """Arrays as the file reader would give them: RGB(A) reordered to OpenCV's BGR(A), floats in
-    [0, 1] or [0, 255] to 8 bits, 16-bit scaled by its bit depth, then the same gray conversion."""
+    """Arrays made what the file reader would give for the same images.
+
+    RGB(A) is reordered to OpenCV's BGR(A), floats in [0, 1] or [0, 255] become 8 bits, 16-bit is
+    scaled by its bit depth, then comes the same gray conversion."""
     if not arrays:
         raise ValueError("no images given")
     images = []
@@ -77,9 +79,10 @@ def _arrays(arrays: list[np.ndarray]) -> tuple[list[str], list[np.ndarray], list
 
 
 def pipeline_config(crop_summary: dict, cls_size: int, cropped_paths) -> dict:
-    """What the pyfunc needs to repeat the crop stage: its sizes and margin (from ``crop.json``),
-    the classifiers' size, and the codec for array inputs (the cropped files' most common suffix;
-    a file input uses its own)."""
+    """What the pyfunc needs to repeat the crop stage on raw images.
+
+    The crop's sizes and margin (from ``crop.json``), the classifiers' size, and the codec for
+    array inputs (the cropped files' most common suffix; a file input uses its own)."""
     suffixes = Counter(Path(p).suffix.lower() for p in cropped_paths)
     return {"seg_size": int(crop_summary["seg_size"]), "crop_size": int(crop_summary["img_size"]),
             "margin": float(crop_summary["margin"]), "cls_size": int(cls_size),
@@ -116,9 +119,11 @@ def combine(kind: str, part_probs: np.ndarray, weights=None, stacker=None) -> np
 
 
 class EnsemblePipeline(mlflow.pyfunc.PythonModel):
-    """Segment → crop → members → combine. ``config``: seg_size, crop_size, cls_size, margin, codec,
-    combiner, weights; artifacts: ``segmenter<i>``, ``part<i>`` (classifiers or model-level
-    ensembles, each image → probabilities) and optionally ``stacker``."""
+    """The served ensemble: segment → crop → members → combine.
+
+    ``config``: seg_size, crop_size, cls_size, margin, codec, combiner, weights; artifacts:
+    ``segmenter<i>``, ``part<i>`` (classifiers or model-level ensembles, each image →
+    probabilities) and optionally ``stacker``."""
 
     def load_context(self, context):
         import multiloss  # noqa: F401  (tf-keras before TensorFlow)

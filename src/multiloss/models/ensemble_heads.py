@@ -1,4 +1,4 @@
-"""Trainable ensembles (SPEC §9): the stacking meta-learner and the model-level ensemble.
+"""Trainable ensembles: the stacking meta-learner and the model-level ensemble.
 
 Model level: every member is cut at its deepest convolution and frozen; the features are
 concatenated and a new 1×1 convolution (to 512), GAP and Dense(3, softmax) are trained — all the
@@ -36,12 +36,12 @@ def build_stacking(n_members: int, n_classes: int = len(CLASSES)) -> tf_keras.Mo
 
 def fit_stacking(member_probs: np.ndarray, labels: np.ndarray, *, epochs: int = 300, lr: float = 0.01,
                  seed: int = 0) -> tf_keras.Model:
-    """The meta-learner fitted on out-of-sample member predictions (the validation split's): the
-    members never saw these images, so the learner learns how far to trust each one.
+    """The meta-learner fitted on out-of-sample member predictions (the validation split's).
 
-    ``epochs`` full-batch Adam steps on the categorical cross-entropy, from Keras' seeded initial
-    weights. The steps run in NumPy: the net is a few hundred weights, and Keras' graph building
-    cost ~1.5 s a fit, 12 fits per ensemble run (out of fold, two sizes of K)."""
+    The members never saw these images, so the learner learns how far to trust each one. ``epochs`` full-batch Adam steps on the categorical cross-entropy, from Keras' seeded initial
+    weights. The steps run in NumPy: the net is a few hundred weights, and an ensemble run fits it
+    many times (out of fold, for each size of K), where building a Keras graph for every fit would
+    cost more than the steps themselves."""
     member_probs = np.asarray(member_probs)
     tf_keras.utils.set_random_seed(seed)
     model = build_stacking(member_probs.shape[0], member_probs.shape[2])
@@ -87,10 +87,12 @@ def member_features(member: tf_keras.Model, name: str, layer: str = DEEPEST_CONV
 
 
 class ModelLevel:
-    """A model-level ensemble: ``full`` maps images to class probabilities; ``features`` maps
-    images to the concatenated member features (``member_feature_models``, in order); ``head`` maps
-    those features to probabilities.
-    ``head`` and ``full`` share the trainable layers."""
+    """A model-level ensemble: the frozen members' features concatenated under new trainable layers.
+
+    ``full`` maps images to class probabilities; ``features`` maps images to the concatenated member
+    features (``member_feature_models``, in order); ``head`` maps those features to probabilities.
+    ``head`` and ``full`` share the trainable layers, so training the head on cached features
+    trains the full model."""
 
     def __init__(self, members: list[tf_keras.Model], names: list[str], n_classes: int = len(CLASSES),
                  filters: int = 512):

@@ -1,5 +1,7 @@
-"""The paper-comparison report (SPEC §1 step 7): our segmentation, classification and ensemble
-scores beside the paper's Tables 1–5, as one Markdown document and its HTML twin.
+"""The paper-comparison report: our scores beside the paper's Tables 1–5, in Markdown and HTML.
+
+Segmentation, classification and ensemble scores, each beside the paper's table, in one Markdown
+document and its HTML twin: the last step of a pipeline.
 
 The paper's numbers live in one data file, ``experiments/paper_results.yaml``. Ours come from the
 MLflow store (:func:`collect`: the latest finished runs, or run ids a caller names). The builder
@@ -41,7 +43,7 @@ SEGMENTATION_COLUMNS = (("IoU (lung+background)", "mean_iou", "iou"), ("IoU (lun
 CLASSIFICATION_COLUMNS = (("Accuracy", "accuracy", "accuracy"), ("AUROC", "auroc_micro", "auroc"),
                           ("AUPRC", "auprc_micro", "auprc"), ("Precision", "precision", "precision"),
                           ("Recall", "recall", "recall"), ("F1", "f1", "f_score"), ("MCC", "mcc", "mcc"))
-# Ours only: the paper proposes calibrated losses and never measures calibration (SPEC §8).
+# Ours only: the paper proposes calibrated losses and never measures calibration.
 CALIBRATION_COLUMNS = (("ECE", "ece"), ("Brier", "brier"), ("NLL", "nll"))
 CLASSIFICATION_SCORES = tuple(c[1] for c in CLASSIFICATION_COLUMNS) + tuple(c[1] for c in CALIBRATION_COLUMNS)
 
@@ -75,8 +77,11 @@ def load_paper(path: str | os.PathLike = paths.PAPER_RESULTS) -> dict:
 
 
 def interval_checks(paper: Mapping) -> pd.DataFrame:
-    """Every printed MCC interval beside the Wald interval recomputed from its MCC and the number of
-    test images (SPEC §8: that is what the paper prints, whatever the caption says)."""
+    """Every printed MCC interval beside the Wald interval recomputed from its MCC and the test images.
+
+    The Wald interval is what the paper prints, whatever its captions say; a row that differs is
+    flagged in the report.
+    """
     n = int(paper["test_images"])
     rows = []
     for name in PAPER_TABLES[1:]:
@@ -94,8 +99,10 @@ def interval_checks(paper: Mapping) -> pd.DataFrame:
 
 
 def iou_checks(paper: Mapping) -> pd.DataFrame:
-    """Table 1's IoU against the bounds its Dice sets on a mean lung IoU: per image IoU = D/(2 − D)
-    ≤ D, and that function is convex, so mean IoU ∈ [mean D/(2 − mean D), mean D]."""
+    """Table 1's IoU against the bounds its Dice sets on a mean lung IoU.
+
+    Per image IoU = D/(2 − D) ≤ D, and that function is convex, so mean IoU ∈ [mean D/(2 − mean D),
+    mean D]; a row outside is noted in the report."""
     rows = []
     for row in paper["tables"]["segmentation"]["rows"]:
         dice = row["dice"]
@@ -137,9 +144,11 @@ class OurResults:
 
 
 def aggregate_seeds(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per variant (a loss and its parameters): mean and sample std (ddof 1) over its runs of
-    each score, the run count and the seeds. The MCC interval is kept only for a single run: with
-    several seeds, their spread is the interval that tells a real difference from noise (SPEC §8)."""
+    """One row per variant (a loss and its parameters): each score's mean and sample std over its runs.
+
+    With the run count and the seeds. The MCC interval is kept only for a single run: with several
+    seeds, their spread is the interval that tells a real difference from noise.
+    """
     missing = [c for c in ("loss", "seed") if c not in runs.columns]
     if missing:
         raise ValueError(f"classification runs lack the columns {missing}")
@@ -161,8 +170,10 @@ def aggregate_seeds(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def is_synthetic(path: str | os.PathLike) -> bool | None:
-    """Whether ``path`` is (a crop of) data written by the synth stage: its folder or an ancestor
-    holds synth's ``synth.json``, or its ``crop.json`` names such a source. None if it is not here."""
+    """Whether ``path`` is (a crop of) data written by the synth stage; None if it is not here.
+
+    It is when its folder or an ancestor holds synth's ``synth.json``, or its ``crop.json`` names
+    such a source."""
     path = Path(path)
     for _ in range(8):                       # a crop of a crop of ... ends somewhere
         if not path.exists():
@@ -249,8 +260,9 @@ def _classification_row(run) -> dict:
 
 
 def _latest_batch(runs: list) -> list:
-    """The runs that share the newest run's data fingerprint and image size: one experiment's worth,
-    not every classifier ever trained in this store."""
+    """The runs that share the newest run's data fingerprint and image size.
+
+    One experiment's worth, not every classifier ever trained in this store."""
     if not runs:
         return []
     newest = runs[0]
@@ -265,8 +277,9 @@ def _distinct(values: Iterable) -> str | None:
 
 def collect(segment_eval_run: str | None = None, classify_runs: list[str] | None = None,
             ensemble_run: str | None = None, dataset_label: str | None = None) -> OurResults:
-    """Our numbers from the store. A run id not given means the latest finished segment_eval and
-    ensemble runs and the finished classify runs of the latest batch (same data fingerprint and
+    """Our numbers from the store: the runs named, else the latest finished ones.
+
+    A run id not given means the latest finished segment_eval and ensemble runs and the finished classify runs of the latest batch (same data fingerprint and
     image size), newest first, one run per loss variant and seed. ``dataset_label``: "synthetic",
     "real" or None to infer it from the runs' data paths."""
     if dataset_label and dataset_label not in DATASET_LABELS:

@@ -1,4 +1,4 @@
-"""Ranking registered model versions by a metric (SPEC §4: the registry stores no metrics).
+"""Ranking registered model versions by a metric, which the registry itself does not store.
 
 A version's value is its source run's metric, or else a version tag of that name (segment_eval
 writes holdout scores as tags on the U-Net versions). Lower-is-better scores rank ascending.
@@ -62,8 +62,9 @@ def version_value(version: ModelVersion, key: str, client: mlflow.MlflowClient |
 
 
 def rank_versions(registered_name: str, key: str, *, tags: dict[str, str] | None = None) -> list[Ranked]:
-    """Versions with a value for ``key`` (and all the given ``tags``), best first; ties go to the
-    newer version."""
+    """Versions with a value for ``key`` (and all the given ``tags``), best first.
+
+    Ties go to the newer version."""
     client = mlflow.MlflowClient()
     ranked = []
     for version in registry.versions(registered_name):
