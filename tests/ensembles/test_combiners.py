@@ -5,9 +5,11 @@ import pytest
 
 from multiloss.ensembles.combiners import (
     log_loss_of,
+    majority_probs,
     majority_vote,
     mean_probs,
     optimize_weights,
+    out_of_fold,
     vote_shares,
     weighted_mean,
 )
@@ -93,3 +95,26 @@ def test_complementary_members_get_weights_that_beat_each_of_them():
     combined = log_loss_of(weighted_mean(probs, w), y)
     assert combined < min(log_loss_of(p, y) for p in probs) - 0.03      # 0.469 vs 0.517 here
     assert 0.2 < w[0] < 0.8
+
+
+def test_majority_probs_agree_with_the_vote_including_ties():
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.ones(3), size=(4, 200))       # 4 members: many 2–2 ties
+    np.testing.assert_array_equal(majority_probs(probs).argmax(1), majority_vote(probs))
+    np.testing.assert_allclose(majority_probs(probs).sum(1), 1.0)
+
+
+def test_out_of_fold_never_fits_on_the_image_it_predicts():
+    probs = np.zeros((1, 23, 3))
+    probs[0, :, 0] = np.arange(23)            # image id carried in the probabilities
+    labels = np.arange(23) % 3
+
+    def fit_predict(train_probs, train_labels, held_probs):
+        seen = set(train_probs[0, :, 0])
+        assert not seen & set(held_probs[0, :, 0])
+        assert len(seen) + len(held_probs[0]) == 23
+        return np.tile([1.0, 0.0, 0.0], (held_probs.shape[1], 1)) * held_probs[0, :, :1]
+
+    result = out_of_fold(fit_predict, probs, labels, folds=5, seed=0)
+    np.testing.assert_array_equal(result[:, 0], np.arange(23))     # every image predicted exactly once
+
