@@ -48,7 +48,8 @@ CALIBRATION_COLUMNS = (("ECE", "ece"), ("Brier", "brier"), ("NLL", "nll"))
 CLASSIFICATION_SCORES = tuple(c[1] for c in CLASSIFICATION_COLUMNS) + tuple(c[1] for c in CALIBRATION_COLUMNS)
 
 # The stage tag and experiment of each run the collector reads.
-SOURCES = {"segment_eval": "segmentation", "classify": "classification", "ensemble": "ensembles"}
+SOURCES = {"segment_eval": names.SEGMENTATION_EXPERIMENT, "classify": names.CLASSIFICATION_EXPERIMENT,
+           "ensemble": names.ENSEMBLES_EXPERIMENT}
 # A paper interval further than this from the Wald recomputation is flagged (its digits are rounded to 4).
 INTERVAL_TOLERANCE = 5e-4
 NOT_RUN = "not run"
@@ -210,7 +211,7 @@ def _finished_runs(stage: str) -> list:
     if experiment is None:
         return []
     return client.search_runs([experiment.experiment_id],
-                              filter_string=f"tags.stage = '{stage}' and attributes.status = 'FINISHED'",
+                              filter_string=f"tags.{names.STAGE_TAG} = '{stage}' and attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"])
 
 
@@ -233,7 +234,7 @@ def _artifact_csv(run, name: str, **read_csv) -> pd.DataFrame:
         try:
             local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=name, dst_path=tmp)
         except (mlflow.exceptions.MlflowException, OSError) as err:
-            raise ValueError(f"run {run.info.run_id} ({run.data.tags.get('stage')}) has no artifact {name}") from err
+            raise ValueError(f"run {run.info.run_id} ({run.data.tags.get(names.STAGE_TAG)}) has no artifact {name}") from err
         return pd.read_csv(local, **read_csv)
 
 
