@@ -13,7 +13,11 @@ import tf_keras
 
 from multiloss import names
 from multiloss.classification.scoring import PROBABILITY_COLUMNS
-from multiloss.classification.train import balanced_class_weights
+from multiloss.classification.train import (
+    LOSS_PARAMETERS,
+    ClassifierConfig,
+    balanced_class_weights,
+)
 from multiloss.data.synthetic import write_synthetic
 from multiloss.models.classifier import CUT_LAYER, build_classifier, encoder_from_unet
 from multiloss.models.unet import build_unet
@@ -92,3 +96,15 @@ def test_classify_stage_logs_scores_registers_and_reloads_in_a_fresh_process(tmp
 def test_balanced_class_weights():
     weights = balanced_class_weights(np.array([0, 0, 0, 1, 2, 2]))
     assert weights == pytest.approx({0: 6 / 9, 1: 2.0, 2: 1.0})
+
+
+def test_a_config_from_the_declared_defaults_is_the_one_the_classify_stage_builds():
+    def stage_config(*argv):
+        args = classify.parse_args(["--data", "d", *argv])
+        return ClassifierConfig(loss=args.loss, loss_params={k: getattr(args, k) for k in LOSS_PARAMETERS},
+                                **classify.training_arguments(args))
+
+    assert ClassifierConfig.from_defaults("cce", "d") == stage_config("--loss", "cce")
+    tuned = stage_config("--loss", "focal", "--epochs", "3", "--gamma", "2")
+    assert ClassifierConfig.from_defaults("focal", "d", epochs=3, loss_params=tuned.loss_params) == tuned
+    assert set(LOSS_PARAMETERS) == {"gamma", "sigma", "lam", "beta"}
