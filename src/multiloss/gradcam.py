@@ -251,11 +251,12 @@ def _rgb_float(image) -> np.ndarray:
 
 
 def overlay(image, heatmap, alpha: float = 0.4, threshold: float = 0.0) -> np.ndarray:
-    """RGB uint8: ``image`` with the heatmap's colours blended in wherever the heat is at least ``threshold``.
+    """RGB uint8: ``image`` with the heatmap's colours blended in where the heat is at least ``threshold``.
 
-    The colours weigh ``alpha``; elsewhere the image shows unchanged. ``threshold`` is a fraction of the map's [0, 1] range, compared with the float map before anything
-    is converted to 8 bits: the published code thresholded the 0–255 map, whose truncation drops heat
-    just above the threshold. The colours come from the float map too.
+    The colours weigh ``alpha``; elsewhere the image shows unchanged. ``threshold`` is a fraction of
+    the map's [0, 1] range, compared with the float map before anything is converted to 8 bits: the
+    published code thresholded the 0–255 map, whose truncation drops heat just above the threshold.
+    The colours come from the float map too.
     """
     heat = np.asarray(heatmap, np.float32)
     if heat.ndim != 2:

@@ -140,10 +140,11 @@ def model_level(names: list[str], members: list[tf_keras.Model], *, train_paths:
                 feature_cache: dict[tuple[str, str, int], np.ndarray] | None = None) -> Ensemble:
     """Train the model-level ensemble's new layers on the training split; the members stay frozen.
 
-    SGD with momentum, as the classifiers, keeping the lowest-validation-loss weights. Frozen members' features never change, so when they fit in ``max_cache_bytes`` each member's
-    are computed once per split, kept in ``feature_cache`` (keyed by member name, split and image
-    size, so the top-3 and top-5 ensembles share them), and the head trains and predicts on them.
-    The limit counts the cache and the concatenated copy; past it the cache is emptied."""
+    SGD with momentum, as the classifiers, keeping the lowest-validation-loss weights. Frozen
+    members' features never change, so when they fit in ``max_cache_bytes`` each member's are
+    computed once per split, kept in ``feature_cache`` (keyed by member name, split and image size,
+    so the top-3 and top-5 ensembles share them), and the head trains and predicts on them. The
+    limit counts the cache and the concatenated copy; past it the cache is emptied."""
     tf_keras.utils.set_random_seed(seed)
     ensemble = ModelLevel(members, names)
     classes = [str(c) for c in np.asarray(train_labels)]

@@ -53,7 +53,8 @@ def choose_members(key: str, data_print: str, data: Path, count: int, distinct: 
         shrunk = f" ({pool} versions, {len(ranked)} distinct losses; distinct=none allows repeats)" \
             if distinct == "loss" else ""
         raise EnsembleInputError(f"top_k {count} needs {count} {names.CLASSIFIER_MODEL} versions trained on "
-                                 f"{data} (fingerprint {data_print[:12]}) with a {key} score; found {len(ranked)}{shrunk}")
+                                 f"{data} (fingerprint {data_print[:12]}) with a {key} score; "
+                                 f"found {len(ranked)}{shrunk}")
     chosen = ranked[:count]
     sizes = {str(r.version.version): r.version.tags.get(names.IMG_SIZE_TAG) for r in chosen}
     if None in sizes.values() or len(set(sizes.values())) != 1:

@@ -38,7 +38,8 @@ def fit_stacking(member_probs: np.ndarray, labels: np.ndarray, *, epochs: int = 
                  seed: int = 0) -> tf_keras.Model:
     """The meta-learner fitted on out-of-sample member predictions (the validation split's).
 
-    The members never saw these images, so the learner learns how far to trust each one. ``epochs`` full-batch Adam steps on the categorical cross-entropy, from Keras' seeded initial
+    The members never saw these images, so the learner learns how far to trust each one.
+    ``epochs`` full-batch Adam steps on the categorical cross-entropy, from Keras' seeded initial
     weights. The steps run in NumPy: the net is a few hundred weights, and an ensemble run fits it
     many times (out of fold, for each size of K), where building a Keras graph for every fit would
     cost more than the steps themselves."""

@@ -41,13 +41,15 @@ def parser() -> StageParser:
     stage.parameter("model", help="model URI: models:/name@alias, models:/name/N, models:/m-<id>, runs:/<id>/model")
     stage.parameter("images", required=True,
                     help="a Kermany-layout dataset (per_class test images per class), a folder of images, or one image")
-    stage.parameter("layer", help="convolution to explain, member/layer inside a nested model; empty: the deepest Conv2D")
+    stage.parameter("layer",
+                    help="convolution to explain, member/layer inside a nested model; empty: the deepest Conv2D")
     stage.parameter("img_size", type=integer("img_size", 0),
                     help="0: the img_size the model was trained at (its version tag or its run's parameter)")
     stage.parameter("per_class", type=integer("per_class", 1))
     stage.parameter("seed", type=integer("seed", 0))
     stage.parameter("alpha", type=fraction("alpha"), help="overlay opacity")
-    stage.parameter("threshold", type=fraction("threshold"), help="heat (0..1) below which the image is left uncoloured")
+    stage.parameter("threshold", type=fraction("threshold"),
+                    help="heat (0..1) below which the image is left uncoloured")
     return stage
 
 
@@ -68,7 +70,8 @@ def main(argv=None) -> None:
                           "images": str(Path(args.images).resolve()), "layer": layer, "img_size": explained.img_size,
                           "per_class": args.per_class, "seed": args.seed, "alpha": args.alpha,
                           "threshold": args.threshold, "n_images": len(picked)})
-        mlflow.set_tags({names.STAGE_TAG: "gradcam", "model_run_id": explained.run.info.run_id if explained.run else ""})
+        mlflow.set_tags({names.STAGE_TAG: "gradcam",
+                         "model_run_id": explained.run.info.run_id if explained.run else ""})
         with tempfile.TemporaryDirectory() as tmp:
             explain_images(model, picked, explained.img_size, layer, tmp, args.alpha, args.threshold)
             mlflow.log_artifacts(tmp)

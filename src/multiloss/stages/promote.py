@@ -15,7 +15,8 @@ from multiloss.tracking import ranking, registry, store
 def parser() -> StageParser:
     stage = StageParser("promote", __doc__)
     stage.parameter("model", help="registered model name")
-    stage.parameter("metric", help="source-run metric or version tag to rank on (ece, brier, nll, loss rank low to high)")
+    stage.parameter("metric",
+                    help="source-run metric or version tag to rank on (ece, brier, nll, loss rank low to high)")
     stage.parameter("alias")
     stage.parameter("version", help="a version number; empty: the best by --metric")
     return stage
