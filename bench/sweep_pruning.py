@@ -55,7 +55,9 @@ def main() -> None:
     os.environ["MULTILOSS_HOME"] = str(home)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     import multiloss  # noqa: F401  (before TensorFlow)
-    from multiloss.classification import sweeps
+    from multiloss.classification.sweeps.grid import load_grid, search_space
+    from multiloss.classification.sweeps.study import SweepSettings
+    from multiloss.classification.sweeps.worker import run_sweep
     from multiloss.data.synthetic import write_synthetic
     from multiloss.segmentation import train as unet_training
     from multiloss.stages import segment
@@ -75,18 +77,18 @@ def main() -> None:
         version = registry.log_and_register(trained.model, names.SEGMENTATION_MODEL, trained.registry_tags())
     encoder = registry.version_uri(names.SEGMENTATION_MODEL, version.version)
 
-    space = sweeps.search_space(args.loss, sweeps.load_grid(args.grid or None))
+    space = search_space(args.loss, load_grid(args.grid or None))
     training = {"data": str(data / "chest_xray"), "encoder": encoder, "img_size": args.img_size,
                 "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                 "bn_momentum": args.bn_momentum, "augment": args.augment, "val_fraction": args.val_fraction,
                 "ci_method": "wald", "patience": args.epochs}
     rows = []
     for pruner in pruners:
-        settings = sweeps.SweepSettings(args.loss, space, training, pruner=pruner, seed=args.seed,
+        settings = SweepSettings(args.loss, space, training, pruner=pruner, seed=args.seed,
                                         study=f"bench-{args.loss}-{pruner}", heartbeat=600)
         start = time.perf_counter()
         with store.stage_run(names.SWEEPS_EXPERIMENT, run_name=settings.study_name):
-            study = sweeps.run_sweep(settings).study
+            study = run_sweep(settings).study
         trials = sorted(study.get_trials(), key=lambda t: t.datetime_start)
         rows.append({"pruner": pruner, "trials": trials, "seconds": time.perf_counter() - start,
                      "grid_epochs": settings.n_points * args.epochs})

@@ -4,6 +4,7 @@ worker's trial retried, and one real classify trial through the sweep stage end 
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -197,8 +198,10 @@ def test_workers_share_one_journal_and_a_killed_workers_trial_is_retried(tmp_pat
     workers = [start_worker(tmp_path, "meet", ",".join(map(str, lams))) for _ in range(2)]
     outputs = [w.communicate(timeout=300)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-3000:] for o in outputs)
-    ran = [json.loads(o.split("RAN ")[-1].split(" ", 1)[1]) for o in outputs]
-    run_ids = [o.split("RAN ")[-1].split()[0] for o in outputs]
+    reports = [re.findall(r"^RAN (\S+) (\[.*\])$", o, re.M) for o in outputs]
+    assert all(len(r) == 1 for r in reports), "\n".join(o[-3000:] for o in outputs)
+    ran = [json.loads(r[0][1]) for r in reports]
+    run_ids = [r[0][0] for r in reports]
     assert all(ran) and sorted(ran[0] + ran[1]) == list(range(6))   # both worked, no trial twice
 
     study = optuna.load_study(study_name="meet", storage=open_storage(str(tmp_path / "journal.log")))

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from multiloss import paths
-from multiloss.stages.cli import StageParser, declared_parameters
+from multiloss.project import declared_parameters
+from multiloss.stages.cli import StageParser
 
 PROJECT = yaml.safe_load(paths.PROJECT_FILE.read_text())
 ENTRY_POINTS = sorted(PROJECT["entry_points"])

@@ -33,6 +33,7 @@ from multiloss.data.split import (
 from multiloss.losses import CLASSIFICATION_LOSSES, classification_loss
 from multiloss.losses.classification import ClassificationLoss
 from multiloss.models.classifier import build_classifier
+from multiloss.project import declared_parameters
 from multiloss.tracking import registry, store
 from multiloss.training import distribution_strategy, fit_keeping_best, seed_everything
 
@@ -50,8 +51,8 @@ class ClassifierConfig:
     loss's paper value).
 
     The fields without a default are the classify stage's parameters, whose defaults MLproject
-    declares: :meth:`from_defaults` builds a config from those. The others are set only on a
-    direct command line or by a library caller.
+    declares: :meth:`from_defaults` builds a config from those. The others (the paper's SGD
+    momentum, the validation split, fixed across losses) only a library caller changes.
     """
 
     loss: str
@@ -77,14 +78,18 @@ class ClassifierConfig:
     def from_defaults(cls, loss: str, data: str, **overrides) -> ClassifierConfig:
         """The config the classify stage builds for ``loss`` on ``data`` from MLproject's defaults,
         with ``overrides`` (field name -> value): a library caller or a test repeats no default."""
-        from multiloss.stages.cli import declared_parameters, integer, optional_float
+        def read(text: str, hint):
+            if hint is int:
+                return int(float(text))            # MLproject floats: "20" or "20.0"
+            if hint == float | None:
+                return None if text.strip().lower() in ("", "none", "default") else float(text)
+            return hint(text)
 
-        readers = {int: integer, float: lambda name: float, str: lambda name: str, float | None: optional_float}
         hints = typing.get_type_hints(cls)
         declared = {name: str(spec["default"]) for name, spec in declared_parameters("classify").items()}
-        values = {name: readers[hints[name]](name)(text) for name, text in declared.items()
+        values = {name: read(text, hints[name]) for name, text in declared.items()
                   if name in hints and name not in LOSS_PARAMETERS}
-        loss_params = {name: optional_float(name)(declared[name]) for name in LOSS_PARAMETERS}
+        loss_params = {name: read(declared[name], float | None) for name in LOSS_PARAMETERS}
         return cls(**{**values, "loss": loss, "data": data, "loss_params": loss_params, **overrides})
 
 

@@ -18,12 +18,12 @@ from multiloss.stages.cli import StageParser, integer, optional_float
 from multiloss.tracking import registry, store
 from multiloss.training import STRATEGIES
 
-# The training arguments: every field of ClassifierConfig but the loss and its parameters. The
-# sweep stage forwards them to every trial.
+# The training arguments: the fields of ClassifierConfig that are stage parameters (MLproject
+# declares them and their defaults), but the loss and its parameters. The sweep stage forwards them
+# to every trial; the other fields (SGD momentum, the validation split) keep the library's values.
 TRAINING_ARGUMENTS = tuple(field.name for field in dataclasses.fields(ClassifierConfig)
-                           if field.name not in ("loss", "loss_params"))
-# How the command line reads each training argument (its default: MLproject's, or for an argument
-# MLproject does not declare, ClassifierConfig's).
+                           if field.name not in ("loss", "loss_params") and field.default is dataclasses.MISSING)
+# How the command line reads each training argument.
 _READ = {
     "data": {"required": True, "help": "Kermany-layout dataset (usually the crop stage's output)"},
     "encoder": {"help": "model URI of the U-Net whose encoder is transferred"},
@@ -31,28 +31,20 @@ _READ = {
     "epochs": {"type": integer("epochs", 1)},
     "batch_size": {"type": integer("batch_size", 1)},
     "lr": {"type": float},
-    "momentum": {"type": float},
     "seed": {"type": integer("seed", 0)},
     "augment": {"choices": ("none", "paper"), "help": "paper: the U-Net's flip/±2 px/±5° augmentation on training images"},
     "class_weights": {"choices": ("none", "balanced")},
     "ci_method": {"choices": CI_METHODS},
     "bn_momentum": {"type": optional_float("bn_momentum")},
     "patience": {"type": integer("patience", 1)},
-    "val_fraction": {"type": float},
-    "split_seed": {"type": integer("split_seed", 0),
-                   "help": "seed of the patient-grouped validation split (fixed across losses)"},
     "strategy": {"choices": STRATEGIES},
 }
 
 
 def add_training_arguments(parser: StageParser) -> None:
-    """The classifier training options, shared with the sweep stage."""
-    library_defaults = {field.name: field.default for field in dataclasses.fields(ClassifierConfig)}
+    """The classifier training parameters, shared with the sweep stage."""
     for name in TRAINING_ARGUMENTS:
-        if name in parser.declared:
-            parser.parameter(name, **_READ[name])
-        else:            # a direct command line's option only
-            parser.add_argument("--" + name.replace("_", "-"), dest=name, default=library_defaults[name], **_READ[name])
+        parser.parameter(name, **_READ[name])
 
 
 def training_arguments(args: argparse.Namespace) -> dict[str, object]:

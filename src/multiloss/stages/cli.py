@@ -10,11 +10,9 @@ MLflow Projects know only string/float/path/uri parameters, so an integer arrive
 from __future__ import annotations
 
 import argparse
-import functools
-
-import yaml
 
 from multiloss import paths
+from multiloss.project import declared_parameters
 
 
 def integer(name: str, minimum: int | None = None, maximum: int | None = None):
@@ -61,16 +59,6 @@ def optional_float(name: str):
             raise argparse.ArgumentTypeError(f"parameter {name} must be a number or empty, got {text!r}") from None
     parse.__name__ = name
     return parse
-
-
-@functools.cache
-def declared_parameters(entry_point: str) -> dict[str, dict]:
-    """MLproject's parameters of ``entry_point``: name -> {type, default}."""
-    project = yaml.safe_load(paths.PROJECT_FILE.read_text())
-    try:
-        return project["entry_points"][entry_point].get("parameters", {})
-    except KeyError:
-        raise KeyError(f"{paths.PROJECT_FILE} declares no entry point {entry_point!r}") from None
 
 
 class StageParser(argparse.ArgumentParser):

@@ -1,0 +1,23 @@
+"""The MLproject file: its entry points and the parameters each declares with their defaults, the
+one place a stage default is written (stage parsers and library configs read it from here)."""
+
+from __future__ import annotations
+
+import functools
+
+import yaml
+
+from multiloss import paths
+
+
+@functools.cache
+def entry_points() -> dict[str, dict]:
+    return yaml.safe_load(paths.PROJECT_FILE.read_text())["entry_points"]
+
+
+def declared_parameters(entry_point: str) -> dict[str, dict]:
+    """MLproject's parameters of ``entry_point``: name -> {type, default}."""
+    try:
+        return entry_points()[entry_point].get("parameters", {})
+    except KeyError:
+        raise KeyError(f"{paths.PROJECT_FILE} declares no entry point {entry_point!r}") from None
