@@ -111,15 +111,16 @@ def python_on_two_cpus():
     return run
 
 
-def _register(model_name: str, build, experiment: str, run_name: str, seed: int | None, tags, aliases):
+def _register(model_name: str, model, experiment: str, run_name: str, seed: int | None, tags, aliases):
     import tf_keras
 
     from multiloss.tracking import registry, store
 
     if seed is not None:
         tf_keras.utils.set_random_seed(seed)
+    model = model() if callable(model) and not isinstance(model, tf_keras.Model) else model
     with store.stage_run(experiment, run_name=run_name):
-        version = registry.log_and_register(build(), model_name, dict(tags or {}))
+        version = registry.log_and_register(model, model_name, dict(tags or {}))
     for alias in aliases:
         registry.set_alias(model_name, alias, version.version)
     return version
@@ -127,26 +128,26 @@ def _register(model_name: str, build, experiment: str, run_name: str, seed: int 
 
 @pytest.fixture
 def register_unet():
-    """A factory: an untrained U-Net registered as a ``cxr-lung-seg`` version with ``tags`` and
-    ``aliases`` (after seeding, when ``seed`` is given); returns the version."""
+    """A factory: a U-Net (by default an untrained one, built after seeding with ``seed``) registered
+    as a ``cxr-lung-seg`` version with ``tags`` and ``aliases``; returns the version."""
     from multiloss import names
     from multiloss.models.unet import build_unet
 
-    def register(tags=None, aliases=(), seed: int | None = 0, run_name: str = "tiny unet"):
-        return _register(names.SEGMENTATION_MODEL, build_unet, names.SEGMENTATION_EXPERIMENT, run_name, seed,
-                         tags, aliases)
+    def register(tags=None, aliases=(), seed: int | None = 0, run_name: str = "tiny unet", model=None):
+        return _register(names.SEGMENTATION_MODEL, model or build_unet, names.SEGMENTATION_EXPERIMENT, run_name,
+                         seed, tags, aliases)
     return register
 
 
 @pytest.fixture
 def register_classifier():
-    """A factory: an untrained classifier on an untrained U-Net's encoder, registered as a
-    ``cxr-classifier`` version with ``tags`` and ``aliases``; returns the version."""
+    """A factory: a classifier (by default an untrained one on an untrained U-Net's encoder, built
+    after seeding with ``seed``) registered as a ``cxr-classifier`` version; returns the version."""
     from multiloss import names
     from multiloss.models.classifier import build_classifier
     from multiloss.models.unet import build_unet
 
-    def register(tags=None, aliases=(), seed: int | None = 0, run_name: str = "tiny classifier"):
-        return _register(names.CLASSIFIER_MODEL, lambda: build_classifier(build_unet()),
+    def register(tags=None, aliases=(), seed: int | None = 0, run_name: str = "tiny classifier", model=None):
+        return _register(names.CLASSIFIER_MODEL, model or (lambda: build_classifier(build_unet())),
                          names.CLASSIFICATION_EXPERIMENT, run_name, seed, tags, aliases)
     return register

@@ -26,7 +26,7 @@ from multiloss.gradcam import (
 from multiloss.models.classifier import DEEPEST_CONV, build_classifier
 from multiloss.models.unet import build_unet
 from multiloss.stages import gradcam as gradcam_stage
-from multiloss.tracking import registry, store
+from multiloss.tracking import store
 
 layers = tf_keras.layers
 
@@ -227,12 +227,11 @@ def test_images_to_explain_from_a_kermany_layout_a_folder_or_a_file(kermany_dir)
 
 
 @pytest.mark.slow
-def test_gradcam_stage_logs_overlays_and_the_models_own_probabilities(kermany_dir):
+def test_gradcam_stage_logs_overlays_and_the_models_own_probabilities(kermany_dir, register_classifier):
     tf_keras.utils.set_random_seed(5)
     model = build_classifier(build_unet())
-    with store.stage_run("classification", run_name="untrained classifier"):
-        version = registry.log_and_register(model, names.CLASSIFIER_MODEL, {"img_size": 64})
-    registry.set_alias(names.CLASSIFIER_MODEL, "champion", version.version)
+    version = register_classifier({"img_size": 64}, aliases=[names.CHAMPION], seed=None, model=model,
+                                  run_name="untrained classifier")
 
     gradcam_stage.main(["--images", str(kermany_dir), "--per-class", "1", "--threshold", "0.2"])
 

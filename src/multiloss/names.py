@@ -35,6 +35,15 @@ IMG_SIZE_TAG = "img_size"
 CODE_VERSION_TAG = "code_version"            # hash of the source an entry point runs
 INPUT_FINGERPRINT_TAG = "input_fingerprint"  # hash of a step's input data and model versions
 
+# Tags of ensemble runs, read by the report and the pipeline.
+SELECT_ON_TAG = "select_on"                  # the split members and the best ensemble were chosen on
+TEST_SELECTED_TAG = "test_selected"          # "true" when that split was test (the paper's choice)
+BEST_ENSEMBLE_TAG = "best_ensemble"
+MODEL_LEVEL_URI_TAG = "model_level_uri"      # the best model-level ensemble's logged model
+
+# A data-writing run (synth, crop) that found its output already written and kept it.
+REUSED_DATA_TAG = "reused_existing_data"
+
 # Tags of a pipeline's parent run and its steps.
 STEP_TAG = "pipeline.step"
 PROCESS_TAG = "pipeline.process"             # which process ran a step: main, worker 1, ...

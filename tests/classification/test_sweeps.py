@@ -14,7 +14,6 @@ import time
 import mlflow
 import optuna
 import pytest
-import tf_keras
 import yaml
 from optuna.trial import TrialState
 
@@ -28,7 +27,6 @@ from multiloss.classification.sweeps.study import (
 )
 from multiloss.classification.sweeps.worker import run_sweep
 from multiloss.data.synthetic import write_synthetic
-from multiloss.models.unet import build_unet
 from multiloss.stages import sweep
 from multiloss.tracking import registry, store
 
@@ -249,12 +247,10 @@ def test_workers_share_one_journal_and_a_killed_workers_trial_is_retried(tmp_pat
 
 
 @pytest.mark.slow
-def test_sweep_stage_runs_real_classify_trials_and_registers_only_the_best(tmp_path):
+def test_sweep_stage_runs_real_classify_trials_and_registers_only_the_best(tmp_path, register_unet):
     data = tmp_path / "synthetic"
     write_synthetic(data, n_seg=1, n_cls=12, size=48, seed=2)
-    tf_keras.utils.set_random_seed(0)
-    with store.stage_run("segmentation", run_name="encoder"):
-        unet = registry.log_and_register(build_unet(), names.SEGMENTATION_MODEL, {"loss": "bce"})
+    unet = register_unet({"loss": "bce"}, run_name="encoder")
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({"lam": [1, 10]}))
 

@@ -22,7 +22,7 @@ from multiloss.data.synthetic import write_synthetic
 from multiloss.models.classifier import CUT_LAYER, build_classifier, encoder_from_unet
 from multiloss.models.unet import build_unet
 from multiloss.stages import classify
-from multiloss.tracking import registry, store
+from multiloss.tracking import registry
 
 
 def test_classifier_starts_from_the_unet_encoder_weights():
@@ -46,13 +46,10 @@ def test_cut_layer_missing_is_named():
 
 
 @pytest.mark.slow
-def test_classify_stage_logs_scores_registers_and_reloads_in_a_fresh_process(tmp_path):
+def test_classify_stage_logs_scores_registers_and_reloads_in_a_fresh_process(tmp_path, register_unet):
     data = tmp_path / "synthetic"
     write_synthetic(data, n_seg=1, n_cls=15, size=48, seed=2)
-    tf_keras.utils.set_random_seed(0)
-    with store.stage_run("segmentation", run_name="encoder"):
-        unet_version = registry.log_and_register(build_unet(), names.SEGMENTATION_MODEL, {"loss": "bce"})
-    registry.set_alias(names.SEGMENTATION_MODEL, "champion", unet_version.version)
+    unet_version = register_unet({"loss": "bce"}, aliases=[names.CHAMPION], run_name="encoder")
 
     classify.main(["--loss", "cal_neg_entropy", "--beta", "0.01", "--data", str(data / "chest_xray"),
                    "--img-size", "32", "--epochs", "2", "--batch-size", "8", "--class-weights", "balanced",

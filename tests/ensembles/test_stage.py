@@ -11,26 +11,20 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import tf_keras
 
 from multiloss import names
 from multiloss.classification.scoring import PROBABILITY_COLUMNS, read_predictions
 from multiloss.data.synthetic import write_synthetic
 from multiloss.ensembles import build
-from multiloss.models.unet import build_unet
 from multiloss.stages import classify, crop, ensemble
-from multiloss.tracking import registry, store
+from multiloss.tracking import store
 
 
 @pytest.mark.slow
-def test_ensemble_stage_registers_an_end_to_end_model(tmp_path, monkeypatch):
+def test_ensemble_stage_registers_an_end_to_end_model(tmp_path, monkeypatch, register_unet):
     data = tmp_path / "synthetic"
     write_synthetic(data, n_seg=1, n_cls=20, size=48, seed=3)
-    tf_keras.utils.set_random_seed(0)
-    with store.stage_run("segmentation", run_name="unet"):
-        unet = registry.log_and_register(build_unet(), names.SEGMENTATION_MODEL, {"loss": "bce", "img_size": 32})
-    registry.set_alias(names.SEGMENTATION_MODEL, "top1", unet.version)
-    registry.set_alias(names.SEGMENTATION_MODEL, "champion", unet.version)
+    register_unet({"loss": "bce", "img_size": 32}, aliases=[names.top_alias(1), names.CHAMPION], run_name="unet")
     cropped = tmp_path / "cropped"
     crop.main(["--data", str(data / "chest_xray"), "--out", str(cropped), "--top-k", "1", "--img-size", "48"])
     for seed, loss in enumerate(("cce", "focal", "kld")):

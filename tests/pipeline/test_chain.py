@@ -20,7 +20,6 @@ from multiloss.tracking import store
 REPO = Path(__file__).resolve().parents[2]
 TINY = {
     "data": "synthetic",
-    "layout": {"lungs": "lungs", "holdout": "MontgomerySet", "kermany": "chest_xray"},
     "synth": {"out": "data/synthetic", "n_seg": 8, "n_cls": 13, "size": 64, "seed": 0},
     "segment": {"losses": ["bce"], "img_size": 32, "epochs": 1, "batch_size": 4, "patience": 1},
     "segment_eval": {"top_k": 1},

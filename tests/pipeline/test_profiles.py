@@ -13,7 +13,17 @@ def test_profiles_name_only_parameters_their_entry_points_have(name):
     for stage in ("synth", "segment", "segment_eval", "crop", "classify", "ensemble", "gradcam"):
         if stage in PROJECT:       # entry points other sessions add may not be there yet
             engine.resolve_params(stage, PROJECT[stage], profiles.stage_settings(profile, stage))
-    assert set(profile["segment"]["losses"]) | set(profile["classify"]["losses"]) and profile["layout"]
+    assert set(profile["segment"]["losses"]) | set(profile["classify"]["losses"])
+    assert profiles.data_layout(profile, synthetic=False) == {"lungs": "lungs", "holdout": "MontgomerySet",
+                                                              "kermany": "chest_xray"}
+
+
+def test_a_profiles_layout_renames_a_users_folders_but_not_the_synthetic_ones():
+    profile = {"layout": {"holdout": "Montgomery-County"}}
+    assert profiles.data_layout(profile, synthetic=False)["holdout"] == "Montgomery-County"
+    assert profiles.data_layout(profile, synthetic=True)["holdout"] == "MontgomerySet"
+    with pytest.raises(ValueError, match="unknown folder key.*montgomery"):
+        profiles.data_layout({"layout": {"montgomery": "x"}}, synthetic=False)
 
 
 def test_unknown_profile_is_named():

@@ -198,8 +198,8 @@ def log_models_and_figures(scored: Scored) -> None:
         info = registry.log_keras(level.parts[0].full, name=level_slug(len(level.members)),
                                   keep_in_memory=level is scored.best_level)
         if level is scored.best_level:
-            mlflow.set_tag("model_level_uri", info.model_uri)
-    mlflow.set_tag("best_ensemble", scored.best.name)
+            mlflow.set_tag(names.MODEL_LEVEL_URI_TAG, info.model_uri)
+    mlflow.set_tag(names.BEST_ENSEMBLE_TAG, scored.best.name)
 
     table, best, test = scored.table, scored.best, scored.test
     with tempfile.TemporaryDirectory() as tmp:
@@ -231,7 +231,7 @@ def register_best(inputs: EnsembleInputs, scored: Scored) -> str:
     headline = scored.headline
     registry.tag_version(names.ENSEMBLE_MODEL, version, {
         "ensemble": best.name, "kind": best.kind, "k": len(best.members), "members": ",".join(in_best),
-        "segmenters": ",".join(inputs.crop["members"]), "select_on": inputs.settings.select_on,
+        "segmenters": ",".join(inputs.crop["members"]), names.SELECT_ON_TAG: inputs.settings.select_on,
         names.DATA_FINGERPRINT_TAG: inputs.data_print, names.IMG_SIZE_TAG: members.img_size,
         "val_mcc": round(float(headline["val_mcc"]), 6),
         **{f"test_{m}": round(float(headline[m]), 6) for m in TAGGED_SCORES}})

@@ -23,7 +23,7 @@ from multiloss.data.fingerprint import fingerprint, mask_set_fingerprint
 from multiloss.data.readers import find_kermany_root, read_kermany, read_mask_set
 from multiloss.pipeline import recovery
 from multiloss.pipeline.engine import Pipeline, Step, alias_targets
-from multiloss.pipeline.profiles import home_path, stage_settings
+from multiloss.pipeline.profiles import data_layout, home_path, stage_settings
 from multiloss.tracking import registry, store
 
 STAGES = ("synth", "segment", "segment_eval", "crop", "classify", "ensemble", "gradcam", "report")
@@ -106,7 +106,7 @@ def _run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int], u
     def stop_after(stage: str) -> bool:
         return STAGES.index(until) <= STAGES.index(stage)
     data = data or profile.get("data") or "synthetic"
-    layout = profile["layout"]
+    layout = data_layout(profile, synthetic=data == "synthetic")
     if data == "synthetic":
         root = home_path(profile["synth"]["out"])
         synth = {**profile["synth"], "out": root}
@@ -224,7 +224,7 @@ def gradcam_models(ensemble_run: str | None) -> dict[str, str]:
     ensemble the ensemble step tagged; '' for one that is not there."""
     champion = alias_targets([(names.CLASSIFIER_MODEL, names.CHAMPION)])[f"{names.CLASSIFIER_MODEL}@{names.CHAMPION}"]
     models = {names.CHAMPION: registry.version_uri(names.CLASSIFIER_MODEL, champion) if champion else ""}
-    models["ensemble"] = (mlflow.MlflowClient().get_run(ensemble_run).data.tags.get("model_level_uri", "")
+    models["ensemble"] = (mlflow.MlflowClient().get_run(ensemble_run).data.tags.get(names.MODEL_LEVEL_URI_TAG, "")
                           if ensemble_run else "")
     return models
 

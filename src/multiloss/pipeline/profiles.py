@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from multiloss import paths
+from multiloss.data import layout
 
 
 def home_path(path: str | os.PathLike) -> Path:
@@ -58,3 +59,14 @@ def workers(profile: dict, given: int, name: str) -> int:
 def stage_settings(profile: dict, stage: str) -> dict:
     """The parameters the profile gives one stage (its losses are the chain's to spread over steps)."""
     return {k: v for k, v in (profile.get(stage) or {}).items() if k != "losses"}
+
+
+def data_layout(profile: dict, synthetic: bool) -> dict[str, str]:
+    """The folders of the data root (lungs, holdout, kermany): the generator's names, which a
+    profile's ``layout`` may rename for a user's own copies (synthetic data always has them)."""
+    renamed = {} if synthetic else (profile.get("layout") or {})
+    unknown = sorted(set(renamed) - set(layout.DATA_ROOT))
+    if unknown:
+        raise ValueError(f"profile layout: unknown folder key(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(layout.DATA_ROOT)}")
+    return {**layout.DATA_ROOT, **renamed}

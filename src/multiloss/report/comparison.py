@@ -315,7 +315,7 @@ def collect(segment_eval_run: str | None = None, classify_runs: list[str] | None
         dataset = infer_dataset(paths or ([_data_path(seg)] if seg is not None else []))
     return OurResults(
         dataset=dataset, segmentation=segmentation, classification=classification, ensembles=ensembles,
-        select_on=ens.data.tags.get("select_on") if ens is not None else None,
+        select_on=ens.data.tags.get(names.SELECT_ON_TAG) if ens is not None else None,
         segmentation_size=_param(seg, "img_size") if seg is not None else None,
         classification_size=_distinct(classification["img_size"]) if classification is not None else None,
         test_images=_distinct(classification["n_test"]) if classification is not None else None,
@@ -420,7 +420,7 @@ def _header(ours: OurResults, paper: Mapping) -> list:
         selection = ("Ensemble members, weights and stacking were selected on the TEST split, as the paper did: "
                      "the ensemble rows are optimistic.")
     else:
-        selection = f"Ensemble members, weights and stacking were selected on the {ours.select_on} split (SPEC §9)."
+        selection = f"Ensemble members, weights and stacking were selected on the {ours.select_on} split."
     runs = "; ".join(f"{stage} {', '.join(ids)}" for stage, ids in ours.runs.items()) or "none"
     return [
         Heading(f"Our results beside the paper's tables ({ours.dataset})", 1),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +19,12 @@ import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 
 from multiloss import names
+from multiloss.data import layout
 from multiloss.data.datasets import image_dataset
 from multiloss.data.fingerprint import fingerprint
 from multiloss.data.imageio import read_gray, write_image
 from multiloss.data.readers import class_counts, find_kermany_root, read_kermany
+from multiloss.files import replacing_folder
 from multiloss.models.unet import check_size
 from multiloss.segmentation.crop import BOX_MARGIN, crop_lungs
 from multiloss.segmentation.masks import (
@@ -62,50 +63,47 @@ def crop_dataset(frame: pd.DataFrame, data: str | os.PathLike, out: str | os.Pat
     out = Path(out).resolve()
     check_out_free(out)
     source_root = find_kermany_root(data)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    rows = []
-    try:
-        paths = frame["path"].tolist()
-        # Each model.predict call has a fixed set-up cost: predict a chunk of images per call (as
-        # many as CHUNK_PIXELS allows), in batches of batch_size inside it.
-        chunk = max(1, CHUNK_PIXELS // (seg_size * seg_size * batch_size)) * batch_size
-        chunks = image_dataset(paths, img_size=seg_size, batch_size=chunk, cache=False)
-        done = 0
-        for images in chunks.as_numpy_iterator():
-            masks = and_ensemble([predict_probabilities(m, images, batch_size) for m in models])
-            for mask in masks:
-                source = Path(paths[done])
-                relative = source.relative_to(source_root)
-                cropped = crop_lungs(read_gray(source), mask, img_size, margin)
-                target = tmp / "chest_xray" / relative
-                target.parent.mkdir(parents=True, exist_ok=True)
-                write_image(target, cropped.image)
-                mask_path = (tmp / "masks" / relative).with_suffix(".png")
-                mask_path.parent.mkdir(parents=True, exist_ok=True)
-                write_image(mask_path, mask.astype(np.uint8) * 255)
-                row = frame.iloc[done]
-                rows.append({"path": str(Path("chest_xray") / relative), "split": row["split"],
-                             "label": row["label"], "patient": row["patient"],
-                             "empty_mask": cropped.box is None,
-                             "box": "" if cropped.box is None else " ".join(map(str, cropped.box))})
-                done += 1
-            progress(f"crop: {done}/{len(paths)} images")
-        manifest = pd.DataFrame(rows)
-        manifest.to_csv(tmp / "manifest.csv", index=False)
+    with replacing_folder(out, before_swap=lambda: check_out_free(out)) as tmp:
+        manifest = _crop_into(tmp, frame, source_root, models, seg_size=seg_size, img_size=img_size,
+                              margin=margin, batch_size=batch_size, progress=progress)
         (tmp / "crop.json").write_text(json.dumps({
             **(provenance or {}), "source": str(source_root), "seg_size": seg_size, "img_size": img_size, "margin": margin,
             "n_images": len(manifest), "n_empty_masks": int(manifest["empty_mask"].sum()),
             "empty_masks": manifest.loc[manifest["empty_mask"], "path"].tolist()}, indent=2))
-        check_out_free(out)
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        if out.exists():
-            os.replace(out, old)          # an earlier crop: swapped out only once the new one is whole
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return manifest
+
+
+def _crop_into(folder: Path, frame: pd.DataFrame, source_root: Path, models: list, *, seg_size: int,
+               img_size: int, margin: float, batch_size: int, progress) -> pd.DataFrame:
+    """Write the cropped images, their masks and ``manifest.csv`` into ``folder``, one
+    full-resolution image at a time."""
+    paths = frame["path"].tolist()
+    # Each model.predict call has a fixed set-up cost: predict a chunk of images per call (as
+    # many as CHUNK_PIXELS allows), in batches of batch_size inside it.
+    chunk = max(1, CHUNK_PIXELS // (seg_size * seg_size * batch_size)) * batch_size
+    chunks = image_dataset(paths, img_size=seg_size, batch_size=chunk, cache=False)
+    rows, done = [], 0
+    for images in chunks.as_numpy_iterator():
+        masks = and_ensemble([predict_probabilities(m, images, batch_size) for m in models])
+        for mask in masks:
+            source = Path(paths[done])
+            relative = source.relative_to(source_root)
+            cropped = crop_lungs(read_gray(source), mask, img_size, margin)
+            target = folder / layout.KERMANY / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_image(target, cropped.image)
+            mask_path = (folder / "masks" / relative).with_suffix(".png")
+            mask_path.parent.mkdir(parents=True, exist_ok=True)
+            write_image(mask_path, mask.astype(np.uint8) * 255)
+            row = frame.iloc[done]
+            rows.append({"path": str(Path(layout.KERMANY) / relative), "split": row["split"],
+                         "label": row["label"], "patient": row["patient"],
+                         "empty_mask": cropped.box is None,
+                         "box": "" if cropped.box is None else " ".join(map(str, cropped.box))})
+            done += 1
+        progress(f"crop: {done}/{len(paths)} images")
+    manifest = pd.DataFrame(rows)
+    manifest.to_csv(folder / "manifest.csv", index=False)
     return manifest
 
 

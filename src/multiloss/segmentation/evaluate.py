@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
@@ -125,10 +124,9 @@ def publish(ranking: HoldoutRanking, holdout_fingerprint: str) -> HoldoutRanking
         registry.set_alias(model, names.top_alias(position), ranking.by_label[label].version)
     registry.delete_aliases_beyond(model, names.TOP_PREFIX, len(ranking.top))
     scored = {str(v.version) for v in ranking.by_label.values()}
-    client = mlflow.MlflowClient()
     for other in registry.versions(model):
-        if str(other.version) not in scored and HOLDOUT_RANK_TAG in other.tags:
-            client.delete_model_version_tag(model, other.version, HOLDOUT_RANK_TAG)
+        if str(other.version) not in scored:
+            registry.untag_version(model, other.version, [HOLDOUT_RANK_TAG])
     before = registry.set_alias(model, names.CHAMPION, ranking.champion.version)
     return dataclasses.replace(ranking, champion_before=before)
 

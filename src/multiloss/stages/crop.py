@@ -50,7 +50,7 @@ def main(argv=None) -> None:
         crop = cropped_dataset.crop_or_reuse(frame, args.data, out, members, seg_size=seg_size,
                                              img_size=args.img_size)
         if crop.reused:
-            mlflow.set_tag("reused_existing_data", "true")
+            mlflow.set_tag(names.REUSED_DATA_TAG, "true")
         n_empty = int(crop.manifest["empty_mask"].sum())
         mlflow.log_metrics({"n_images": len(crop.manifest), "n_empty_masks": n_empty})
         mlflow.set_tag(names.DATA_FINGERPRINT_TAG, fingerprint(crop.cropped["path"], root=out))

@@ -70,9 +70,9 @@ def main(argv=None) -> None:
                           "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                           "patience": args.patience, "seed": args.seed, "ci_method": args.ci_method,
                           "img_size": inputs.members.img_size, "members": ",".join(inputs.members.versions)})
-        mlflow.set_tags({names.STAGE_TAG: "ensemble", "select_on": args.select_on,
+        mlflow.set_tags({names.STAGE_TAG: "ensemble", names.SELECT_ON_TAG: args.select_on,
                          names.DATA_FINGERPRINT_TAG: inputs.data_print,
-                         "test_selected": str(args.select_on == "test").lower()})
+                         names.TEST_SELECTED_TAG: str(args.select_on == "test").lower()})
         build_and_register(inputs)
 
 

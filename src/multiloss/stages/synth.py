@@ -40,7 +40,7 @@ def main(argv=None) -> None:
     with store.stage_run(names.DATA_EXPERIMENT, run_name="synth"):
         store.log_params({**params, "out": str(out)})
         manifest, reused = synthetic.ensure_synthetic(out, **params)
-        mlflow.set_tag("reused_existing_data", str(reused).lower())
+        mlflow.set_tag(names.REUSED_DATA_TAG, str(reused).lower())
         print(f"synth: {'reused' if reused else 'wrote'} {out}")
         kermany = _log_read_back(out, manifest)
         split = patient_split(kermany)

@@ -88,6 +88,15 @@ def tag_version(registered_name: str, version: str, tags: dict[str, object]) -> 
         client.set_model_version_tag(registered_name, str(version), key, str(value))
 
 
+def untag_version(registered_name: str, version: str, keys) -> None:
+    """Remove the tags ``keys`` from one version (a key it does not carry is skipped)."""
+    client = mlflow.MlflowClient()
+    carried = client.get_model_version(registered_name, str(version)).tags
+    for key in keys:
+        if key in carried:
+            client.delete_model_version_tag(registered_name, str(version), key)
+
+
 def version_uri(registered_name: str, version: str) -> str:
     """``models:/name/N``: a reference to one version that no alias move can change."""
     return f"models:/{registered_name}/{version}"
