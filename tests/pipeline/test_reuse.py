@@ -2,12 +2,9 @@
 
 from pathlib import Path
 
-import mlflow
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_PROJECT_ENTRY_POINT
-
-from multiloss import names
 from multiloss.pipeline import reuse
 from multiloss.tracking import store
+from tests.pipeline.conftest import finished_run
 
 
 def write_package(root: Path) -> Path:
@@ -35,18 +32,6 @@ def test_code_version_follows_the_imported_source_only(tmp_path):
     assert changed != before
     other_spec = {**spec, "parameters": {"a": {"type": "float", "default": 2}}}
     assert reuse.code_version("multiloss.stages.train", other_spec, package) != changed
-
-
-def finished_run(entry_point, params, code="c1", data="d1", status="FINISHED", parent=None) -> str:
-    client = mlflow.MlflowClient()
-    tags = {MLFLOW_PROJECT_ENTRY_POINT: entry_point, names.CODE_VERSION_TAG: code, names.INPUT_FINGERPRINT_TAG: data}
-    if parent:
-        tags[MLFLOW_PARENT_RUN_ID] = parent
-    run = client.create_run(store.ensure_experiment("pipeline"), tags=tags)
-    client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in params.items()])
-    if status != "RUNNING":
-        client.set_terminated(run.info.run_id, status)
-    return run.info.run_id
 
 
 def test_reuses_only_a_finished_run_with_equal_strings_code_and_input():
