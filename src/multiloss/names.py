@@ -27,6 +27,12 @@ def top_alias(position: int) -> str:
     return f"{TOP_PREFIX}{position}"
 
 
+def data_alias(alias: str, data_fingerprint: str) -> str:
+    """``champion-1a2b3c4d``: the alias a version of other data gets where ``alias`` belongs to a
+    version trained on different data (taking it needs ``force``)."""
+    return f"{alias}-{data_fingerprint[:8]}"
+
+
 # Tags on runs and model versions.
 STAGE_TAG = "stage"                          # the entry point that made a run
 LOSS_TAG = "loss"
@@ -34,6 +40,11 @@ DATA_FINGERPRINT_TAG = "data_fingerprint"    # content hash of the images a mode
 IMG_SIZE_TAG = "img_size"
 CODE_VERSION_TAG = "code_version"            # hash of the source an entry point runs
 INPUT_FINGERPRINT_TAG = "input_fingerprint"  # hash of a step's input data and model versions
+
+MCC_INTERVAL_TAG = "mcc_interval"            # what the logged mcc_low/mcc_high are (metrics.MCC_INTERVAL_LABELS)
+
+# The versions a segment_eval run chose (best first, comma-separated): crop and the pipeline read them.
+TOP_VERSIONS_TAG = "top_versions"
 
 # Tags of ensemble runs, read by the report and the pipeline.
 SELECT_ON_TAG = "select_on"                  # the split members and the best ensemble were chosen on
