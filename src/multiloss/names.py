@@ -33,6 +33,11 @@ def data_alias(alias: str, data_fingerprint: str) -> str:
     return f"{alias}-{data_fingerprint[:8]}"
 
 
+# Per-epoch curves are logged under names of their own ("epoch/val_loss"): a run's latest value of
+# a final-score name ("val_loss", "val_accuracy") is then always the kept model's, not the last epoch's.
+EPOCH_CURVE_PREFIX = "epoch/"
+
+
 # Tags on runs and model versions.
 STAGE_TAG = "stage"                          # the entry point that made a run
 LOSS_TAG = "loss"

@@ -14,6 +14,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from multiloss import names
+
 STRATEGIES = ("default", "mirrored", "multiworker")
 
 
@@ -32,8 +34,9 @@ def seed_everything(seed: int) -> None:
 
 
 class MlflowEpochLogger(tf_keras.callbacks.Callback):
-    """Logs every epoch's metrics (and learning rate, and images/s) to the active run, and prints
-    one progress line, so a long training is visible both in the terminal and in the UI."""
+    """Logs every epoch's metrics (and learning rate, and images/s) to the active run as curves
+    under ``epoch/<name>``, and prints one progress line, so a long training is visible both in the
+    terminal and in the UI. The plain names are left to the kept model's final scores."""
 
     def __init__(self, images_per_epoch: int, total_epochs: int, prefix: str = ""):
         super().__init__()
@@ -57,7 +60,7 @@ class MlflowEpochLogger(tf_keras.callbacks.Callback):
         metrics["lr"] = float(tf_keras.backend.get_value(self.model.optimizer.learning_rate))
         metrics["train_images_per_s"] = self.images_per_epoch / train_seconds
         self.images_per_second.append(metrics["train_images_per_s"])
-        mlflow.log_metrics({f"{self.prefix}{k}": v for k, v in metrics.items()}, step=epoch)
+        mlflow.log_metrics({f"{names.EPOCH_CURVE_PREFIX}{self.prefix}{k}": v for k, v in metrics.items()}, step=epoch)
         shown = "  ".join(f"{k}={v:.4g}" for k, v in metrics.items())
         print(f"epoch {epoch + 1}/{self.total_epochs} ({seconds:.1f} s): {shown}", flush=True)
 
@@ -126,8 +129,8 @@ def fit_keeping_best(model: tf_keras.Model, train, val, *, epochs: int, images_p
                      metric_prefix: str = "") -> dict:
     """Fit with reduce-on-plateau and early stopping, then restore the lowest-val_loss weights.
 
-    Returns the best epoch (counted from 1, as the progress lines) and its validation loss, and
-    the steady training images/s (epochs 2+, validation excluded).
+    Returns the best epoch (counted from 1, as the progress lines), its validation loss (also as
+    ``val_loss``, the kept model's), and the steady training images/s (epochs 2+, validation excluded).
     """
     logger = MlflowEpochLogger(images_per_epoch, epochs, metric_prefix)
     create_training_variables(model, train.element_spec)
@@ -146,5 +149,6 @@ def fit_keeping_best(model: tf_keras.Model, train, val, *, epochs: int, images_p
     val_loss = history.history["val_loss"]
     best_epoch, best_val_loss = best_epoch_of(val_loss)
     rates = logger.images_per_second
-    return {"best_epoch": best_epoch, "best_val_loss": best_val_loss, "epochs_run": len(val_loss),
+    return {"best_epoch": best_epoch, "best_val_loss": best_val_loss, "val_loss": best_val_loss,
+            "epochs_run": len(val_loss),
             "train_images_per_s": float(np.mean(rates[1:] if len(rates) > 1 else rates))}

@@ -266,8 +266,8 @@ def test_sweep_stage_runs_real_classify_trials_and_registers_only_the_best(tmp_p
     client = mlflow.MlflowClient()
     for child in trials:
         assert child.info.status == "FINISHED" and child.data.params["loss_lam"] in ("1.0", "10.0")
-        assert len(client.get_metric_history(child.info.run_id, "val_loss")) == 2
-        assert len(client.get_metric_history(child.info.run_id, "val_cross_entropy")) == 2
+        assert len(client.get_metric_history(child.info.run_id, "epoch/val_loss")) == 2
+        assert len(client.get_metric_history(child.info.run_id, "epoch/val_cross_entropy")) == 2
         assert child.data.metrics["trial_val_nll"] == pytest.approx(child.data.metrics["val_nll"])
     best = min(trials, key=lambda r: r.data.metrics["val_nll"])
     assert parent.data.tags["best.lam"] == best.data.params["loss_lam"]

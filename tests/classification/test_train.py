@@ -66,7 +66,7 @@ def test_classify_stage_logs_scores_registers_and_reloads_in_a_fresh_process(tmp
             assert f"{split}_{key}" in metrics, f"{split}_{key}"
         assert metrics[f"{split}_mcc_low"] <= metrics[f"{split}_mcc"] <= metrics[f"{split}_mcc_high"]
     assert float(version.tags["test_mcc"]) == pytest.approx(metrics["test_mcc"], abs=1e-6)
-    assert len(mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_loss")) == 2
+    assert len(mlflow.MlflowClient().get_metric_history(run.info.run_id, "epoch/val_loss")) == 2
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"val_predictions.csv", "test_predictions.csv", "test_confusion.png", "test_roc_pr.png",
             "test_reliability.png", "validation_split.csv"} <= artifacts

@@ -143,7 +143,7 @@ def train_unet(prepared: PreparedTraining) -> TrainedUNet:
     images, truth = (np.concatenate(parts) for parts in zip(*val_ds.as_numpy_iterator()))
     predicted = model.predict(images, verbose=0)[..., 0] > 0.5
     scores = segmentation_scores(truth[..., 0] > 0.5, predicted).mean()
-    mlflow.log_metrics({f"val_{k}_best": float(v) for k, v in scores.items()})
+    mlflow.log_metrics({f"val_{k}": float(v) for k, v in scores.items()})
     with tempfile.TemporaryDirectory() as tmp:
         shown = slice(0, min(SHOWN, len(images)))
         mask_overlays(images[shown, ..., 0], truth[shown, ..., 0] > 0.5, predicted[shown],
