@@ -1,10 +1,12 @@
 """Writing a lung-cropped copy of a Kermany-layout dataset (paper §2.2), all or nothing.
 
-Masks come from the AND of the top-K U-Nets (the versions aliased ``top1``..``topK``) at the
-segmentation size; boxes are cut from the full-resolution originals. An image whose AND mask is
-empty is kept uncropped, counted and listed. Everything is written under a temporary sibling
-folder and renamed into place at the end; a finished copy made by the same members with the same
-settings from the same source is reused as it is.
+Masks come from the AND of the top-K U-Nets (the versions a segment_eval chose, given by number,
+or else those aliased ``top1``..``topK``) at the segmentation size; boxes are cut from the
+full-resolution originals. An image whose AND mask is empty is kept uncropped, counted and listed.
+Everything is written under a temporary sibling folder and renamed into place at the end; a
+finished copy made by the same member models (compared by their logged model and run, not by
+version number: a fresh store numbers from 1 again) with the same settings from the same source is
+reused as it is.
 """
 
 from __future__ import annotations
@@ -119,6 +121,35 @@ def top_members(top_k: int) -> list[ModelVersion]:
     return members
 
 
+def given_members(members: str, top_k: int) -> list[ModelVersion]:
+    """The ``cxr-lung-seg`` versions named in ``members`` ("3,1,2", best first), in that order.
+
+    A pipeline passes the versions its segment_eval chose: the ``top`` aliases are shared by every
+    pipeline on the store and may have moved since. Errors name the parameter."""
+    numbers = [m.strip() for m in members.split(",") if m.strip()]
+    bad = [m for m in numbers if not m.isdigit()]
+    if bad:
+        raise ValueError(f"parameter members must be comma-separated version numbers of "
+                         f"{names.SEGMENTATION_MODEL}, got {', '.join(map(repr, bad))}")
+    twice = sorted({m for m in numbers if numbers.count(m) > 1}, key=int)
+    if twice:
+        raise ValueError(f"parameter members names version {', '.join(twice)} twice")
+    if len(numbers) != top_k:
+        raise ValueError(f"parameter members names {len(numbers)} version{'s' if len(numbers) != 1 else ''} "
+                         f"({', '.join(numbers)}) but top_k is {top_k}; give exactly top_k versions")
+    try:
+        found = {str(v.version): v for v in registry.versions(names.SEGMENTATION_MODEL, numbers)}
+    except ValueError as err:
+        raise ValueError(f"parameter members: {err}") from err
+    return [found[m] for m in numbers]
+
+
+def member_sources(members: list[ModelVersion]) -> list[dict[str, str]]:
+    """What identifies each member's model in any store, best first: version, run and logged model."""
+    return [{"name": names.SEGMENTATION_MODEL, "version": str(m.version), "run_id": str(m.run_id),
+             "source": str(m.source)} for m in members]
+
+
 def segmentation_size(members: list[ModelVersion], seg_size: int, img_size: int) -> int:
     """The size the members run at: ``seg_size`` when set, else the best member's img_size tag,
     else ``img_size``."""
@@ -138,18 +169,18 @@ def crop_or_reuse(frame: pd.DataFrame, data: str | os.PathLike, out: str | os.Pa
                   batch_size: int = PREDICT_BATCH, progress=print) -> Crop:
     """The lung-cropped copy of ``frame`` (read from ``data``) at ``out``, by the AND of ``members``.
 
-    An earlier crop at ``out`` with the same members, settings and source is reused; one with other
-    settings is replaced whole (see :func:`crop_dataset`). The copy must read back with its source's
-    class counts.
+    An earlier crop at ``out`` with the same member models (``member_sources``), settings and source
+    is reused; one with other settings, or one that does not say which models made it, is replaced
+    whole (see :func:`crop_dataset`). The copy must read back with its source's class counts.
     """
     out = Path(out).resolve()
-    provenance = {"members": [str(m.version) for m in members],
+    provenance = {"members": [str(m.version) for m in members], "member_sources": member_sources(members),
                   "source_fingerprint": fingerprint(frame["path"], root=find_kermany_root(data))}
     earlier = read_crop_summary(out)
     settings = {"seg_size": seg_size, "img_size": img_size, "margin": margin, **provenance}
     reused = earlier is not None and all(earlier.get(k) == v for k, v in settings.items())
     if reused:
-        progress(f"crop: {out} already holds this crop (same members, settings and source); reusing it")
+        progress(f"crop: {out} already holds this crop (same member models, settings and source); reusing it")
         manifest = pd.read_csv(out / "manifest.csv")
     else:
         check_out_free(out)

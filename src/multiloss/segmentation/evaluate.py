@@ -1,8 +1,10 @@
 """Ranking registered lung U-Nets on a holdout mask set, and recording the ranking in the registry.
 
-Each version is scored alone and the AND of the top K is scored beside them. Every scored version
-is tagged with its holdout scores and rank; ``top1``..``topK`` and ``champion`` point at the best,
-so the crop stage and the classifiers read the ranking by alias.
+The pool is one data set at one image size unless widened (:func:`choose_pool`): Dice of U-Nets
+trained on other images, or scored at a size they were not trained at, do not rank against each
+other. Each version is scored alone and the AND of the top K is scored beside them. Every scored
+version is tagged with its holdout scores and rank, always under the fingerprint of the holdout set
+that scored them; ``top1``..``topK`` and ``champion`` point at the best.
 """
 
 from __future__ import annotations
@@ -33,6 +35,75 @@ RANK_ON = ("dice_mean", "mean_iou_mean", "pixel_accuracy_mean")
 HOLDOUT_PREFIX = "holdout_"
 HOLDOUT_FINGERPRINT_TAG = "holdout_fingerprint"
 HOLDOUT_RANK_TAG = "holdout_rank"
+HOLDOUT_IMG_SIZE_TAG = "holdout_img_size"     # the size the scores were taken at
+
+# Which versions one segment_eval ranks: one data set at the stage's size, or every version.
+SAME_DATA, ALL = "same_data", "all"
+POOL_RULES = (SAME_DATA, ALL)
+
+
+@dataclasses.dataclass
+class Pool:
+    """The versions to rank, oldest first, and why each other candidate was left out."""
+
+    rule: str
+    img_size: int
+    versions: list[ModelVersion]
+    left_out: dict[str, str]            # version -> reason
+    data_fingerprint: str | None = None  # the pool's (None under ``all``)
+
+    def summary(self) -> dict:
+        """What ``pool.json`` records."""
+        return {"pool": self.rule, "img_size": self.img_size, "data_fingerprint": self.data_fingerprint,
+                "scored": [str(v.version) for v in self.versions], "left_out": self.left_out}
+
+
+def _size_tag(version: ModelVersion) -> int | None:
+    try:
+        return int(float(version.tags[names.IMG_SIZE_TAG]))
+    except (KeyError, ValueError):
+        return None
+
+
+def choose_pool(candidates: list[ModelVersion], *, img_size: int, rule: str = SAME_DATA) -> Pool:
+    """The versions of ``candidates`` that rank together.
+
+    ``same_data``: those trained at ``img_size`` (their ``img_size`` tag) on the data of the newest
+    such version (its ``data_fingerprint`` tag): the U-Nets a ``segment`` just trained, not older
+    ones of other data in the same store. A version whose tags cannot tell is left out too.
+    ``all``: every candidate, as the user asked.
+    """
+    if rule not in POOL_RULES:
+        raise ValueError(f"parameter pool must be one of {', '.join(POOL_RULES)}, got {rule!r}")
+    if rule == ALL:
+        return Pool(rule, img_size, list(candidates), {})
+    left_out, sized = {}, []
+    for version in candidates:
+        size = _size_tag(version)
+        if size is None:
+            left_out[str(version.version)] = f"no {names.IMG_SIZE_TAG} tag (the size it was trained at is unknown)"
+        elif size != img_size:
+            left_out[str(version.version)] = f"{names.IMG_SIZE_TAG} {size}, not the stage's {img_size}"
+        elif not version.tags.get(names.DATA_FINGERPRINT_TAG):
+            left_out[str(version.version)] = (f"no {names.DATA_FINGERPRINT_TAG} tag "
+                                              "(the data it was trained on is unknown)")
+        else:
+            sized.append(version)
+    if not sized:
+        return Pool(rule, img_size, [], left_out)
+    newest = max(sized, key=lambda v: int(v.version))
+    reference = newest.tags[names.DATA_FINGERPRINT_TAG]
+    pool = []
+    for version in sized:
+        theirs = version.tags[names.DATA_FINGERPRINT_TAG]
+        if theirs == reference:
+            pool.append(version)
+        else:
+            left_out[str(version.version)] = (f"{names.DATA_FINGERPRINT_TAG} {theirs[:12]}, not the pool's "
+                                              f"{reference[:12]} (version {newest.version}'s, the newest "
+                                              f"at {img_size} px)")
+    left_out = dict(sorted(left_out.items(), key=lambda item: int(item[0])))
+    return Pool(rule, img_size, pool, left_out, reference)
 
 
 def score_table(truth: np.ndarray, predictions: dict[str, np.ndarray]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
@@ -56,11 +127,17 @@ class HoldoutRanking:
     top: list[str]                      # the first K of ``order``
     by_label: dict[str, ModelVersion]
     ensemble: str                       # the AND row's label, "AND top-K"
+    img_size: int                       # the size every version was scored at
     champion_before: str | None = None  # the version ``champion`` pointed at before (see :func:`publish`)
 
     @property
     def champion(self) -> ModelVersion:
         return self.by_label[self.order[0]]
+
+    @property
+    def top_versions(self) -> list[str]:
+        """The version numbers of the top K, best first: what a later step must use (aliases move)."""
+        return [str(self.by_label[label].version) for label in self.top]
 
     def metrics(self) -> dict[str, float]:
         """The champion's scores as ``champion_*`` and the AND's as ``and_top_k_*``."""
@@ -107,26 +184,45 @@ def rank_versions(versions: list[ModelVersion], pairs: pd.DataFrame, *, top_k: i
     anded, _ = score_table(truth, {ensemble: and_ensemble([probabilities[label] for label in top])})
     table = pd.concat([singles.loc[order], anded])
     table.index.name = "model"
-    return HoldoutRanking(table, order, top, by_label, ensemble)
+    return HoldoutRanking(table, order, top, by_label, ensemble, img_size)
+
+
+def _holdout_keys(version: ModelVersion) -> list[str]:
+    return [key for key in version.tags if key.startswith(HOLDOUT_PREFIX)]
+
+
+def _retag(model: str, version: str, tags: dict[str, object], holdout_fingerprint: str) -> None:
+    """Replace a version's holdout tags. The old fingerprint goes first and the new one comes last,
+    so at every moment the scores a version carries are either unattributed or the fingerprinted
+    holdout's own; an interrupted write never leaves new scores under an old holdout's name."""
+    current = registry.versions(model, [str(version)])[0]
+    registry.untag_version(model, version, [HOLDOUT_FINGERPRINT_TAG])
+    registry.untag_version(model, version, [k for k in _holdout_keys(current) if k not in tags])
+    registry.tag_version(model, version, tags)
+    registry.tag_version(model, version, {HOLDOUT_FINGERPRINT_TAG: holdout_fingerprint})
 
 
 def publish(ranking: HoldoutRanking, holdout_fingerprint: str) -> HoldoutRanking:
-    """Record ``ranking`` in the registry: each scored version's holdout scores, rank and holdout
-    fingerprint as tags; ``top1``..``topK`` on the top K (no older ``top`` alias left beyond K);
-    no ``holdout_rank`` left on a version this ranking did not score (it would read as current);
-    ``champion`` on the best. Returns ``ranking`` with ``champion_before`` filled in."""
+    """Record ``ranking`` in the registry: each scored version's holdout scores, rank and scoring
+    size as tags, always with the holdout fingerprint (see :func:`_retag`); ``top1``..``topK`` on
+    the top K (no older ``top`` alias left beyond K); ``champion`` on the best. A version this
+    ranking did not score loses its ``holdout_rank`` (it would read as current) but keeps scores
+    that name their holdout, so another data set's ranking in the same store survives; holdout
+    tags that name none are removed. Returns ``ranking`` with ``champion_before`` filled in."""
     model = names.SEGMENTATION_MODEL
     for position, label in enumerate(ranking.order, start=1):
-        registry.tag_version(model, ranking.by_label[label].version, {
+        _retag(model, ranking.by_label[label].version, {
             **{f"{HOLDOUT_PREFIX}{score}": f"{ranking.table.loc[label, f'{score}_mean']:.6f}" for score in SCORES},
-            HOLDOUT_RANK_TAG: position, HOLDOUT_FINGERPRINT_TAG: holdout_fingerprint})
+            HOLDOUT_RANK_TAG: position, HOLDOUT_IMG_SIZE_TAG: ranking.img_size}, holdout_fingerprint)
     for position, label in enumerate(ranking.top, start=1):
         registry.set_alias(model, names.top_alias(position), ranking.by_label[label].version)
     registry.delete_aliases_beyond(model, names.TOP_PREFIX, len(ranking.top))
     scored = {str(v.version) for v in ranking.by_label.values()}
     for other in registry.versions(model):
-        if str(other.version) not in scored:
-            registry.untag_version(model, other.version, [HOLDOUT_RANK_TAG])
+        if str(other.version) in scored:
+            continue
+        attributed = HOLDOUT_FINGERPRINT_TAG in other.tags
+        registry.untag_version(model, other.version, [HOLDOUT_RANK_TAG] if attributed else _holdout_keys(other))
     before = registry.set_alias(model, names.CHAMPION, ranking.champion.version)
     return dataclasses.replace(ranking, champion_before=before)
 

@@ -1,5 +1,6 @@
-"""Entry point ``crop``: AND the top-K registered U-Nets' lung masks, crop, resize, stretch contrast,
-and write a new Kermany-layout dataset with its masks and a manifest."""
+"""Entry point ``crop``: AND the top-K registered U-Nets' lung masks (the versions ``members`` names,
+else those aliased ``top1``..``topK``), crop, resize, stretch contrast, and write a new
+Kermany-layout dataset with its masks and a manifest."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ def parser() -> StageParser:
     parser.parameter("img_size", type=integer("img_size", 16))
     parser.parameter("seg_size", type=integer("seg_size", 0),
                      help="size the U-Nets run at (default: the img_size tag of the top model)")
+    parser.parameter("members", help="comma-separated cxr-lung-seg versions, best first, top_k of them "
+                                     "(default: those aliased top1..topK)")
     return parser
 
 
@@ -32,16 +35,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser().parse_args(argv)
 
 
+def choose_members(args: argparse.Namespace) -> list:
+    """The member versions, best first, or an error naming the parameter (before any run is opened)."""
+    store.configure()
+    try:
+        if args.members.strip():
+            return cropped_dataset.given_members(args.members, args.top_k)
+        return cropped_dataset.top_members(args.top_k)
+    except (LookupError, ValueError) as err:
+        raise SystemExit(f"crop: {err}") from err
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     out = Path(args.out).resolve()
     frame = read_kermany(args.data)
-    with store.stage_run(names.SEGMENTATION_EXPERIMENT, run_name="crop"):
-        try:
-            members = cropped_dataset.top_members(args.top_k)
-        except LookupError as err:
-            raise SystemExit(f"crop: {err}") from err
+    members = choose_members(args)
+    try:
         seg_size = cropped_dataset.segmentation_size(members, args.seg_size, args.img_size)
+        cropped_dataset.check_out_free(out)
+    except ValueError as err:
+        raise SystemExit(f"crop: {err}") from err
+    with store.stage_run(names.SEGMENTATION_EXPERIMENT, run_name="crop"):
         store.log_params({"data": str(Path(args.data).resolve()), "out": str(out), "top_k": args.top_k,
                           "img_size": args.img_size, "seg_size": seg_size, "margin": BOX_MARGIN,
                           "members": ",".join(str(m.version) for m in members)})
