@@ -1,8 +1,9 @@
 """One run of the ensemble stage: every ensemble over the chosen members, scored, and the best one served.
 
 :func:`prepare` checks all a run needs before anything is trained or logged: the crop stage's
-output, enough members with one image size, a score the ensembles can be compared on, and the
-U-Nets that cropped the data, since the registered model repeats that crop. :func:`build_and_register`
+output, enough members in one pool (one data set, image size and encoder), a score the ensembles
+can be compared on, and the exact U-Nets that cropped the data, since the registered model repeats
+that crop. :func:`build_and_register`
 then works inside the stage's MLflow run: it builds and scores the ensembles, logs the table and
 figures, registers the best as ``cxr-ensemble`` (an end-to-end pyfunc: raw image → segment → crop →
 members → combine) and moves the aliases last, once that version is whole.
@@ -20,6 +21,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import tf_keras
+from mlflow.entities.model_registry import ModelVersion
 
 from multiloss import names
 from multiloss.classification.scoring import predictions_frame, split_figures
@@ -50,6 +52,8 @@ from multiloss.training import seed_everything
 CROP_KEYS = ("members", "seg_size", "img_size", "margin")      # crop.json entries the served model repeats
 ROW_METRICS = (*TAGGED_SCORES, "f1", "val_mcc")                 # logged per table row as <row>.<score>
 HEADLINE_METRICS = (*TAGGED_SCORES, "mcc_low", "mcc_high", "f1", "auprc_micro", "brier", "nll")   # test_<score>
+# The ensemble run's record of the aliases it set (name@alias -> version), data-qualified ones included.
+ALIASES_SET_TAG = "ensemble.aliases"
 PRINTED_COLUMNS = ["kind", "k", "accuracy", "auroc_micro", "f1", "mcc", "mcc_low", "mcc_high", "ece", "val_mcc",
                    "mcnemar_p", "bootstrap_p"]
 
@@ -68,6 +72,7 @@ class EnsembleSettings:
     patience: int
     seed: int
     ci_method: str
+    pool: str                 # same_data: one encoder among the members too; any_encoder
 
 
 @dataclass(frozen=True)
@@ -125,16 +130,42 @@ def prepare(settings: EnsembleSettings, data: str | Path) -> EnsembleInputs:
     frame = read_kermany(data)
     data_print = fingerprint(frame["path"], root=find_kermany_root(data))
     store.configure()
-    members = choose_members(key, data_print, data, settings.top_k[-1], settings.distinct)
+    members = choose_members(key, data_print, data, settings.top_k[-1], settings.distinct, settings.pool)
     if ranking.base_score(key) not in classification_scores(np.array([0, 1, 2]), np.eye(3)):
         raise EnsembleInputError(f"metric {settings.metric!r} ranks the members, but the ensembles are compared on "
                                  f"the classification scores; use one of them (mcc, auroc_micro, ece, ...)")
-    try:
-        registry.versions(names.SEGMENTATION_MODEL, only=[str(v) for v in crop["members"]])
-    except ValueError as err:
-        raise EnsembleInputError(f"the U-Nets that cropped {data} are gone from the registry: {err}") from None
-    segmenter_uris = [registry.version_uri(names.SEGMENTATION_MODEL, v) for v in crop["members"]]
+    segmenter_uris = crop_segmenters(crop, data)
     return EnsembleInputs(settings, key, data, crop, frame, data_print, members, segmenter_uris)
+
+
+def crop_segmenters(crop: dict, data: Path) -> list[str]:
+    """The U-Nets that cropped ``data``, as the URIs of the exact models, checked to be still there.
+
+    A crop that recorded its members' sources (``member_sources``: name, version, run id, logged
+    model) is matched by run id too: a store made anew reuses version numbers for other U-Nets.
+    An older crop names version numbers only."""
+    sources = crop.get("member_sources")
+    if not sources:
+        try:
+            registry.versions(names.SEGMENTATION_MODEL, only=[str(v) for v in crop["members"]])
+        except ValueError as err:
+            raise EnsembleInputError(f"the U-Nets that cropped {data} are gone from the registry: {err}") from None
+        return [registry.version_uri(names.SEGMENTATION_MODEL, v) for v in crop["members"]]
+    client = mlflow.MlflowClient()
+    uris = []
+    for entry in sources:
+        name, number, run_id = entry.get("name", names.SEGMENTATION_MODEL), str(entry["version"]), entry["run_id"]
+        try:
+            found = client.get_model_version(name, number)
+        except mlflow.exceptions.MlflowException:
+            raise EnsembleInputError(f"the U-Nets that cropped {data} are gone from the registry: {name} has no "
+                                     f"version {number} (crop.json names run {run_id})") from None
+        if found.run_id != run_id:
+            raise EnsembleInputError(f"the U-Nets that cropped {data} are gone from the registry: {name} version "
+                                     f"{number} is now the model of run {found.run_id}, not of run {run_id} that "
+                                     "crop.json names (crop the data again)")
+        uris.append(entry.get("source") or registry.version_uri(name, number))
+    return uris
 
 
 def build_and_register(inputs: EnsembleInputs) -> str:
@@ -151,7 +182,8 @@ def build_and_register(inputs: EnsembleInputs) -> str:
     print(f"ensemble: best on {inputs.settings.select_on} ({inputs.score}): {scored.best.name}; registered "
           f"{names.ENSEMBLE_MODEL} version {version} (test MCC {headline['mcc']:.4f} "
           f"[{headline['mcc_low']:.3f}, {headline['mcc_high']:.3f}])")
-    move_aliases(inputs.settings.select_on, version, inputs.members.versions)
+    moved = move_aliases(inputs.settings.select_on, version, inputs.members.versions, inputs.data_print)
+    mlflow.set_tag(ALIASES_SET_TAG, json.dumps(moved, sort_keys=True))
     return version
 
 
@@ -238,22 +270,70 @@ def register_best(inputs: EnsembleInputs, scored: Scored) -> str:
     return version
 
 
-def move_aliases(select_on: str, version: str, member_versions: list[str]) -> None:
-    """Point the aliases at the new ensemble and its members, printing each one that moved.
+def move_aliases(select_on: str, version: str, member_versions: list[str], data_print: str) -> dict[str, str]:
+    """Point the aliases at the new ensemble and its members, printing each one that moved; returns
+    ``name@alias`` -> version for every alias set.
 
     Chosen on validation: the ensemble's and the best member's ``champion`` and the members'
     ``top<k>`` (older ``top<k>`` beyond them removed). Chosen on test: only ``test_selected``, since
     such a choice must not become the champion that other stages (gradcam, serving) pick up.
+
+    An alias held by a version of other data is not taken (no user is at hand to ``force`` it): the
+    data-qualified alias (``champion-1a2b3c4d``) is set instead. The ``top<k>`` move as one set:
+    data-qualified all of them when any plain ``top<k>`` belongs to other data.
     """
+    champions = [(names.ENSEMBLE_MODEL, names.CHAMPION, version), (names.CLASSIFIER_MODEL, names.CHAMPION,
+                                                                   member_versions[0])]
+    moves = champions if select_on == "val" else [(names.ENSEMBLE_MODEL, names.TEST_SELECTED, version)]
+    planned = [(model, _own_alias(model, alias, data_print), target) for model, alias, target in moves]
     if select_on == "val":
-        moves = [(names.ENSEMBLE_MODEL, names.CHAMPION, version),
-                 (names.CLASSIFIER_MODEL, names.CHAMPION, member_versions[0])]
-        moves += [(names.CLASSIFIER_MODEL, names.top_alias(i), v) for i, v in enumerate(member_versions, start=1)]
-    else:
-        moves = [(names.ENSEMBLE_MODEL, names.TEST_SELECTED, version)]
-    for model_name, alias, target in moves:
+        tops = _plain_tops(names.CLASSIFIER_MODEL)
+        theirs = {a: v for a, v in tops.items() if ranking.other_data(v, data_print)}
+        if theirs:
+            shown = ", ".join(f"{a} (version {v.version})" for a, v in sorted(theirs.items()))
+            print(f"ensemble: {names.CLASSIFIER_MODEL}'s {shown} belong to versions of other data; the members get "
+                  f"{names.data_alias(names.TOP_PREFIX + '<k>', data_print)} instead")
+        planned += [(names.CLASSIFIER_MODEL, names.data_alias(names.top_alias(i), data_print) if theirs
+                     else names.top_alias(i), v) for i, v in enumerate(member_versions, start=1)]
+    moved = {}
+    for model_name, alias, target in planned:
         before = registry.set_alias(model_name, alias, target)
+        moved[f"{model_name}@{alias}"] = target
         if before != target:
             print(f"ensemble: {model_name}@{alias} -> version {target} (was {before or 'unset'})")
     if select_on == "val":
-        registry.delete_aliases_beyond(names.CLASSIFIER_MODEL, names.TOP_PREFIX, len(member_versions))
+        if theirs:
+            _delete_qualified_tops_beyond(names.CLASSIFIER_MODEL, data_print, len(member_versions))
+        else:
+            registry.delete_aliases_beyond(names.CLASSIFIER_MODEL, names.TOP_PREFIX, len(member_versions))
+    return moved
+
+
+def _own_alias(model_name: str, alias: str, data_print: str) -> str:
+    """``alias``, or its data-qualified name when a version of other data holds it (printed)."""
+    holder = ranking.alias_holder(model_name, alias)
+    if not ranking.other_data(holder, data_print):
+        return alias
+    qualified = names.data_alias(alias, data_print)
+    fingerprint = ranking.shown(names.DATA_FINGERPRINT_TAG, ranking.data_fingerprint(holder))
+    print(f"ensemble: {model_name}@{alias} belongs to version {holder.version} of other data ({fingerprint}); "
+          f"setting {model_name}@{qualified} instead (promote with force=true moves {alias})")
+    return qualified
+
+
+def _plain_tops(model_name: str) -> dict[str, ModelVersion]:
+    """``top<k>`` -> the version holding it, for every plain ``top<k>`` alias of ``model_name``."""
+    aliases = mlflow.MlflowClient().get_registered_model(model_name).aliases
+    prefix = names.TOP_PREFIX
+    return {a: ranking.alias_holder(model_name, a) for a in aliases
+            if a.startswith(prefix) and a[len(prefix):].isdigit()}
+
+
+def _delete_qualified_tops_beyond(model_name: str, data_print: str, keep: int) -> None:
+    """Remove this data's ``top<k>-<fingerprint>`` aliases for k > keep."""
+    client = mlflow.MlflowClient()
+    suffix = names.data_alias("", data_print)
+    for alias in client.get_registered_model(model_name).aliases:
+        rank = alias[len(names.TOP_PREFIX):-len(suffix)]
+        if alias.startswith(names.TOP_PREFIX) and alias.endswith(suffix) and rank.isdigit() and int(rank) > keep:
+            client.delete_registered_model_alias(model_name, alias)

@@ -13,9 +13,9 @@ import dataclasses
 import mlflow
 
 from multiloss import names
-from multiloss.ensembles.members import EnsembleInputError
+from multiloss.ensembles.members import POOLS, EnsembleInputError
 from multiloss.ensembles.run import EnsembleSettings, build_and_register, prepare
-from multiloss.metrics.classification import CI_METHODS
+from multiloss.metrics.classification import CI_METHODS, MCC_INTERVAL_LABELS
 from multiloss.stages.cli import StageParser, integer
 from multiloss.tracking import ranking, store
 
@@ -46,6 +46,9 @@ def parser() -> StageParser:
     stage.parameter("patience", type=integer("patience", 1))
     stage.parameter("seed", type=integer("seed", 0))
     stage.parameter("ci_method", choices=CI_METHODS)
+    stage.parameter("pool", choices=POOLS,
+                    help="same_data: members share the best version's encoder (and always its data and image size); "
+                         "any_encoder: any U-Net encoder")
     return stage
 
 
@@ -62,6 +65,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"ensemble: {err}") from None
     if args.metric != inputs.key:
         print(f"ensemble: ranking on {inputs.key} (metric {args.metric!r} on select_on={args.select_on})")
+    print(f"ensemble: {inputs.members.pool.describe()}")
 
     sizes = ",".join(map(str, args.top_k))
     with store.stage_run(names.ENSEMBLES_EXPERIMENT, run_name=f"ensemble-top{sizes}"):
@@ -69,10 +73,13 @@ def main(argv=None) -> None:
                           "selection_key": inputs.key, "data": str(inputs.data), "distinct": args.distinct,
                           "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                           "patience": args.patience, "seed": args.seed, "ci_method": args.ci_method,
-                          "img_size": inputs.members.img_size, "members": ",".join(inputs.members.versions)})
+                          "pool": args.pool, "img_size": inputs.members.img_size,
+                          "members": ",".join(inputs.members.versions)})
         mlflow.set_tags({names.STAGE_TAG: "ensemble", names.SELECT_ON_TAG: args.select_on,
                          names.DATA_FINGERPRINT_TAG: inputs.data_print,
-                         names.TEST_SELECTED_TAG: str(args.select_on == "test").lower()})
+                         names.TEST_SELECTED_TAG: str(args.select_on == "test").lower(),
+                         names.MCC_INTERVAL_TAG: MCC_INTERVAL_LABELS[args.ci_method]})
+        ranking.log_pool(inputs.members.pool)
         build_and_register(inputs)
 
 
