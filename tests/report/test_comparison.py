@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 from mlflow.entities import Metric, Param
 
+from multiloss import names
+from multiloss.metrics.classification import MCC_INTERVAL_LABELS
 from multiloss.report import comparison
 from multiloss.report.comparison import NOT_RUN, REAL, SYNTHETIC, UNKNOWN, OurResults
 from multiloss.tracking import store
@@ -233,6 +235,30 @@ def test_report_places_ours_beside_the_paper_rows():
     assert html.count("<table") == 5 and "SYNTHETIC PHANTOMS" in html and "0.9000 ± 0.1000" in html
 
 
+def test_the_header_says_weights_and_stacking_are_fitted_on_validation_whatever_selects():
+    for select_on, chosen in (("val", "val"), ("test", "TEST")):
+        markdown = comparison.to_markdown(comparison.build_report(
+            OurResults(dataset=SYNTHETIC, ensembles=ensemble_scores(), select_on=select_on), PAPER))
+        assert f"Ensemble members and the best ensemble were selected on the {chosen} split" in markdown
+        assert "SLSQP weights and stacking were fitted on the validation split" in markdown
+        assert "weights and stacking were selected" not in markdown
+
+
+def test_the_report_says_what_each_mcc_interval_is():
+    runs = classify_runs()
+    runs.loc[3, "ci_method"] = "wilson"
+    markdown = comparison.to_markdown(comparison.build_report(
+        OurResults(dataset=SYNTHETIC, classification=runs, ensembles=ensemble_scores(), select_on="val",
+                   ensemble_interval=MCC_INTERVAL_LABELS["clopper-pearson"]), PAPER))
+    assert f"bootstrap: {MCC_INTERVAL_LABELS['bootstrap']}; wilson: {MCC_INTERVAL_LABELS['wilson']}" in markdown
+    assert f"MCC interval: {MCC_INTERVAL_LABELS['clopper-pearson']}" in markdown
+    # a run's own tag says what its interval was
+    tagged = classify_runs().assign(mcc_interval="as the run says")
+    markdown = comparison.to_markdown(comparison.build_report(
+        OurResults(dataset=SYNTHETIC, classification=tagged), PAPER))
+    assert "bootstrap: as the run says" in markdown
+
+
 def test_missing_stages_say_not_run():
     blocks = comparison.build_report(OurResults(dataset=UNKNOWN), PAPER)
     markdown = comparison.to_markdown(blocks)
@@ -293,7 +319,8 @@ def _populate(tmp_path: Path):
         metrics = {f"test_{k}": v for k, v in {**SCORE_DEFAULTS, "mcc": mcc}.items()}
         return _fake_run("classify", start, params={"loss": loss, "seed": seed, "data": data, "img_size": 64,
                                                     "n_test": 150, "ci_method": "bootstrap", "loss_lam": 10.0},
-                         metrics=metrics, tags={"data_fingerprint": fingerprint}, **kw)
+                         metrics=metrics, tags={"data_fingerprint": fingerprint,
+                                                names.MCC_INTERVAL_TAG: "tagged bootstrap"}, **kw)
 
     ids = {
         "other_data": classify(1000, "cce", 0, 0.1, data=real, fingerprint="f0"),
@@ -306,7 +333,8 @@ def _populate(tmp_path: Path):
                              artifacts={"h": holdout}),
         "seg": _fake_run("segment_eval", 900, params={"img_size": 64, "data": synth / "MontgomerySet"},
                          artifacts={"h": holdout}),
-        "ens": _fake_run("ensemble", 6000, tags={"select_on": "test"}, artifacts={"e": ensembles}),
+        "ens": _fake_run("ensemble", 6000, params={"ci_method": "wald"},
+                         tags={"select_on": "test", names.MCC_INTERVAL_TAG: "tagged wald"}, artifacts={"e": ensembles}),
     }
     return ids, {"synthetic": synth, "cropped": cropped, "real": real}
 
@@ -341,6 +369,7 @@ def test_collect_latest_runs(tiny_store):
     assert (ours.classification_size, ours.test_images) == ("64", "150")
     assert ours.segmentation.index.tolist() == ["v2 focal_tversky", "v1 bce", "AND top-2"]
     assert ours.ensembles["kind"].tolist()[1] == "majority"
+    assert ours.ensemble_interval == "tagged wald" and set(ours.classification["mcc_interval"]) == {"tagged bootstrap"}
 
 
 def test_collect_given_runs_and_bad_ids(tiny_store):

@@ -27,7 +27,7 @@ import yaml
 
 from multiloss import names, paths
 from multiloss.files import replacing
-from multiloss.metrics.classification import proportion_ci
+from multiloss.metrics.classification import MCC_INTERVAL_LABELS, proportion_ci
 from multiloss.report.tables import markdown_table
 from multiloss.tracking import store
 
@@ -54,6 +54,8 @@ SOURCES = {"segment_eval": names.SEGMENTATION_EXPERIMENT, "classify": names.CLAS
 INTERVAL_TOLERANCE = 5e-4
 NOT_RUN = "not run"
 DASH = "—"
+# Whatever split selects, the combiners are only ever fitted on validation predictions.
+FITTED_ON = "SLSQP weights and stacking were fitted on the validation split."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,9 +130,10 @@ class OurResults:
 
     ``segmentation``: segment_eval's ``holdout_scores.csv`` (index: model, e.g. "v3 bce_dice" and
     "AND top-3"; columns ``<score>_mean``/``<score>_std``). ``classification``: one row per classify
-    run with ``loss``, ``seed``, optional ``variant`` (the loss with its parameters) and
-    ``ci_method``, and the test scores (``CLASSIFICATION_SCORES``, ``mcc_low``, ``mcc_high``).
-    ``ensembles``: the ensemble stage's ``ensemble_scores.csv``.
+    run with ``loss``, ``seed``, optional ``variant`` (the loss with its parameters),
+    ``ci_method`` and ``mcc_interval`` (what that method's MCC interval is, in words), and the test
+    scores (``CLASSIFICATION_SCORES``, ``mcc_low``, ``mcc_high``). ``ensembles``: the ensemble
+    stage's ``ensemble_scores.csv``; ``ensemble_interval``: what its MCC intervals are.
     """
 
     dataset: str
@@ -138,6 +141,7 @@ class OurResults:
     classification: pd.DataFrame | None = None
     ensembles: pd.DataFrame | None = None
     select_on: str | None = None
+    ensemble_interval: str | None = None
     segmentation_size: str | None = None
     classification_size: str | None = None
     test_images: str | None = None
@@ -247,13 +251,20 @@ def _data_path(run) -> str:
     return _param(run, "data") or ""
 
 
+def _interval_label(run) -> str | None:
+    """What the run's MCC interval is: its own tag, else the label of the ci_method it logged."""
+    method = _param(run, "ci_method")
+    return run.data.tags.get(names.MCC_INTERVAL_TAG) or MCC_INTERVAL_LABELS.get(method or "", method)
+
+
 def _classification_row(run) -> dict:
     params, metrics = run.data.params, run.data.metrics
     loss = _param(run, "loss") or "?"
     settings = sorted((k.removeprefix("loss_"), v) for k, v in params.items() if k.startswith("loss_"))
     row = {"run_id": run.info.run_id, "loss": loss, "seed": int(float(_param(run, "seed") or 0)),
            "variant": f"{loss} ({', '.join(f'{k}={v}' for k, v in settings)})" if settings else loss,
-           "ci_method": _param(run, "ci_method"), "img_size": _param(run, "img_size"),
+           "ci_method": _param(run, "ci_method"), "mcc_interval": _interval_label(run),
+           "img_size": _param(run, "img_size"),
            "n_test": _param(run, "n_test"), "data": _data_path(run)}
     for key in (*CLASSIFICATION_SCORES, "mcc_low", "mcc_high"):
         row[key] = metrics.get(f"test_{key}", math.nan)
@@ -316,6 +327,7 @@ def collect(segment_eval_run: str | None = None, classify_runs: list[str] | None
     return OurResults(
         dataset=dataset, segmentation=segmentation, classification=classification, ensembles=ensembles,
         select_on=ens.data.tags.get(names.SELECT_ON_TAG) if ens is not None else None,
+        ensemble_interval=_interval_label(ens) if ens is not None else None,
         segmentation_size=_param(seg, "img_size") if seg is not None else None,
         classification_size=_distinct(classification["img_size"]) if classification is not None else None,
         test_images=_distinct(classification["n_test"]) if classification is not None else None,
@@ -417,10 +429,10 @@ def _header(ours: OurResults, paper: Mapping) -> list:
     if ours.select_on is None:
         selection = "Ensembles: not run."
     elif ours.select_on == "test":
-        selection = ("Ensemble members, weights and stacking were selected on the TEST split, as the paper did: "
-                     "the ensemble rows are optimistic.")
+        selection = ("Ensemble members and the best ensemble were selected on the TEST split, as the paper did: "
+                     "the ensemble rows are optimistic. " + FITTED_ON)
     else:
-        selection = f"Ensemble members, weights and stacking were selected on the {ours.select_on} split."
+        selection = f"Ensemble members and the best ensemble were selected on the {ours.select_on} split. {FITTED_ON}"
     runs = "; ".join(f"{stage} {', '.join(ids)}" for stage, ids in ours.runs.items()) or "none"
     return [
         Heading(f"Our results beside the paper's tables ({ours.dataset})", 1),
@@ -490,10 +502,10 @@ def _classification_section(ours: OurResults, paper: Mapping) -> list:
     if aggregated is None:
         blocks.append(Text(f"Ours: {NOT_RUN} (no finished classify run)."))
     else:
-        methods = _distinct(ours.classification.get("ci_method", pd.Series(dtype=str))) or "as logged"
+        methods = _interval_methods(ours.classification)
         blocks.append(Text(
             "Ours: test split. Where a loss ran under several seeds, mean ± sample std over seeds, with the "
-            "seed list; the MCC interval is shown for single runs only (method: " + methods + "). "
+            "seed list; the MCC interval is shown for single runs only (" + methods + "). "
             "ECE (15 bins), Brier and NLL are ours only: the paper does not measure calibration. "
             "† marks a paper interval that differs from the Wald recomputation (see the notes)."))
     rows, matched = [], set()
@@ -512,6 +524,22 @@ def _classification_section(ours: OurResults, paper: Mapping) -> list:
                  for variant, r in aggregated.iterrows() if variant not in matched]
     blocks.append(Table(_frame(rows, "Loss").fillna(DASH)))
     return blocks
+
+
+def _interval_methods(runs: pd.DataFrame) -> str:
+    """``method: what its MCC interval is`` for each CI method the runs used ("; " between them)."""
+    if "ci_method" not in runs.columns:
+        return "method: as logged"
+    labels = runs["mcc_interval"] if "mcc_interval" in runs.columns else pd.Series([None] * len(runs), runs.index)
+    found = {}
+    for method, label in zip(runs["ci_method"], labels):
+        if method is None or pd.isna(method) or str(method) == "":
+            continue
+        label = label if isinstance(label, str) and label else MCC_INTERVAL_LABELS.get(str(method))
+        found.setdefault(str(method), label)
+    if not found:
+        return "method: as logged"
+    return "; ".join(f"{m}: {label}" if label else f"method: {m}" for m, label in sorted(found.items()))
 
 
 def _ensembles_matching(ensembles: pd.DataFrame | None, kind: str | None, k) -> pd.DataFrame:
@@ -540,8 +568,9 @@ def _ensemble_section(ours: OurResults, paper: Mapping, name: str, title: str) -
         blocks.append(Text(f"Ours: {NOT_RUN} (no finished ensemble run)."))
     else:
         best = _best_single(ensembles)
+        interval = f" MCC interval: {ours.ensemble_interval}." if ours.ensemble_interval else ""
         blocks.append(Text("Ours: test split. McNemar and bootstrap p compare each ensemble with the best single "
-                           f"model{f' ({best})' if best else ''}."))
+                           f"model{f' ({best})' if best else ''}.{interval}"))
     weights = table.get("slsqp_weights") or {}
     if weights:
         blocks.append(Text("Paper's SLSQP weights: " + "; ".join(
