@@ -24,9 +24,11 @@ from multiloss.classification.sweeps.study import (
     PARENT_ATTR,
     SweepSettings,
     make_pruner,
+    pin_inputs,
 )
 from multiloss.classification.sweeps.worker import run_sweep
 from multiloss.data.synthetic import write_synthetic
+from multiloss.metrics.classification import MCC_INTERVAL_LABELS
 from multiloss.stages import sweep
 from multiloss.tracking import registry, store
 
@@ -66,7 +68,11 @@ def test_settings_budget_and_errors():
     assert SweepSettings("cal_cce", space, {}).budget == 3
     assert SweepSettings("cal_cce", space, {}, n_trials=2).budget == 2
     assert SweepSettings("cal_cce", space, {}, n_trials=9).budget == 3
-    assert SweepSettings("cal_cce", space, {}).study_name == "sweep-cal_cce"
+    named = SweepSettings("cal_cce", space, {})
+    assert re.fullmatch(r"sweep-cal_cce-[0-9a-f]{10}", named.study_name)
+    assert SweepSettings("cal_cce", space, {}, n_trials=2, pruner="median").study_name == named.study_name
+    assert SweepSettings("cal_cce", space, {"epochs": 3}).study_name != named.study_name
+    assert SweepSettings("cal_cce", space, {}, study="mine").study_name == "mine"
     with pytest.raises(ValueError, match="n_trials must be >= 1 with sampler=tpe"):
         SweepSettings("cal_cce", space, {}, sampler="tpe")
     with pytest.raises(ValueError, match="pruner must be one of"):
@@ -146,7 +152,7 @@ def test_pruned_trials_and_a_tpe_budget_that_resumes():
     assert not again.created and again.parent_run_id == first.parent_run_id
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(first.parent_run_id, "sweep")}
     assert "sweep/param_importances.png" in artifacts   # two parameters
-    with store.stage_run("sweeps"), pytest.raises(ValueError, match="started with sampler='tpe'"):
+    with store.stage_run("sweeps"), pytest.raises(ValueError, match="study 'tpe' .*sampler='tpe' there, 'grid' here"):
         run_sweep(dataclasses.replace(settings, sampler="grid"), by_trial_number)
 
 
@@ -250,12 +256,12 @@ def test_workers_share_one_journal_and_a_killed_workers_trial_is_retried(tmp_pat
 def test_sweep_stage_runs_real_classify_trials_and_registers_only_the_best(tmp_path, register_unet):
     data = tmp_path / "synthetic"
     write_synthetic(data, n_seg=1, n_cls=12, size=48, seed=2)
-    unet = register_unet({"loss": "bce"}, run_name="encoder")
+    unet = register_unet({"loss": "bce"}, aliases=[names.CHAMPION], run_name="encoder")
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({"lam": [1, 10]}))
 
     sweep.main(["--loss", "cal_cce", "--grid", str(grid), "--data", str(data / "chest_xray"),
-                "--encoder", f"models:/{names.SEGMENTATION_MODEL}/{unet.version}", "--img-size", "32",
+                "--encoder", f"models:/{names.SEGMENTATION_MODEL}@{names.CHAMPION}", "--img-size", "32",
                 "--epochs", "2", "--batch-size", "8", "--ci-method", "wald", "--pruner", "median"])
 
     experiment = mlflow.get_experiment_by_name("sweeps")
@@ -269,12 +275,133 @@ def test_sweep_stage_runs_real_classify_trials_and_registers_only_the_best(tmp_p
         assert len(client.get_metric_history(child.info.run_id, "epoch/val_loss")) == 2
         assert len(client.get_metric_history(child.info.run_id, "epoch/val_cross_entropy")) == 2
         assert child.data.metrics["trial_val_nll"] == pytest.approx(child.data.metrics["val_nll"])
+        assert child.data.params["encoder"] == f"models:/{names.SEGMENTATION_MODEL}/{unet.version}"
+        assert child.data.tags[names.MCC_INTERVAL_TAG] == MCC_INTERVAL_LABELS["wald"]
     best = min(trials, key=lambda r: r.data.metrics["val_nll"])
     assert parent.data.tags["best.lam"] == best.data.params["loss_lam"]
     assert parent.data.tags["best.run_id"] == best.info.run_id
     versions = registry.versions(names.CLASSIFIER_MODEL)
     assert len(versions) == 1                     # the best trial only
     tags = versions[0].tags
-    assert tags["sweep_study"] == "sweep-cal_cce" and tags["sweep_trial"] == best.data.tags["sweep.trial"]
+    assert tags["sweep_study"] == parent.data.tags["sweep.study"]
+    assert tags["sweep_trial"] == best.data.tags["sweep.trial"]
+    assert parent.data.tags["sweep.study"].startswith("sweep-cal_cce-")
     assert tags["loss"] == "cal_cce" and tags["loss_lam"] == best.data.params["loss_lam"] and "test_mcc" in tags
     assert versions[0].run_id == best.info.run_id
+
+
+def cheap(trial, params, report):
+    for epoch in (1, 2):
+        report(epoch, params["lam"] + 1 / epoch)
+    return params["lam"]
+
+
+def test_a_study_is_one_data_set_one_encoder_version_and_one_set_of_training_parameters(tmp_path, register_unet):
+    """Re-running a sweep on other data, after the champion U-Net moved, or with another training
+    parameter starts a new study; a study named by the user refuses the worker and says what differs."""
+    first, other = tmp_path / "first", tmp_path / "other"
+    write_synthetic(first, n_seg=1, n_cls=6, size=32, seed=0)
+    write_synthetic(other, n_seg=1, n_cls=6, size=32, seed=1)
+    old = register_unet(aliases=[names.CHAMPION], run_name="old champion")
+    training = {"data": str(first / "chest_xray"), "encoder": f"models:/{names.SEGMENTATION_MODEL}@{names.CHAMPION}",
+                "epochs": 2, "strategy": "default"}
+    settings = SweepSettings("cal_cce", {"lam": [1.0, 2.0]}, training)
+
+    def sweep_with(settings):
+        with store.stage_run("sweeps"):
+            return run_sweep(settings, cheap)
+
+    done = sweep_with(settings)
+    assert done.created and done.trials_run == [0, 1]
+    pinned = done.study.user_attrs["sweep.config"]
+    assert pinned["encoder"] == f"models:/{names.SEGMENTATION_MODEL}/{old.version} (run {old.run_id})"
+    again = sweep_with(settings)
+    assert not again.created and again.trials_run == [] and again.study.study_name == done.study.study_name
+
+    new = register_unet(aliases=[names.CHAMPION], seed=1, run_name="new champion")
+    moved = sweep_with(settings)
+    assert moved.created and moved.trials_run == [0, 1] and moved.study.study_name != done.study.study_name
+    new_encoder = moved.study.user_attrs["sweep.config"]["encoder"]
+    assert new_encoder.startswith(f"models:/{names.SEGMENTATION_MODEL}/{new.version} ")
+
+    other_data = sweep_with(dataclasses.replace(settings, training={**training, "data": str(other / "chest_xray")}))
+    assert other_data.created and other_data.trials_run == [0, 1]
+    longer = sweep_with(dataclasses.replace(settings, training={**training, "epochs": 3}))
+    assert longer.created and longer.study.study_name not in (done.study.study_name, moved.study.study_name)
+    # the data path and the device strategy are per machine: the same data elsewhere joins
+    copy = tmp_path / "copy"
+    write_synthetic(copy, n_seg=1, n_cls=6, size=32, seed=1)
+    joined = sweep_with(dataclasses.replace(settings, training={**training, "data": str(copy / "chest_xray"),
+                                                                "strategy": "mirrored"}))
+    assert not joined.created and joined.study.study_name == other_data.study.study_name
+
+    named = dataclasses.replace(settings, study="mine")
+    assert sweep_with(named).created
+    named_other = dataclasses.replace(named, training={**training, "data": str(other / "chest_xray"), "epochs": 3})
+    with pytest.raises(ValueError) as refused:
+        sweep_with(named_other)
+    message = str(refused.value)
+    assert "study 'mine'" in message and "data_fingerprint" in message and "epochs=2 there, 3 here" in message
+    assert "encoder=" not in message
+    registry.set_alias(names.SEGMENTATION_MODEL, names.CHAMPION, old.version)
+    with pytest.raises(ValueError, match=rf"study 'mine' .*encoder='models:/{names.SEGMENTATION_MODEL}/{new.version} "):
+        sweep_with(named)
+
+
+def test_a_trial_trains_from_the_encoder_version_the_study_fixed(tmp_path, register_unet):
+    data = tmp_path / "data"
+    write_synthetic(data, n_seg=1, n_cls=6, size=32, seed=0)
+    first = register_unet(aliases=[names.CHAMPION], run_name="first")
+    second = register_unet(seed=1, run_name="second")
+    settings = SweepSettings("cal_cce", {"lam": [1.0, 2.0, 5.0]}, {
+        "data": str(data / "chest_xray"), "encoder": f"models:/{names.SEGMENTATION_MODEL}@{names.CHAMPION}"})
+    pinned = pin_inputs(settings)
+    assert pinned.training["encoder"] == f"models:/{names.SEGMENTATION_MODEL}/{first.version}"
+    assert pin_inputs(pinned) == pinned
+
+    def objective(trial, params, report):
+        registry.set_alias(names.SEGMENTATION_MODEL, names.CHAMPION, second.version)   # another process moves it
+        return params["lam"]
+
+    with store.stage_run("sweeps") as run:
+        outcome = run_sweep(settings, objective)
+    assert outcome.settings == pinned
+    trials = [r for r in children(run.info.run_id) if r.data.tags.get("sweep.role") == "trial"]
+    assert len(trials) == 3
+    assert {r.data.tags["sweep.encoder"] for r in trials} == {f"models:/{names.SEGMENTATION_MODEL}/{first.version}"}
+    assert {r.data.tags[names.DATA_FINGERPRINT_TAG] for r in trials} == {pinned.data_fingerprint}
+
+
+def test_sweep_inputs_are_checked_by_name_before_any_run(tmp_path, register_unet, capsys):
+    data = tmp_path / "data"
+    write_synthetic(data, n_seg=1, n_cls=6, size=32, seed=0)
+    base = ["--loss", "cal_cce", "--data", str(data / "chest_xray"), "--epochs", "1"]
+    with pytest.raises(SystemExit, match=r"parameter data: .*nowhere"):
+        sweep.main([*base[:2], "--data", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit, match=r"parameter encoder: .*has no alias 'champion'"):
+        sweep.main(base)
+    with pytest.raises(SystemExit, match=r"parameter grid: .*missing.yaml"):
+        sweep.main([*base, "--grid", str(tmp_path / "missing.yaml"), "--encoder", "models:/cxr-lung-seg/1"])
+    with pytest.raises(SystemExit):
+        sweep.main([*base, "--img-size", "100"])
+    assert "parameter img_size must be a multiple of 32" in capsys.readouterr().err
+    store.configure()
+    assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
+
+    # a named study that another data set began: refused before this worker's run exists
+    unet = register_unet(aliases=[names.CHAMPION])
+    settings = pin_inputs(SweepSettings("cal_cce", {"lam": [1.0]}, {
+        "data": str(data / "chest_xray"), "encoder": f"models:/{names.SEGMENTATION_MODEL}/{unet.version}",
+        "epochs": 1}, study="named"))
+    with store.stage_run("sweeps"):
+        run_sweep(settings, cheap)
+    before = len(mlflow.search_runs(search_all_experiments=True, output_format="list"))
+    with pytest.raises(SystemExit, match=r"study 'named' .*epochs=1 there, 2 here"):
+        sweep.main([*base[:4], "--epochs", "2", "--study", "named", "--grid", str(_lam_grid(tmp_path))])
+    assert len(mlflow.search_runs(search_all_experiments=True, output_format="list")) == before
+
+
+def _lam_grid(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"lam": [1]}))
+    return grid

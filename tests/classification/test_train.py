@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -19,10 +20,13 @@ from multiloss.classification.train import (
     balanced_class_weights,
 )
 from multiloss.data.synthetic import write_synthetic
+from multiloss.metrics.classification import MCC_INTERVAL_LABELS
 from multiloss.models.classifier import CUT_LAYER, build_classifier, encoder_from_unet
 from multiloss.models.unet import build_unet
 from multiloss.stages import classify
-from multiloss.tracking import registry
+from multiloss.tracking import registry, store
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_classifier_starts_from_the_unet_encoder_weights():
@@ -57,8 +61,11 @@ def test_classify_stage_logs_scores_registers_and_reloads_in_a_fresh_process(tmp
 
     version = registry.versions(names.CLASSIFIER_MODEL)[-1]
     assert version.tags["loss"] == "cal_neg_entropy" and version.tags["loss_beta"] == "0.01"
+    run_tags = mlflow.MlflowClient().get_run(version.run_id).data.tags
+    assert run_tags[names.MCC_INTERVAL_TAG] == MCC_INTERVAL_LABELS["wald"]
     assert version.tags["loss_lam"] == "10.0" and version.tags["encoder_version"] == str(unet_version.version)
     run = mlflow.MlflowClient().get_run(version.run_id)
+    assert run.data.params["encoder"] == f"models:/{names.SEGMENTATION_MODEL}/{unet_version.version}"   # pinned once
     metrics = run.data.metrics
     for split in ("val", "test"):
         for key in ("accuracy", "auroc_micro", "auroc_macro", "auprc_micro", "auprc_macro", "precision", "recall",
@@ -105,3 +112,47 @@ def test_a_config_from_the_declared_defaults_is_the_one_the_classify_stage_build
     tuned = stage_config("--loss", "focal", "--epochs", "3", "--gamma", "2")
     assert ClassifierConfig.from_defaults("focal", "d", epochs=3, loss_params=tuned.loss_params) == tuned
     assert set(LOSS_PARAMETERS) == {"gamma", "sigma", "lam", "beta"}
+
+
+def test_an_image_size_the_encoder_cannot_take_is_refused_before_any_run(tmp_path, capsys):
+    from multiloss.stages import sweep
+
+    data = tmp_path / "data"
+    write_synthetic(data, n_seg=1, n_cls=6, size=32, seed=0)
+    for stage in (classify, sweep):
+        with pytest.raises(SystemExit):
+            stage.main(["--loss", "cal_cce", "--data", str(data / "chest_xray"), "--img-size", "100"])
+        assert "parameter img_size must be a multiple of 32" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="parameter img_size must be a multiple of 32"):
+        ClassifierConfig.from_defaults("cce", str(data), img_size=100)
+    store.configure()
+    assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
+    assert registry.versions(names.CLASSIFIER_MODEL) == []
+
+
+def test_a_missing_data_folder_is_named_before_any_run(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(SystemExit, match=rf"classify: parameter data: {missing}: dataset folder not found"):
+        classify.main(["--loss", "cce", "--data", str(tmp_path / "nowhere")])
+    store.configure()
+    assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
+
+
+@pytest.mark.slow
+def test_mlflow_run_with_a_mistyped_data_path_ends_its_run_failed_not_running(tmp_path):
+    """The launcher creates the run before the stage starts: the stage must be the one to refuse
+    the path (MLflow's own check of a ``path`` parameter fails the launcher and leaves the run RUNNING)."""
+    env = dict(os.environ, MLFLOW_TRACKING_URI=store.tracking_uri())
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    missing = tmp_path / "nowhere"
+    subprocess.run([sys.executable, "-m", "multiloss.tracking", "init"], env=env, check=True, cwd=REPO)
+    for entry in ("classify", "sweep"):
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "mlflow"), "run", ".", "-e", entry, "--env-manager", "local",
+             "--experiment-name", "classification", "-P", f"data={missing}", "-P", "loss=cal_cce"],
+            env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert result.returncode != 0
+        assert f"parameter data: {missing}: dataset folder not found" in result.stderr, result.stderr[-3000:]
+    store.configure()
+    runs = mlflow.search_runs(experiment_names=["classification"], output_format="list")
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FAILED"}

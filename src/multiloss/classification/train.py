@@ -32,7 +32,9 @@ from multiloss.data.split import (
 )
 from multiloss.losses import CLASSIFICATION_LOSSES, classification_loss
 from multiloss.losses.classification import ClassificationLoss
+from multiloss.metrics.classification import MCC_INTERVAL_LABELS
 from multiloss.models.classifier import build_classifier
+from multiloss.models.unet import check_size
 from multiloss.project import declared_parameters
 from multiloss.tracking import registry, store
 from multiloss.training import distribution_strategy, fit_keeping_best, seed_everything
@@ -74,6 +76,9 @@ class ClassifierConfig:
     split_seed: int = SPLIT_SEED
     strategy: str
 
+    def __post_init__(self):
+        check_size("img_size", self.img_size)     # the encoder halves it five times
+
     @classmethod
     def from_defaults(cls, loss: str, data: str, **overrides) -> ClassifierConfig:
         """The config the classify stage builds for ``loss`` on ``data`` from MLproject's defaults,
@@ -112,6 +117,33 @@ class TrainedClassifier:
                 **{f"{split}_{k}": round(self.scores[split][k], 6) for split in ("val", "test") for k in TAGGED_SCORES}}
 
 
+def pin_encoder(uri: str) -> tuple[str, str]:
+    """``(models:/name/N, "models:/name/N (run <id>)")``: the version a registry URI names now, so
+    that training reads exactly that one even if its alias moves meanwhile. Other URIs (a run's, a
+    logged model's) already name one model and stand for themselves. Errors name the parameter."""
+    if not uri.startswith("models:/") or registry.LOGGED_MODEL_URI.fullmatch(uri):
+        return uri, uri
+    name, _, alias = uri.removeprefix("models:/").partition("@")
+    client = mlflow.MlflowClient()
+    try:
+        if alias:
+            version = registry.alias_version(name, alias)
+        else:
+            name, _, number = name.partition("/")
+            if number == "latest":
+                numbers = [int(v.version) for v in client.search_model_versions(f"name='{name}'")]
+                if not numbers:
+                    raise ValueError(f"{uri}: registered model {name!r} has no versions")
+                number = str(max(numbers))
+            version = client.get_model_version(name, number)
+    except ValueError as err:
+        raise ValueError(f"parameter encoder: {err}") from None
+    except mlflow.exceptions.MlflowException as err:
+        raise ValueError(f"parameter encoder: {uri}: {err.message}") from None
+    pinned = registry.version_uri(name, str(version.version))
+    return pinned, f"{pinned} (run {version.run_id})"
+
+
 def balanced_class_weights(labels: np.ndarray) -> dict[int, float]:
     counts = np.bincount(labels, minlength=len(CLASSES))
     return {k: float(len(labels) / (len(CLASSES) * c)) for k, c in enumerate(counts) if c}
@@ -135,7 +167,8 @@ def train_classifier(config: ClassifierConfig, *, epoch_hooks: Sequence[EpochHoo
     seed_everything(config.seed)
 
     data_print = fingerprint(frame["path"], root=root)
-    encoder_version = registry.resolve_version(config.encoder)
+    encoder_uri = pin_encoder(config.encoder)[0]            # resolved once: loaded and logged alike
+    encoder_version = registry.resolve_version(encoder_uri)
     store.log_params({"loss": config.loss, **{f"loss_{k}": v for k, v in loss.params.items()},
                          "data": str(Path(config.data).resolve()), "encoder": config.encoder,
                          "encoder_version": encoder_version, "img_size": config.img_size, "epochs": config.epochs,
@@ -144,7 +177,8 @@ def train_classifier(config: ClassifierConfig, *, epoch_hooks: Sequence[EpochHoo
                          "ci_method": config.ci_method, "bn_momentum": config.bn_momentum,
                          "patience": config.patience, "split_seed": config.split_seed, "strategy": config.strategy,
                          **{f"n_{name}": len(part) for name, part in parts.items()}})
-    mlflow.set_tags({names.STAGE_TAG: "classify", names.LOSS_TAG: config.loss, names.DATA_FINGERPRINT_TAG: data_print})
+    mlflow.set_tags({names.STAGE_TAG: "classify", names.LOSS_TAG: config.loss, names.DATA_FINGERPRINT_TAG: data_print,
+                     names.MCC_INTERVAL_TAG: MCC_INTERVAL_LABELS[config.ci_method]})
 
     strategy = distribution_strategy(config.strategy)
     batch = config.batch_size * strategy.num_replicas_in_sync
@@ -153,7 +187,7 @@ def train_classifier(config: ClassifierConfig, *, epoch_hooks: Sequence[EpochHoo
                                     augment=name == "train" and config.augment == "paper")
                 for name, part in parts.items()}
     with strategy.scope():
-        unet = registry.load_keras(config.encoder)
+        unet = registry.load_keras(encoder_uri)
         model = build_classifier(unet, activity_regularizer=loss.activity_regularizer(),
                                  bn_momentum=config.bn_momentum)
         model.compile(optimizer=tf_keras.optimizers.SGD(config.lr, momentum=config.momentum), loss=loss,

@@ -10,11 +10,13 @@ from multiloss import names
 from multiloss.classification.train import (
     LOSS_PARAMETERS,
     ClassifierConfig,
+    pin_encoder,
     train_classifier,
 )
+from multiloss.data.readers import read_kermany
 from multiloss.losses import CLASSIFICATION_LOSSES
 from multiloss.metrics.classification import CI_METHODS
-from multiloss.stages.cli import StageParser, integer, optional_float
+from multiloss.stages.cli import StageParser, integer, optional_float, unet_size
 from multiloss.tracking import registry, store
 from multiloss.training import STRATEGIES
 
@@ -27,7 +29,7 @@ TRAINING_ARGUMENTS = tuple(field.name for field in dataclasses.fields(Classifier
 _READ = {
     "data": {"required": True, "help": "Kermany-layout dataset (usually the crop stage's output)"},
     "encoder": {"help": "model URI of the U-Net whose encoder is transferred"},
-    "img_size": {"type": integer("img_size", 32)},
+    "img_size": {"type": unet_size("img_size"), "help": "a multiple of 32 (the encoder halves it five times)"},
     "epochs": {"type": integer("epochs", 1)},
     "batch_size": {"type": integer("batch_size", 1)},
     "lr": {"type": float},
@@ -65,10 +67,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser().parse_args(argv)
 
 
+def check_data(stage: str, data: str) -> None:
+    """Refuse a ``data`` that is not a Kermany-layout dataset before any run exists, naming the
+    parameter and the path (MLproject declares it a string: MLflow's own check of a ``path``
+    fails the launcher after it created the run, which then stays RUNNING)."""
+    try:
+        read_kermany(data)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"{stage}: parameter data: {err}") from None
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    check_data("classify", args.data)
+    store.configure()                  # the registry the encoder is read from is this store's
+    try:
+        encoder = pin_encoder(args.encoder)[0]
+    except ValueError as err:
+        raise SystemExit(f"classify: {err}") from None
     config = ClassifierConfig(loss=args.loss, loss_params={k: getattr(args, k) for k in LOSS_PARAMETERS},
-                              **training_arguments(args))
+                              **{**training_arguments(args), "encoder": encoder})
     with store.stage_run(names.CLASSIFICATION_EXPERIMENT, run_name=f"classify-{args.loss}"):
         trained = train_classifier(config)
         version = registry.log_and_register(trained.model, names.CLASSIFIER_MODEL, trained.registry_tags())

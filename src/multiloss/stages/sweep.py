@@ -9,7 +9,13 @@ import argparse
 from multiloss import names
 from multiloss.classification.sweeps.grid import load_grid, search_space
 from multiloss.classification.sweeps.storage import storage_label
-from multiloss.classification.sweeps.study import PRUNERS, SAMPLERS, SweepSettings
+from multiloss.classification.sweeps.study import (
+    PRUNERS,
+    SAMPLERS,
+    SweepSettings,
+    check_existing_study,
+    pin_inputs,
+)
 from multiloss.classification.sweeps.worker import run_sweep
 from multiloss.losses import CLASSIFICATION_LOSSES
 from multiloss.stages import classify
@@ -25,7 +31,7 @@ def parser() -> StageParser:
     parser.parameter("sampler", choices=SAMPLERS)
     parser.parameter("storage", help="empty: a journal file under the tracking store; an RDB URL (postgresql://...) "
                                      "for workers on several machines; else a journal file path")
-    parser.parameter("study", help="empty: sweep-<loss>")
+    parser.parameter("study", help="empty: sweep-<loss>-<hash of the data, encoder version and settings>")
     parser.parameter("pruner", choices=PRUNERS)
     parser.parameter("grid", help="YAML file replacing some of the paper's grids (sweep_grids.yaml)")
     parser.parameter("heartbeat", type=integer("heartbeat", 1),
@@ -38,17 +44,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser().parse_args(argv)
 
 
+def settings_from(args: argparse.Namespace) -> SweepSettings:
+    """The worker's settings, pinned (data fingerprinted, encoder fixed to one version) and checked
+    against an existing study of its name, before any run: errors name the parameter or the study."""
+    store.configure()                  # the registry the encoder is read from is this store's
+    try:
+        grid = load_grid(args.grid or None)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"sweep: parameter grid: {err}") from None
+    try:
+        settings = pin_inputs(SweepSettings(
+            loss=args.loss, space=search_space(args.loss, grid), training=classify.training_arguments(args),
+            sampler=args.sampler, n_trials=args.n_trials, pruner=args.pruner, seed=args.seed, study=args.study,
+            storage=args.storage, heartbeat=args.heartbeat))
+        check_existing_study(settings)
+    except ValueError as err:
+        raise SystemExit(f"sweep: {err}") from None
+    return settings
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    settings = SweepSettings(
-        loss=args.loss, space=search_space(args.loss, load_grid(args.grid or None)),
-        training=classify.training_arguments(args), sampler=args.sampler, n_trials=args.n_trials,
-        pruner=args.pruner, seed=args.seed, study=args.study, storage=args.storage, heartbeat=args.heartbeat)
+    settings = settings_from(args)
     with store.stage_run(names.SWEEPS_EXPERIMENT, run_name=settings.study_name):
         store.log_params({"loss": args.loss, "n_trials": args.n_trials, "sampler": args.sampler,
                           "storage": storage_label(args.storage), "study": settings.study_name,
                           "pruner": args.pruner, "grid": args.grid, "heartbeat": args.heartbeat,
-                          "search_space": settings.space, **settings.training})
+                          "search_space": settings.space, **settings.training,
+                          "data_fingerprint": settings.data_fingerprint, "encoder_version": settings.encoder_version})
         outcome = run_sweep(settings)
     print(f"sweep: this worker ran {len(outcome.trials_run)} trial(s) of study {settings.study_name!r}"
           + (f"; registered version {outcome.registered_version}" if outcome.registered_version else ""))

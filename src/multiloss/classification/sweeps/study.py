@@ -3,11 +3,19 @@ it, takes its next trial and runs it, and the default objective (a classify trai
 
 A trial is a classify training in the worker's own process, so that a worker imports TensorFlow
 once and a per-epoch hook can prune it.
+
+A study is one search on one data set from one encoder: its identity (:meth:`SweepSettings.identity`)
+holds the loss, sampler, grid, seed, every training parameter, the data's fingerprint and the
+exact encoder version (``models:/name/N`` and its run), fixed once by :func:`pin_inputs` so that
+an alias moving mid-sweep changes nothing. The default study name carries a hash of it, so new
+data, a new champion U-Net or another training parameter starts a new study instead of resuming
+a finished one; a study the user named refuses a worker whose identity differs, naming what.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import time
@@ -27,6 +35,7 @@ from multiloss.classification.sweeps.storage import (
     RUN_ID_ATTR,
     Heartbeat,
     heartbeat_enabled,
+    open_storage,
     storage_label,
 )
 
@@ -48,8 +57,10 @@ READY_ATTR = "sweep.ready"
 MODEL_URI_ATTR = "model_uri"
 TAGS_ATTR = "registry_tags"
 
-# Parameters whose values may differ between workers of one study (paths and devices are per machine).
+# Parameters whose values may differ between workers of one study (paths and devices are per machine;
+# the data's fingerprint stands for the data in the study's identity).
 PER_MACHINE = ("data", "strategy")
+ENCODER_TAG = "sweep.encoder"   # on the sweep's runs and trials: the exact encoder version they train from
 
 Report = Callable[[int, float], None]
 Objective = Callable[[optuna.Trial, dict[str, float], Report], float]
@@ -70,6 +81,9 @@ class SweepSettings:
     study: str = ""
     storage: str = ""
     heartbeat: int = 60
+    # Set by pin_inputs: the data's fingerprint and the encoder as "models:/name/N (run <id>)".
+    data_fingerprint: str = ""
+    encoder_version: str = ""
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
@@ -84,7 +98,18 @@ class SweepSettings:
 
     @property
     def study_name(self) -> str:
-        return self.study or f"sweep-{self.loss}"
+        """The user's name, else ``sweep-<loss>-<hash of the identity>``: one study per data set,
+        encoder and settings."""
+        if self.study:
+            return self.study
+        digest = hashlib.blake2b(json.dumps(self.identity(), sort_keys=True).encode(), digest_size=5)
+        return f"sweep-{self.loss}-{digest.hexdigest()}"
+
+    @property
+    def pinned(self) -> bool:
+        """The data is fingerprinted and the encoder fixed to one version (where training reads them)."""
+        return (("data" not in self.training or bool(self.data_fingerprint))
+                and ("encoder" not in self.training or bool(self.encoder_version)))
 
     @property
     def n_points(self) -> int:
@@ -97,10 +122,43 @@ class SweepSettings:
             return min(self.n_trials, self.n_points) if self.n_trials else self.n_points
         return self.n_trials
 
-    def study_config(self) -> dict[str, object]:
-        """What every worker of one study must agree on."""
-        return {"loss": self.loss, "sampler": self.sampler, "space": self.space, "seed": self.seed,
-                "training": {k: v for k, v in self.training.items() if k not in PER_MACHINE}}
+    def identity(self) -> dict[str, object]:
+        """What every worker of one study must agree on, as JSON values: the loss, sampler, grid and
+        seed, every training parameter but the per-machine ones, the data fingerprint and the
+        encoder version. The budget (``n_trials``), pruner, storage and heartbeat are not: a re-run
+        with a larger budget resumes the study."""
+        training = {k: v for k, v in self.training.items() if k not in PER_MACHINE and k != "encoder"}
+        inputs = {"data_fingerprint": self.data_fingerprint} if "data" in self.training else {}
+        if "encoder" in self.training:
+            inputs["encoder"] = self.encoder_version or str(self.training["encoder"])
+        return json.loads(json.dumps({"loss": self.loss, "sampler": self.sampler, "space": self.space,
+                                      "sampler_seed": self.seed, **training, **inputs}))
+
+
+def pin_inputs(settings: SweepSettings) -> SweepSettings:
+    """The settings with the data fingerprinted and the encoder fixed to the version it names now
+    (``models:/name@alias`` becomes ``models:/name/N``), once per worker, before its study opens.
+
+    Errors name the parameter: ``data`` that is not a Kermany-layout dataset, an ``encoder`` whose
+    alias or version is not in the registry.
+    """
+    if settings.pinned:
+        return settings
+    from multiloss.data.fingerprint import fingerprint
+    from multiloss.data.readers import find_kermany_root, read_kermany
+
+    training, found = dict(settings.training), {}
+    if "data" in training:
+        try:
+            frame = read_kermany(training["data"])
+        except (OSError, ValueError) as err:
+            raise ValueError(f"parameter data: {err}") from None
+        found["data_fingerprint"] = fingerprint(frame["path"], root=find_kermany_root(training["data"]))
+    if "encoder" in training:
+        from multiloss.classification.train import pin_encoder
+
+        training["encoder"], found["encoder_version"] = pin_encoder(str(training["encoder"]))
+    return dataclasses.replace(settings, training=training, **found)
 
 
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
@@ -137,8 +195,10 @@ def open_study(settings: SweepSettings, storage, parent_run_id: str) -> tuple[op
     """Create the study (this worker's run becomes the parent; the grid is queued) or join it.
 
     A joiner waits until the creator has finished setting the study up, then checks that it was
-    started with the same loss, sampler, grid, seed and training parameters.
+    started with the same identity (:meth:`SweepSettings.identity`). ``settings`` must be pinned.
     """
+    if not settings.pinned:
+        raise ValueError("open_study needs pinned settings (pin_inputs): the data and encoder are part of the study")
     pruner = make_pruner(settings.pruner, int(settings.training.get("epochs", 1)))
     name = settings.study_name
     try:
@@ -149,7 +209,7 @@ def open_study(settings: SweepSettings, storage, parent_run_id: str) -> tuple[op
                                   pruner=pruner)
         _wait_until_ready(study, settings)
         return study, False
-    study.set_user_attr(CONFIG_ATTR, json.loads(json.dumps(settings.study_config())))
+    study.set_user_attr(CONFIG_ATTR, settings.identity())
     study.set_user_attr(PARENT_ATTR, parent_run_id)
     if settings.sampler == "grid":
         for point in grid_points(settings.space, settings.seed):
@@ -165,12 +225,30 @@ def _wait_until_ready(study: optuna.Study, settings: SweepSettings) -> None:
             raise RuntimeError(f"study {study.study_name!r} in {storage_label(settings.storage)} was created but "
                                f"never set up (its creator died?); delete it (optuna delete-study) or use another study name")
         time.sleep(0.5)
-    stored = study.user_attrs[CONFIG_ATTR]
-    mine = json.loads(json.dumps(settings.study_config()))
-    for key in mine:
-        if stored.get(key) != mine[key]:
-            raise ValueError(f"study {study.study_name!r} was started with {key}={stored.get(key)!r} but this "
-                             f"worker has {key}={mine[key]!r}; use the same parameters or another study name")
+    check_identity(study.study_name, study.user_attrs[CONFIG_ATTR], settings)
+
+
+def check_identity(name: str, stored: dict, settings: SweepSettings) -> None:
+    """Refuse a worker whose identity differs from the study's, naming the study and every
+    difference (``key=<study's> there, <this worker's> here``)."""
+    mine = settings.identity()
+    differ = [f"{key}={stored.get(key, '(unset)')!r} there, {mine.get(key, '(unset)')!r} here"
+              for key in sorted(set(stored) | set(mine)) if stored.get(key) != mine.get(key)]
+    if differ:
+        raise ValueError(f"study {name!r} in {storage_label(settings.storage)} was started with other settings than "
+                         f"this worker's: {'; '.join(differ)}. Use the same ones, another study name, or no study "
+                         f"name (the default is one study per data set, encoder and settings)")
+
+
+def check_existing_study(settings: SweepSettings) -> None:
+    """Before a worker's run exists: refuse it if a finished set-up of its study has another identity."""
+    storage = open_storage(settings.storage, settings.heartbeat)
+    try:
+        study = optuna.load_study(study_name=settings.study_name, storage=storage)
+    except KeyError:
+        return                  # a new study
+    if study.user_attrs.get(READY_ATTR):
+        check_identity(study.study_name, study.user_attrs[CONFIG_ATTR], settings)
 
 
 def _is_retry(trial: FrozenTrial) -> bool:
@@ -243,7 +321,8 @@ def run_trial(study: optuna.Study, storage, trial: optuna.Trial, objective: Obje
             params = {name: trial.suggest_categorical(name, values) for name, values in settings.space.items()}
             retry_of = storage.get_trial(trial._trial_id).system_attrs.get(RETRY_ATTR)
             tags = {"sweep.role": "trial", "sweep.study": study.study_name, "sweep.trial": str(trial.number),
-                    names.LOSS_TAG: settings.loss, **({"sweep.retry_of": str(retry_of)} if retry_of is not None else {})}
+                    names.LOSS_TAG: settings.loss, **input_tags(settings),
+                    **({"sweep.retry_of": str(retry_of)} if retry_of is not None else {})}
             with mlflow.start_run(experiment_id=experiment_id, run_name=f"{study.study_name}-trial-{trial.number}",
                                   nested=True, tags=tags) as run:
                 mlflow.set_tag(MLFLOW_PARENT_RUN_ID, parent_run_id)   # directly under the sweep, whichever worker
@@ -263,6 +342,14 @@ def run_trial(study: optuna.Study, storage, trial: optuna.Trial, objective: Obje
         raise
     study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
     return state
+
+
+def input_tags(settings: SweepSettings) -> dict[str, str]:
+    """The tags that say which data and encoder version a sweep's runs and trials train on."""
+    tags = {names.DATA_FINGERPRINT_TAG: settings.data_fingerprint} if settings.data_fingerprint else {}
+    if "encoder" in settings.training:
+        tags[ENCODER_TAG] = str(settings.training["encoder"])
+    return tags
 
 
 def study_idle(study: optuna.Study, settings: SweepSettings) -> bool:
@@ -303,6 +390,9 @@ def classifier_objective(settings: SweepSettings) -> Objective:
         try:
             trained = train.train_classifier(
                 config, epoch_hooks=[hook], extra_metrics=[tf_keras.metrics.CategoricalCrossentropy(name=EPOCH_METRIC)])
+            if settings.data_fingerprint and trained.data_fingerprint != settings.data_fingerprint:
+                raise RuntimeError(f"parameter data: {config.data} changed since the study began (fingerprint "
+                                   f"{trained.data_fingerprint}, the study's {settings.data_fingerprint})")
             value = trained.scores["val"]["nll"]
             if improves_on_finished(trial.study, value):
                 trial.set_user_attr(MODEL_URI_ATTR, train.log_unregistered(trained))

@@ -38,8 +38,10 @@ from multiloss.classification.sweeps.study import (
     Objective,
     SweepSettings,
     classifier_objective,
+    input_tags,
     next_trial,
     open_study,
+    pin_inputs,
     run_trial,
     study_idle,
 )
@@ -53,6 +55,7 @@ class SweepOutcome:
     created: bool
     parent_run_id: str
     trials_run: list[int]
+    settings: SweepSettings                      # pinned: the data fingerprint and encoder version every trial used
     summary: dict[str, object] | None = None     # set by the worker that found the study idle
     registered_version: str | None = None
 
@@ -62,21 +65,24 @@ def run_sweep(settings: SweepSettings, objective: Objective | None = None) -> Sw
     until none is left for it, and, if the study is then idle, summarise it and register its best.
 
     ``objective`` defaults to a classify training (:func:`classifier_objective`); tests pass a cheap one.
+    Unpinned ``settings`` are pinned here (:func:`pin_inputs`); the stage pins them before its run.
     """
     own_run = mlflow.active_run()
     if own_run is None:
         raise RuntimeError("run_sweep needs an active MLflow run (use store.stage_run)")
+    settings = pin_inputs(settings)
     storage = open_storage(settings.storage, settings.heartbeat)
     study, created = open_study(settings, storage, own_run.info.run_id)
     parent_run_id = study.user_attrs[PARENT_ATTR]
     role = {"sweep.role": "parent"} if created else {"sweep.role": "worker", MLFLOW_PARENT_RUN_ID: parent_run_id}
     mlflow.set_tags({**role, "sweep.study": study.study_name, "sweep.storage": storage_label(settings.storage),
-                     "sweep.sampler": settings.sampler, "sweep.pruner": settings.pruner, names.LOSS_TAG: settings.loss})
+                     "sweep.sampler": settings.sampler, "sweep.pruner": settings.pruner, names.LOSS_TAG: settings.loss,
+                     **input_tags(settings)})
     print(f"sweep: {'created' if created else 'joined'} study {study.study_name!r} in "
           f"{storage_label(settings.storage)} ({settings.sampler}, {settings.n_points} grid points, "
           f"budget {settings.budget} trials, pruner {settings.pruner})", flush=True)
     objective = objective or classifier_objective(settings)
-    outcome = SweepOutcome(study, created, parent_run_id, [])
+    outcome = SweepOutcome(study, created, parent_run_id, [], settings)
     with registry.models_kept_in_memory():     # every trial starts from the same encoder
         while (trial := next_trial(study, storage, settings)) is not None:
             state = run_trial(study, storage, trial, objective, settings, parent_run_id)
