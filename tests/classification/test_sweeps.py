@@ -125,6 +125,9 @@ def test_pruned_trials_and_a_tpe_budget_that_resumes():
 
     runs = {int(r.data.tags["sweep.trial"]): r for r in children(run.info.run_id)}
     assert sorted(runs) == [0, 1, 2, 3]
+    # each run names its process, so that a clean-up can tell a dead worker's runs from a live one's
+    parent_tags = mlflow.MlflowClient().get_run(run.info.run_id).data.tags
+    assert {r.data.tags[names.PID_TAG] for r in runs.values()} == {parent_tags[names.PID_TAG]} == {str(os.getpid())}
     for number, child in runs.items():
         assert child.info.status == "FINISHED"
         assert child.data.tags.get("pruned") == ("true" if number >= 1 else None)

@@ -63,6 +63,7 @@ def test_classify_stage_logs_scores_registers_and_reloads_in_a_fresh_process(tmp
     assert version.tags["loss"] == "cal_neg_entropy" and version.tags["loss_beta"] == "0.01"
     run_tags = mlflow.MlflowClient().get_run(version.run_id).data.tags
     assert run_tags[names.MCC_INTERVAL_TAG] == MCC_INTERVAL_LABELS["wald"]
+    assert run_tags[names.PID_TAG] == str(os.getpid())
     assert version.tags["loss_lam"] == "10.0" and version.tags["encoder_version"] == str(unet_version.version)
     run = mlflow.MlflowClient().get_run(version.run_id)
     assert run.data.params["encoder"] == f"models:/{names.SEGMENTATION_MODEL}/{unet_version.version}"   # pinned once

@@ -9,6 +9,7 @@ import mlflow
 import pandas as pd
 import pytest
 
+from multiloss import names
 from multiloss.data.readers import class_counts, read_kermany
 from multiloss.stages import synth
 from multiloss.tracking import store
@@ -55,6 +56,9 @@ def test_synth_stage_reuses_identical_output_and_refuses_a_different_one(tmp_pat
     args = ["--out", str(out), "--n-seg", "4", "--n-cls", "15", "--size", "48", "--seed", "1"]
     synth.main(args)
     before = sorted(p.stat().st_mtime_ns for p in out.rglob("*.jpeg"))
+    store.configure()
+    run = mlflow.search_runs(experiment_names=["data"], output_format="list")[0]
+    assert run.data.tags[names.PID_TAG] == str(os.getpid())           # for the clean-up of dead runs
     synth.main(args)
     assert "reused" in capsys.readouterr().out
     assert sorted(p.stat().st_mtime_ns for p in out.rglob("*.jpeg")) == before
@@ -67,3 +71,17 @@ def test_integer_parameters_are_checked_by_name():
     with pytest.raises(SystemExit):
         synth.parse_args(["--out", "x", "--size", "12.5"])
     assert synth.parse_args(["--out", "x", "--size", "64.0"]).size == 64
+
+
+def test_an_out_that_synth_cannot_write_is_named_before_any_run(tmp_path):
+    taken = tmp_path / "taken.txt"
+    taken.write_text("mine")
+    with pytest.raises(SystemExit, match=rf"synth: parameter out: {taken} is a file, not a folder"):
+        synth.main(["--out", str(taken)])
+    other = tmp_path / "other"
+    (other / "notes").mkdir(parents=True)
+    with pytest.raises(SystemExit, match=rf"synth: parameter out: {other} holds files synth did not write"):
+        synth.main(["--out", str(other)])
+    store.configure()
+    assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
+    assert taken.read_text() == "mine" and [p.name for p in other.iterdir()] == ["notes"]

@@ -39,6 +39,25 @@ def test_parameters_parse_and_bad_values_are_named(capsys):
         assert message in capsys.readouterr().err
 
 
+def test_an_image_size_the_chain_cannot_take_is_refused(capsys):
+    assert main_stage.parse_args(["--img-size", "0"]).img_size == 0          # the profile's
+    with pytest.raises(SystemExit):
+        main_stage.parse_args(["--img-size", "100"])
+    assert "parameter img_size must be 0 (the profile's) or a multiple of 32" in capsys.readouterr().err
+
+
+def test_a_data_folder_without_the_layout_is_named_before_any_run(tmp_path):
+    profile = tmp_path / "tiny.yaml"
+    profile.write_text(yaml.safe_dump(TINY))
+    with pytest.raises(SystemExit, match=rf"main: parameter data: {tmp_path / 'nowhere'} is not a folder"):
+        main_stage.main(["--profile", str(profile), "--data", str(tmp_path / "nowhere")])
+    (tmp_path / "mine" / "lungs").mkdir(parents=True)
+    with pytest.raises(SystemExit, match=r"main: parameter data: .*mine has no MontgomerySet/, chest_xray/"):
+        main_stage.main(["--profile", str(profile), "--data", str(tmp_path / "mine")])
+    store.configure()
+    assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
+
+
 def test_a_profile_whose_workers_is_not_a_count_is_named(tmp_path):
     profile = tmp_path / "bad.yaml"
     profile.write_text(yaml.safe_dump({**TINY, "workers": "two"}))

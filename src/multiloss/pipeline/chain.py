@@ -107,15 +107,12 @@ def _run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int], u
         return STAGES.index(until) <= STAGES.index(stage)
     data = data or profile.get("data") or "synthetic"
     layout = data_layout(profile, synthetic=data == "synthetic")
-    if data == "synthetic":
+    root = data_root(profile, data)
+    if root is None:
         root = home_path(profile["synth"]["out"])
         synth = {**profile["synth"], "out": root}
         pipeline.step("synth", "synth", synth, output_intact=_tag_matches(
             lambda: fingerprint(read_kermany(root / layout["kermany"])["path"], root=root)))
-    else:
-        root = Path(data).resolve() if data != profile.get("data") else home_path(data)
-        if not root.is_dir():
-            raise ValueError(f"data {data!r} is not a folder (expected {', '.join(layout.values())} inside)")
     lungs, holdout, kermany = (root / layout[k] for k in ("lungs", "holdout", "kermany"))
 
     segment = stage_settings(profile, "segment")
@@ -185,6 +182,24 @@ def _run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int], u
         "segment_eval_run": eval_run, "classify_runs": ",".join(pipeline.run_ids("classify")),
         "ensemble_run": ensemble_run or "", "dataset_label": "synthetic" if data == "synthetic" else "real"})
     return runs
+
+
+def data_root(profile: dict, data: str) -> Path | None:
+    """The folder ``data`` names (None for the synthetic data synth writes), checked to hold the
+    profile's layout: a mistyped path is refused before any run, naming it and what is missing.
+    ``data`` empty: the profile's (a relative path lives under the project root)."""
+    data = data or profile.get("data") or "synthetic"
+    if data == "synthetic":
+        return None
+    layout = data_layout(profile, synthetic=False)
+    root = home_path(data) if data == profile.get("data") else Path(data).resolve()
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a folder (expected {', '.join(f'{n}/' for n in layout.values())} inside)")
+    missing = [f"{name}/" for name in layout.values() if not (root / name).is_dir()]
+    if missing:
+        raise ValueError(f"{root} has no {', '.join(missing)} (expected {', '.join(f'{n}/' for n in layout.values())}; "
+                         f"a profile's layout may rename them)")
+    return root
 
 
 def registered_version(run_id: str, name: str) -> str:

@@ -1,22 +1,50 @@
-"""Recovery: the clean-up of pipelines that died, so that a restart redoes only what did not finish.
+"""Recovery: the clean-up of runs whose process died, so that a restart redoes only what did not
+finish and no run looks alive that nothing will ever end.
 
-A pipeline tags its parent run with its host, process id and process start time; a RUNNING
-pipeline whose process is gone was killed (SIGKILL leaves no chance to say so), and so were its
-RUNNING children: :func:`end_dead_pipelines` marks them KILLED and deletes any model version they
-registered, so that no alias can later be pointed at a model of a run that did not finish.
+The rule :func:`end_dead_pipelines` applies to every RUNNING run of the store:
+
+- A run tagged with its process (host, pid, the pid's start time: :func:`process_tags`; the
+  pipeline's parent run, and the runs of the classify, sweep and synth stages and of sweep trials)
+  whose host is this one and whose process is gone was killed (SIGKILL leaves no chance to say
+  so): it is marked KILLED, and so are its RUNNING children that carry no process of their own
+  (a pipeline's steps); a child with its own process tags is judged by its own process (a sweep
+  trial of a live worker under a dead worker's parent run keeps running).
+- A run ``mlflow run`` created whose command never started is FAILED once that is clearly stale.
+  The launcher tags the run it creates ``mlflow.source.type=PROJECT`` and
+  ``mlflow.project.entryPoint``, and ``mlflow.project.backend`` only once the command has started;
+  a launcher that failed in between (MLflow's own check of a ``path`` parameter) leaves it
+  RUNNING, with no process of ours to tag it. With ``--env-manager local`` the command starts
+  within a second of the run's creation, so such a run is stale after :data:`LAUNCH_GRACE_S`;
+  one whose environment was being built (``mlflow.project.env`` set) after :data:`BUILD_GRACE_S`.
+- Anything else is left alone: a run of another host (its process cannot be checked from here),
+  a run whose command started but which carries no process tags (another stage's, a notebook's).
+
+A run ended KILLED also loses the model versions it registered, so that no alias can later be
+pointed at a model of a run that did not finish.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 import mlflow
 from mlflow.entities import Run
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_PROJECT_BACKEND,
+    MLFLOW_PROJECT_ENTRY_POINT,
+    MLFLOW_PROJECT_ENV,
+    MLFLOW_SOURCE_TYPE,
+)
 
 from multiloss import names
+
+# How long a launcher's run may wait for its command before it is clearly an orphan.
+LAUNCH_GRACE_S = 10 * 60           # --env-manager local: the command starts at once
+BUILD_GRACE_S = 24 * 3600          # conda, virtualenv, docker: the environment is built first
 
 
 def _process_start(pid: int) -> str:
@@ -74,38 +102,59 @@ def end_unfinished_children(parent_run_id: str, experiment_id: str) -> list[str]
     return ended
 
 
-def end_dead_pipelines() -> list[str]:
-    """Mark KILLED every RUNNING pipeline run of this host whose process is gone, and every
-    RUNNING child of such a pipeline (deleting what it registered), whatever the parent's status
-    (``mlflow run``'s launcher marks the parent FAILED if it outlives its pipeline process).
-    Returns the ids of the runs it ended."""
+def end_dead_pipelines(now: float | None = None) -> list[str]:
+    """End the RUNNING runs of this store that nothing will end (see the module's rule): KILLED for
+    a dead process of this host and its children without a process of their own, whatever the
+    parent's status (``mlflow run``'s launcher marks a parent FAILED if it outlives its process);
+    FAILED for a launcher's run whose command never started. ``now``: the time to judge staleness
+    at (seconds since the epoch; default the clock). Returns the ids of the runs it ended."""
     client = mlflow.MlflowClient()
     experiments = [e.experiment_id for e in client.search_experiments()]
     host = socket.gethostname()
     running = client.search_runs(experiments, "attributes.status = 'RUNNING'")
-    pipelines = {run.info.run_id: run for run in running if names.PID_TAG in run.data.tags}
+    owners = {run.info.run_id: run for run in running if names.PID_TAG in run.data.tags}
     children: dict[str, list[Run]] = {}
     for run in running:
         parent = run.data.tags.get(MLFLOW_PARENT_RUN_ID)
         if parent:
             children.setdefault(parent, []).append(run)
-            if parent not in pipelines:
-                pipelines[parent] = client.get_run(parent)
+            if parent not in owners:
+                owners[parent] = client.get_run(parent)
     ended = []
-    for pipeline in pipelines.values():
-        tags = pipeline.data.tags
+    for owner in owners.values():
+        tags = owner.data.tags
         if names.PID_TAG not in tags or tags.get(names.HOST_TAG) != host:
-            continue            # not a pipeline, or one on another machine: we cannot tell
+            continue            # no process of ours, or one on another machine: we cannot tell
         if _process_alive(int(tags[names.PID_TAG]), tags.get(names.PID_START_TAG, "")):
             continue
-        for child in children.get(pipeline.info.run_id, []):
+        for child in children.get(owner.info.run_id, []):
+            if names.PID_TAG in child.data.tags or child.info.run_id in ended:
+                continue        # judged by its own process
             deleted = end_run_killed(child.info.run_id)
             ended.append(child.info.run_id)
-            print(f"main: run {child.info.run_id} ({child.info.run_name}) of a dead pipeline marked KILLED"
+            print(f"main: run {child.info.run_id} ({child.info.run_name}) of a dead process's run marked KILLED"
                   + (f"; deleted {', '.join(deleted)}" if deleted else ""), flush=True)
-        if pipeline.info.status == "RUNNING":
-            client.set_terminated(pipeline.info.run_id, "KILLED")
-            ended.append(pipeline.info.run_id)
-            print(f"main: pipeline run {pipeline.info.run_id} (process {tags[names.PID_TAG]} is gone) marked KILLED",
-                  flush=True)
+        if owner.info.status == "RUNNING" and owner.info.run_id not in ended:
+            deleted = end_run_killed(owner.info.run_id)
+            ended.append(owner.info.run_id)
+            print(f"main: run {owner.info.run_id} ({owner.info.run_name}; process {tags[names.PID_TAG]} is gone) "
+                  f"marked KILLED" + (f"; deleted {', '.join(deleted)}" if deleted else ""), flush=True)
+    now = time.time() if now is None else now
+    for run in running:
+        if run.info.run_id not in ended and launch_never_started(run, now):
+            client.set_terminated(run.info.run_id, "FAILED")
+            ended.append(run.info.run_id)
+            print(f"main: run {run.info.run_id} ({run.info.run_name}) of `mlflow run -e "
+                  f"{run.data.tags[MLFLOW_PROJECT_ENTRY_POINT]}` never started its command; marked FAILED", flush=True)
     return ended
+
+
+def launch_never_started(run: Run, now: float) -> bool:
+    """A RUNNING run ``mlflow run`` created, whose command had not started long after (see the module)."""
+    tags = run.data.tags
+    if tags.get(MLFLOW_SOURCE_TYPE) != "PROJECT" or MLFLOW_PROJECT_ENTRY_POINT not in tags:
+        return False
+    if MLFLOW_PROJECT_BACKEND in tags or names.PID_TAG in tags:
+        return False            # the command started: its own process ends it
+    grace = BUILD_GRACE_S if MLFLOW_PROJECT_ENV in tags else LAUNCH_GRACE_S
+    return now - run.info.start_time / 1000 > grace

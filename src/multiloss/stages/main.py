@@ -23,6 +23,15 @@ def seed_list(text: str) -> list[int]:
     return seeds
 
 
+def chain_size(text: str) -> int:
+    """0 (the profile's sizes) or a size every model of the chain can take (a multiple of 32)."""
+    size = integer("img_size", 0)(text)
+    if size % 32:
+        raise argparse.ArgumentTypeError(f"parameter img_size must be 0 (the profile's) or a multiple of 32 "
+                                         f"(the U-Net halves it five times), got {size}")
+    return size
+
+
 def flag(text: str) -> bool:
     if text.strip().lower() in ("true", "1", "yes"):
         return True
@@ -35,7 +44,7 @@ def parser() -> StageParser:
     parser = StageParser("main", description=__doc__)
     parser.parameter("profile", help="experiments/<profile>.yaml, or a path to a YAML profile")
     parser.parameter("data", help="folder holding lungs/, MontgomerySet/, chest_xray/; 'synthetic'; empty: the profile's")
-    parser.parameter("img_size", type=integer("img_size", 0),
+    parser.parameter("img_size", type=chain_size,
                      help="every image size of the chain (U-Net, crop, classifier); 0: the profile's")
     parser.parameter("epochs", type=integer("epochs", 0), help="most epochs of each U-Net and classifier; 0: the profile's")
     parser.parameter("seeds", type=seed_list, help="each classifier is trained once per seed")
@@ -62,6 +71,10 @@ def main(argv=None) -> None:
     profile = profiles.with_overrides(profiles.load_profile(args.profile), img_size=args.img_size,
                                       epochs=args.epochs, seg_losses=args.seg_losses, cls_losses=args.cls_losses)
     workers = profiles.workers(profile, args.workers, args.profile)
+    try:
+        chain.data_root(profile, args.data)
+    except ValueError as err:
+        raise SystemExit(f"main: parameter data: {err}") from None
     signal.signal(signal.SIGTERM, _interrupt)
     params = {**vars(args), "seeds": ",".join(map(str, args.seeds)), "fresh": str(args.fresh).lower(),
               "workers": workers}

@@ -14,6 +14,7 @@ from multiloss.data import synthetic
 from multiloss.data.fingerprint import fingerprint
 from multiloss.data.readers import class_counts, read_kermany, read_mask_set
 from multiloss.data.split import patient_split, write_split_csv
+from multiloss.pipeline.recovery import process_tags
 from multiloss.stages.cli import StageParser, integer
 from multiloss.tracking import store
 
@@ -33,11 +34,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser().parse_args(argv)
 
 
+def check_out(out: Path) -> None:
+    """Refuse, before any run, an ``out`` synth could never write: a file, or a folder holding
+    files of its own (synth writes a new or empty folder, or reuses a folder it wrote)."""
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"synth: parameter out: {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "synth.json").is_file():
+        raise SystemExit(f"synth: parameter out: {out} holds files synth did not write; choose a new or empty folder")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     out = Path(args.out).resolve()
+    check_out(out)
     params = {"n_seg": args.n_seg, "n_cls": args.n_cls, "size": args.size, "seed": args.seed}
     with store.stage_run(names.DATA_EXPERIMENT, run_name="synth"):
+        mlflow.set_tags(process_tags())   # a clean-up ends this run if its process dies unannounced
         store.log_params({**params, "out": str(out)})
         manifest, reused = synthetic.ensure_synthetic(out, **params)
         mlflow.set_tag(names.REUSED_DATA_TAG, str(reused).lower())

@@ -38,6 +38,7 @@ from multiloss.classification.sweeps.storage import (
     open_storage,
     storage_label,
 )
+from multiloss.pipeline.recovery import process_tags
 
 SAMPLERS = ("grid", "tpe")
 PRUNERS = ("none", "median", "hyperband")
@@ -321,7 +322,7 @@ def run_trial(study: optuna.Study, storage, trial: optuna.Trial, objective: Obje
             params = {name: trial.suggest_categorical(name, values) for name, values in settings.space.items()}
             retry_of = storage.get_trial(trial._trial_id).system_attrs.get(RETRY_ATTR)
             tags = {"sweep.role": "trial", "sweep.study": study.study_name, "sweep.trial": str(trial.number),
-                    names.LOSS_TAG: settings.loss, **input_tags(settings),
+                    names.LOSS_TAG: settings.loss, **input_tags(settings), **process_tags(),
                     **({"sweep.retry_of": str(retry_of)} if retry_of is not None else {})}
             with mlflow.start_run(experiment_id=experiment_id, run_name=f"{study.study_name}-trial-{trial.number}",
                                   nested=True, tags=tags) as run:

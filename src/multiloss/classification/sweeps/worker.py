@@ -46,6 +46,7 @@ from multiloss.classification.sweeps.study import (
     study_idle,
 )
 from multiloss.classification.sweeps.summary import register_best, summarise
+from multiloss.pipeline.recovery import process_tags
 from multiloss.tracking import registry
 
 
@@ -75,9 +76,9 @@ def run_sweep(settings: SweepSettings, objective: Objective | None = None) -> Sw
     study, created = open_study(settings, storage, own_run.info.run_id)
     parent_run_id = study.user_attrs[PARENT_ATTR]
     role = {"sweep.role": "parent"} if created else {"sweep.role": "worker", MLFLOW_PARENT_RUN_ID: parent_run_id}
-    mlflow.set_tags({**role, "sweep.study": study.study_name, "sweep.storage": storage_label(settings.storage),
-                     "sweep.sampler": settings.sampler, "sweep.pruner": settings.pruner, names.LOSS_TAG: settings.loss,
-                     **input_tags(settings)})
+    mlflow.set_tags({**role, **process_tags(), "sweep.study": study.study_name,
+                     "sweep.storage": storage_label(settings.storage), "sweep.sampler": settings.sampler,
+                     "sweep.pruner": settings.pruner, names.LOSS_TAG: settings.loss, **input_tags(settings)})
     print(f"sweep: {'created' if created else 'joined'} study {study.study_name!r} in "
           f"{storage_label(settings.storage)} ({settings.sampler}, {settings.n_points} grid points, "
           f"budget {settings.budget} trials, pruner {settings.pruner})", flush=True)
