@@ -1,6 +1,7 @@
 """The chain of stages as the ``main`` stage runs it: its parameters, a bad profile, and resume
 after a kill."""
 
+import json
 import os
 import re
 import signal
@@ -13,7 +14,7 @@ import pytest
 import yaml
 
 from multiloss import names
-from multiloss.pipeline import engine
+from multiloss.pipeline import chain, engine
 from multiloss.stages import main as main_stage
 from multiloss.tracking import store
 
@@ -63,6 +64,43 @@ def test_a_profile_whose_workers_is_not_a_count_is_named(tmp_path):
     profile.write_text(yaml.safe_dump({**TINY, "workers": "two"}))
     with pytest.raises(ValueError, match=r"profile .*bad\.yaml: workers must be a whole number of processes, got 'two'"):
         main_stage.main(["--profile", str(profile)])
+
+
+def registered(client, name: str, count: int) -> list[str]:
+    """``count`` versions of ``name`` (their models are never loaded here), oldest first."""
+    client.create_registered_model(name)
+    run = client.create_run(store.ensure_experiment("pipeline")).info.run_id
+    return [str(client.create_model_version(name, "file:///nowhere", run_id=run).version) for _ in range(count)]
+
+
+def test_later_steps_read_the_versions_earlier_steps_chose_not_the_aliases():
+    """Aliases are shared by every pipeline on the store: after another process moved them, the
+    chain still hands crop, classify and gradcam exactly what its segment_eval and ensemble chose."""
+    store.configure()
+    client = mlflow.MlflowClient()
+    experiment = store.ensure_experiment("pipeline")
+    unets = registered(client, names.SEGMENTATION_MODEL, 3)
+    evaluated = client.create_run(experiment, tags={names.TOP_VERSIONS_TAG: "3,1"}).info.run_id
+    for alias, version in ((names.CHAMPION, "2"), (names.top_alias(1), "2"), (names.top_alias(2), "2")):
+        client.set_registered_model_alias(names.SEGMENTATION_MODEL, alias, version)   # moved meanwhile
+    assert chain.chosen_segmenters(evaluated) == ["3", "1"]
+    given, fingerprint = chain.crop_inputs(evaluated, "kermany-print")
+    assert given == {"members": "3,1", "top_k": 2}
+    assert json.loads(fingerprint)["members"] == [chain.version_reference(names.SEGMENTATION_MODEL, v)
+                                                  for v in ("3", "1")]
+    assert chain.champion_encoder(evaluated) == f"models:/{names.SEGMENTATION_MODEL}/3"
+    untagged = client.create_run(experiment).info.run_id
+    with pytest.raises(RuntimeError, match=rf"segment_eval run {untagged} carries no {names.TOP_VERSIONS_TAG} tag"):
+        chain.chosen_segmenters(untagged)
+    assert unets == ["1", "2", "3"]
+
+    classifiers = registered(client, names.CLASSIFIER_MODEL, 3)
+    ensembled = client.create_run(experiment, tags={names.MODEL_LEVEL_URI_TAG: "models:/m-0123abcd"}).info.run_id
+    client.log_param(ensembled, "members", "2,3")
+    client.set_registered_model_alias(names.CLASSIFIER_MODEL, names.CHAMPION, "1")       # moved meanwhile
+    assert chain.gradcam_models(ensembled) == {names.CHAMPION: f"models:/{names.CLASSIFIER_MODEL}/2",
+                                               "ensemble": "models:/m-0123abcd"}
+    assert classifiers == ["1", "2", "3"]
 
 
 def command(profile: Path, *args) -> list[str]:
@@ -119,9 +157,15 @@ def test_killed_pipeline_resumes_where_it_stopped(tmp_path):
     after = statuses(client)
     assert after[held_first] == after[first_parent] == after[held_second] == after[second_parent] == "KILLED"
 
-    out = run(profile, "--until", "crop")
+    out = run(profile, "--until", "classify")
     assert "step synth reuses run" in out and "step segment.bce reuses run" in out
     assert "step segment_eval reuses run" in out and "main: step crop: multiloss.stages.crop" in out
-    assert "1 steps ran, 3 reused" in out
+    assert "2 steps ran, 3 reused" in out
     champion = client.get_model_version_by_alias(names.SEGMENTATION_MODEL, "champion")
     assert client.get_run(champion.run_id).info.status == "FINISHED"
+    # crop and classify got the exact versions segment_eval chose, not the aliases
+    parent = client.get_run(re.search(r"parent run (\w+)", out).group(1)).data.tags
+    chosen = client.get_run(parent["step.segment_eval"]).data.tags[names.TOP_VERSIONS_TAG]
+    assert client.get_run(parent["step.crop"]).data.params["members"] == chosen
+    encoder = client.get_run(parent["step.classify.cce.seed0"]).data.params["encoder"]
+    assert encoder == f"models:/{names.SEGMENTATION_MODEL}/{chosen.split(',')[0]}"

@@ -4,6 +4,10 @@ parent run that holds them.
 synth (no data) → segment ×losses → segment_eval → crop → classify ×losses ×seeds → ensemble →
 gradcam (champion classifier, model-level ensemble) → report. Each step's input fingerprint names
 the data and the model versions it reads, so a step is reused only while those are unchanged.
+
+Later steps get the exact versions earlier steps chose, read from those steps' runs (segment_eval's
+top-versions tag, the ensemble run's members and logged model), never an alias: aliases are shared
+by every process on the store and may move between two steps.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from multiloss import names
 from multiloss.data.fingerprint import fingerprint, mask_set_fingerprint
 from multiloss.data.readers import find_kermany_root, read_kermany, read_mask_set
 from multiloss.pipeline import recovery
-from multiloss.pipeline.engine import Pipeline, Step, alias_targets
+from multiloss.pipeline.engine import Pipeline, Step
 from multiloss.pipeline.profiles import data_layout, home_path, stage_settings
 from multiloss.tracking import registry, store
 
@@ -134,26 +138,22 @@ def _run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int], u
     if stop_after("segment_eval"):
         return runs
 
-    targets = alias_targets(seg_aliases)
-    members = [version_reference(names.SEGMENTATION_MODEL, targets[f"{names.SEGMENTATION_MODEL}@{names.top_alias(k)}"])
-               for k in range(1, top_k + 1)]
     classify = stage_settings(profile, "classify")
     cropped = home_path(profile["crop"]["out"])
-    pipeline.step("crop", "crop", {**stage_settings(profile, "crop"), "out": cropped, "data": kermany, "top_k": top_k,
+    chosen, crop_input = crop_inputs(eval_run, kermany_fingerprint(kermany))
+    pipeline.step("crop", "crop", {**stage_settings(profile, "crop"), "out": cropped, "data": kermany, **chosen,
                                    "img_size": classify["img_size"], "seg_size": segment["img_size"]},
-                  json.dumps({"source": kermany_fingerprint(kermany), "members": members}),
+                  crop_input,
                   output_intact=_tag_matches(lambda: fingerprint(read_kermany(cropped)["path"], root=cropped)))
     if stop_after("crop"):
         return runs
 
     cropped_print = kermany_fingerprint(cropped)
-    champion = targets[f"{names.SEGMENTATION_MODEL}@{names.CHAMPION}"]
-    encoder_input = json.dumps({"data": cropped_print,
-                                "encoder": version_reference(names.SEGMENTATION_MODEL, champion)})
+    encoder = champion_encoder(eval_run)
+    encoder_input = json.dumps({"data": cropped_print, "encoder": _model_reference(encoder)})
     pipeline.run_steps([Step(f"classify.{loss}.seed{seed}", "classify", {
-        **classify, "loss": loss, "data": cropped, "seed": seed,
-        "encoder": registry.version_uri(names.SEGMENTATION_MODEL, champion)}, encoder_input, output_intact=_registered)
-        for seed in seeds for loss in profile["classify"]["losses"]])
+        **classify, "loss": loss, "data": cropped, "seed": seed, "encoder": encoder}, encoder_input,
+        output_intact=_registered) for seed in seeds for loss in profile["classify"]["losses"]])
     if stop_after("classify"):
         return runs
 
@@ -202,6 +202,32 @@ def data_root(profile: dict, data: str) -> Path | None:
     return root
 
 
+def chosen_segmenters(eval_run_id: str) -> list[str]:
+    """The ``cxr-lung-seg`` versions segment_eval's run chose, best first (its top-versions tag):
+    what crop ANDs and whose best one's encoder classify trains from. Its ``champion`` and ``top<k>``
+    aliases may have moved since, by any process on the store."""
+    chosen = mlflow.MlflowClient().get_run(eval_run_id).data.tags.get(names.TOP_VERSIONS_TAG, "")
+    versions = [v.strip() for v in chosen.split(",") if v.strip()]
+    if not versions:
+        raise RuntimeError(f"segment_eval run {eval_run_id} carries no {names.TOP_VERSIONS_TAG} tag: "
+                           "no versions to crop with (run segment_eval again)")
+    return versions
+
+
+def crop_inputs(eval_run_id: str, source_fingerprint: str) -> tuple[dict[str, object], str]:
+    """Crop's parameters that name its members (``members``, ``top_k``) and its input fingerprint
+    (the source data and each member's version and run)."""
+    members = chosen_segmenters(eval_run_id)
+    return ({"members": ",".join(members), "top_k": len(members)},
+            json.dumps({"source": source_fingerprint,
+                        "members": [version_reference(names.SEGMENTATION_MODEL, v) for v in members]}))
+
+
+def champion_encoder(eval_run_id: str) -> str:
+    """``models:/cxr-lung-seg/N``: the U-Net segment_eval ranked best (the champion it set)."""
+    return registry.version_uri(names.SEGMENTATION_MODEL, chosen_segmenters(eval_run_id)[0])
+
+
 def registered_version(run_id: str, name: str) -> str:
     """The (newest) version of ``name`` that run ``run_id`` registered."""
     found = mlflow.MlflowClient().search_model_versions(f"name='{name}' and run_id='{run_id}'")
@@ -235,13 +261,15 @@ def _tag_matches(folder_fingerprint, tag: str = names.DATA_FINGERPRINT_TAG):
 
 
 def gradcam_models(ensemble_run: str | None) -> dict[str, str]:
-    """The models Grad-CAM explains: the champion classifier (a fixed version) and the model-level
-    ensemble the ensemble step tagged; '' for one that is not there."""
-    champion = alias_targets([(names.CLASSIFIER_MODEL, names.CHAMPION)])[f"{names.CLASSIFIER_MODEL}@{names.CHAMPION}"]
-    models = {names.CHAMPION: registry.version_uri(names.CLASSIFIER_MODEL, champion) if champion else ""}
-    models["ensemble"] = (mlflow.MlflowClient().get_run(ensemble_run).data.tags.get(names.MODEL_LEVEL_URI_TAG, "")
-                          if ensemble_run else "")
-    return models
+    """The models Grad-CAM explains, as the ensemble step chose them: the best member it ranked
+    (``members``, best first: the version it made ``champion`` when selecting on validation) and the
+    best model-level ensemble it logged (a logged model); '' for one that is not there."""
+    if not ensemble_run:
+        return {names.CHAMPION: "", "ensemble": ""}
+    run = mlflow.MlflowClient().get_run(ensemble_run)
+    members = [v.strip() for v in run.data.params.get("members", "").split(",") if v.strip()]
+    return {names.CHAMPION: registry.version_uri(names.CLASSIFIER_MODEL, members[0]) if members else "",
+            "ensemble": run.data.tags.get(names.MODEL_LEVEL_URI_TAG, "")}
 
 
 def _model_reference(uri: str) -> str:
