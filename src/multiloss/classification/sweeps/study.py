@@ -391,9 +391,6 @@ def classifier_objective(settings: SweepSettings) -> Objective:
         try:
             trained = train.train_classifier(
                 config, epoch_hooks=[hook], extra_metrics=[tf_keras.metrics.CategoricalCrossentropy(name=EPOCH_METRIC)])
-            if settings.data_fingerprint and trained.data_fingerprint != settings.data_fingerprint:
-                raise RuntimeError(f"parameter data: {config.data} changed since the study began (fingerprint "
-                                   f"{trained.data_fingerprint}, the study's {settings.data_fingerprint})")
             value = trained.scores["val"]["nll"]
             if improves_on_finished(trial.study, value):
                 trial.set_user_attr(MODEL_URI_ATTR, train.log_unregistered(trained))
