@@ -25,7 +25,7 @@ def test_dead_pipeline_and_its_running_children_are_killed_and_their_versions_de
     store.configure()
     client = mlflow.MlflowClient()
     dead = finished_run("main", {}, status="RUNNING")
-    for key, value in recovery.process_tags(os.getpid()).items():
+    for key, value in store.process_tags(os.getpid()).items():
         client.set_tag(dead, key, value)
     client.set_tag(dead, names.PID_TAG, str(dead_pid()))
     done = finished_run("segment", {}, parent=dead)
@@ -34,7 +34,7 @@ def test_dead_pipeline_and_its_running_children_are_killed_and_their_versions_de
     client.create_model_version("cxr-classifier", "file:///nowhere", run_id=stuck)
 
     alive = finished_run("main", {}, status="RUNNING")
-    for key, value in recovery.process_tags().items():
+    for key, value in store.process_tags().items():
         client.set_tag(alive, key, value)
     alive_child = finished_run("classify", {}, status="RUNNING", parent=alive)
 
@@ -48,7 +48,7 @@ def test_dead_pipeline_and_its_running_children_are_killed_and_their_versions_de
 @pytest.mark.parametrize("pid_start", ["", "1"])
 def test_a_reused_pid_is_not_the_pipeline_process(pid_start):
     # the pid is ours (alive); a start time that differs means another process got the pid
-    assert recovery._process_alive(os.getpid(), pid_start) is (pid_start == "" or recovery._process_start(os.getpid()) == "")
+    assert recovery._process_alive(os.getpid(), pid_start) is (pid_start == "" or recovery.process_start(os.getpid()) == "")
 
 
 def launcher_orphan(tmp_path) -> str:
@@ -84,13 +84,13 @@ def test_runs_without_a_live_process_are_ended_and_others_left_alone(tmp_path):
 
     gone = dead_pid()
     dead_stage = tagged(finished_run("classify", {}, status="RUNNING"),
-                        {**recovery.process_tags(os.getpid()), names.PID_TAG: str(gone)})
+                        {**store.process_tags(os.getpid()), names.PID_TAG: str(gone)})
     client.create_registered_model("cxr-classifier")
     client.create_model_version("cxr-classifier", "file:///nowhere", run_id=dead_stage)
-    own_child_alive = tagged(finished_run("sweep", {}, status="RUNNING", parent=dead_stage), recovery.process_tags())
+    own_child_alive = tagged(finished_run("sweep", {}, status="RUNNING", parent=dead_stage), store.process_tags())
     plain_child = finished_run("sweep", {}, status="RUNNING", parent=dead_stage)
     elsewhere = tagged(finished_run("classify", {}, status="RUNNING"),
-                       {**recovery.process_tags(os.getpid()), names.PID_TAG: str(gone), names.HOST_TAG: "another-host"})
+                       {**store.process_tags(os.getpid()), names.PID_TAG: str(gone), names.HOST_TAG: "another-host"})
     notebook = finished_run("classify", {}, status="RUNNING")
     started = tagged(orphan_like(client), {"mlflow.project.backend": "local"})
 

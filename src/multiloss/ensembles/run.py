@@ -21,7 +21,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import tf_keras
-from mlflow.entities.model_registry import ModelVersion
 
 from multiloss import names
 from multiloss.classification.scoring import predictions_frame, split_figures
@@ -46,7 +45,7 @@ from multiloss.metrics.classification import classification_scores
 from multiloss.plots import polar_scores
 from multiloss.report.tables import markdown_table, write_table
 from multiloss.segmentation.cropped_dataset import read_crop_summary
-from multiloss.tracking import ranking, registry, store
+from multiloss.tracking import aliases, ranking, registry, store
 from multiloss.training import seed_everything
 
 CROP_KEYS = ("members", "seg_size", "img_size", "margin")      # crop.json entries the served model repeats
@@ -276,64 +275,17 @@ def move_aliases(select_on: str, version: str, member_versions: list[str], data_
 
     Chosen on validation: the ensemble's and the best member's ``champion`` and the members'
     ``top<k>`` (older ``top<k>`` beyond them removed). Chosen on test: only ``test_selected``, since
-    such a choice must not become the champion that other stages (gradcam, serving) pick up.
-
-    An alias held by a version of other data is not taken (no user is at hand to ``force`` it): the
-    data-qualified alias (``champion-1a2b3c4d``) is set instead. The ``top<k>`` move as one set:
-    data-qualified all of them when any plain ``top<k>`` belongs to other data.
+    such a choice must not become the champion that other stages (gradcam, serving) pick up. No
+    alias is taken from a version of other data (see :mod:`multiloss.tracking.aliases`).
     """
-    champions = [(names.ENSEMBLE_MODEL, names.CHAMPION, version), (names.CLASSIFIER_MODEL, names.CHAMPION,
-                                                                   member_versions[0])]
-    moves = champions if select_on == "val" else [(names.ENSEMBLE_MODEL, names.TEST_SELECTED, version)]
-    planned = [(model, _own_alias(model, alias, data_print), target) for model, alias, target in moves]
-    if select_on == "val":
-        tops = _plain_tops(names.CLASSIFIER_MODEL)
-        theirs = {a: v for a, v in tops.items() if ranking.other_data(v, data_print)}
-        if theirs:
-            shown = ", ".join(f"{a} (version {v.version})" for a, v in sorted(theirs.items()))
-            print(f"ensemble: {names.CLASSIFIER_MODEL}'s {shown} belong to versions of other data; the members get "
-                  f"{names.data_alias(names.TOP_PREFIX + '<k>', data_print)} instead")
-        planned += [(names.CLASSIFIER_MODEL, names.data_alias(names.top_alias(i), data_print) if theirs
-                     else names.top_alias(i), v) for i, v in enumerate(member_versions, start=1)]
-    moved = {}
-    for model_name, alias, target in planned:
-        before = registry.set_alias(model_name, alias, target)
-        moved[f"{model_name}@{alias}"] = target
-        if before != target:
-            print(f"ensemble: {model_name}@{alias} -> version {target} (was {before or 'unset'})")
-    if select_on == "val":
-        if theirs:
-            _delete_qualified_tops_beyond(names.CLASSIFIER_MODEL, data_print, len(member_versions))
-        else:
-            registry.delete_aliases_beyond(names.CLASSIFIER_MODEL, names.TOP_PREFIX, len(member_versions))
+    if select_on != "val":
+        alias = aliases.own_alias("ensemble", names.ENSEMBLE_MODEL, names.TEST_SELECTED, data_print)
+        return aliases.set_printing("ensemble", [(names.ENSEMBLE_MODEL, alias, version)])
+    champions = [(names.ENSEMBLE_MODEL, version), (names.CLASSIFIER_MODEL, member_versions[0])]
+    planned = [(model, aliases.own_alias("ensemble", model, names.CHAMPION, data_print), target)
+               for model, target in champions]
+    tops, qualified = aliases.planned_tops("ensemble", names.CLASSIFIER_MODEL, member_versions, data_print)
+    moved = aliases.set_printing("ensemble", planned + tops)
+    aliases.drop_tops_beyond(names.CLASSIFIER_MODEL, len(member_versions), data_print, qualified)
     return moved
 
-
-def _own_alias(model_name: str, alias: str, data_print: str) -> str:
-    """``alias``, or its data-qualified name when a version of other data holds it (printed)."""
-    holder = ranking.alias_holder(model_name, alias)
-    if not ranking.other_data(holder, data_print):
-        return alias
-    qualified = names.data_alias(alias, data_print)
-    fingerprint = ranking.shown(names.DATA_FINGERPRINT_TAG, ranking.data_fingerprint(holder))
-    print(f"ensemble: {model_name}@{alias} belongs to version {holder.version} of other data ({fingerprint}); "
-          f"setting {model_name}@{qualified} instead (promote with force=true moves {alias})")
-    return qualified
-
-
-def _plain_tops(model_name: str) -> dict[str, ModelVersion]:
-    """``top<k>`` -> the version holding it, for every plain ``top<k>`` alias of ``model_name``."""
-    aliases = mlflow.MlflowClient().get_registered_model(model_name).aliases
-    prefix = names.TOP_PREFIX
-    return {a: ranking.alias_holder(model_name, a) for a in aliases
-            if a.startswith(prefix) and a[len(prefix):].isdigit()}
-
-
-def _delete_qualified_tops_beyond(model_name: str, data_print: str, keep: int) -> None:
-    """Remove this data's ``top<k>-<fingerprint>`` aliases for k > keep."""
-    client = mlflow.MlflowClient()
-    suffix = names.data_alias("", data_print)
-    for alias in client.get_registered_model(model_name).aliases:
-        rank = alias[len(names.TOP_PREFIX):-len(suffix)]
-        if alias.startswith(names.TOP_PREFIX) and alias.endswith(suffix) and rank.isdigit() and int(rank) > keep:
-            client.delete_registered_model_alias(model_name, alias)

@@ -59,7 +59,7 @@ def run_pipeline(profile: dict, run_name: str, params: dict[str, object], *, dat
                                            run_name="main").info.run_id
     client.set_tag(parent, MLFLOW_RUN_NAME, run_name)
     client.set_tag(parent, names.STAGE_TAG, "main")
-    for key, value in recovery.process_tags().items():
+    for key, value in store.process_tags().items():
         client.set_tag(parent, key, value)
     _log_new_params(client, parent, params)
     client.log_dict(parent, profile, "profile.json")

@@ -3,8 +3,8 @@ finish and no run looks alive that nothing will ever end.
 
 The rule :func:`end_dead_pipelines` applies to every RUNNING run of the store:
 
-- A run tagged with its process (host, pid, the pid's start time: :func:`process_tags`; the
-  pipeline's parent run, and the runs of the classify, sweep and synth stages and of sweep trials)
+- A run tagged with its process (host, pid, the pid's start time: ``store.process_tags``; every
+  stage run, the pipeline's parent run and sweep trials)
   whose host is this one and whose process is gone was killed (SIGKILL leaves no chance to say
   so): it is marked KILLED, and so are its RUNNING children that carry no process of their own
   (a pipeline's steps); a child with its own process tags is judged by its own process (a sweep
@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-from pathlib import Path
 
 import mlflow
 from mlflow.entities import Run
@@ -41,25 +40,11 @@ from mlflow.utils.mlflow_tags import (
 )
 
 from multiloss import names
+from multiloss.tracking.store import process_start
 
 # How long a launcher's run may wait for its command before it is clearly an orphan.
 LAUNCH_GRACE_S = 10 * 60           # --env-manager local: the command starts at once
 BUILD_GRACE_S = 24 * 3600          # conda, virtualenv, docker: the environment is built first
-
-
-def _process_start(pid: int) -> str:
-    """The process's start time in clock ticks since boot ('' where /proc is missing): a reused
-    pid has another one."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
-def process_tags(pid: int | None = None) -> dict[str, str]:
-    """What identifies the running pipeline process, for :func:`end_dead_pipelines`."""
-    pid = os.getpid() if pid is None else pid
-    return {names.HOST_TAG: socket.gethostname(), names.PID_TAG: str(pid), names.PID_START_TAG: _process_start(pid)}
 
 
 def _process_alive(pid: int, start: str) -> bool:
@@ -69,7 +54,7 @@ def _process_alive(pid: int, start: str) -> bool:
         return False
     except PermissionError:
         return True
-    return not start or _process_start(pid) in ("", start)
+    return not start or process_start(pid) in ("", start)
 
 
 def delete_registered_versions(run_id: str) -> list[str]:

@@ -26,7 +26,8 @@ from multiloss.segmentation.masks import (
     and_ensemble,
     predict_probabilities,
 )
-from multiloss.tracking import registry
+from multiloss.tracking import aliases, registry
+from multiloss.tracking import ranking as tracking_ranking
 
 # The paper picks its top-3 on accuracy, IoU and Dice; we rank on mean Dice, ties broken by the
 # mean IoU and then pixel accuracy.
@@ -214,17 +215,26 @@ def publish(ranking: HoldoutRanking, holdout_fingerprint: str) -> HoldoutRanking
         _retag(model, ranking.by_label[label].version, {
             **{f"{HOLDOUT_PREFIX}{score}": f"{ranking.table.loc[label, f'{score}_mean']:.6f}" for score in SCORES},
             HOLDOUT_RANK_TAG: position, HOLDOUT_IMG_SIZE_TAG: ranking.img_size}, holdout_fingerprint)
-    for position, label in enumerate(ranking.top, start=1):
-        registry.set_alias(model, names.top_alias(position), ranking.by_label[label].version)
-    registry.delete_aliases_beyond(model, names.TOP_PREFIX, len(ranking.top))
+    data_print = ranking.champion.tags.get(names.DATA_FINGERPRINT_TAG, "")
+    before = ranking_champion_before(model, data_print)
     scored = {str(v.version) for v in ranking.by_label.values()}
     for other in registry.versions(model):
-        if str(other.version) in scored:
-            continue
+        if str(other.version) in scored or other.tags.get(names.DATA_FINGERPRINT_TAG, "") != data_print:
+            continue          # another data set's ranking in the same store keeps its ranks
         attributed = HOLDOUT_FINGERPRINT_TAG in other.tags
         registry.untag_version(model, other.version, [HOLDOUT_RANK_TAG] if attributed else _holdout_keys(other))
-    before = registry.set_alias(model, names.CHAMPION, ranking.champion.version)
+    aliases.move_ranked("segment_eval", model, ranking.top_versions, data_print)
     return dataclasses.replace(ranking, champion_before=before)
+
+
+def ranking_champion_before(model: str, data_print: str) -> str | None:
+    """The version the champion alias of this data (plain, or data-qualified where a version of
+    other data holds the plain one) points at now."""
+    alias = names.CHAMPION
+    holder = tracking_ranking.alias_holder(model, alias)
+    if tracking_ranking.other_data(holder, data_print):
+        holder = tracking_ranking.alias_holder(model, names.data_alias(alias, data_print))
+    return str(holder.version) if holder is not None else None
 
 
 def evaluate_holdout(versions: list[ModelVersion], pairs: pd.DataFrame, *, top_k: int, img_size: int,

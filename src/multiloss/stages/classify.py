@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-import mlflow
-
 from multiloss import names
 from multiloss.classification.train import (
     LOSS_PARAMETERS,
@@ -18,7 +16,6 @@ from multiloss.classification.train import (
 from multiloss.data.readers import read_kermany
 from multiloss.losses import CLASSIFICATION_LOSSES
 from multiloss.metrics.classification import CI_METHODS
-from multiloss.pipeline.recovery import process_tags
 from multiloss.stages.cli import StageParser, integer, optional_float, unet_size
 from multiloss.tracking import registry, store
 from multiloss.training import STRATEGIES
@@ -91,7 +88,6 @@ def main(argv=None) -> None:
     config = ClassifierConfig(loss=args.loss, loss_params={k: getattr(args, k) for k in LOSS_PARAMETERS},
                               **{**training_arguments(args), "encoder": encoder})
     with store.stage_run(names.CLASSIFICATION_EXPERIMENT, run_name=f"classify-{args.loss}"):
-        mlflow.set_tags(process_tags())   # a clean-up ends this run if its process dies unannounced
         trained = train_classifier(config)
         version = registry.log_and_register(trained.model, names.CLASSIFIER_MODEL, trained.registry_tags())
     headline = trained.scores

@@ -14,7 +14,6 @@ from multiloss.data import synthetic
 from multiloss.data.fingerprint import fingerprint
 from multiloss.data.readers import class_counts, read_kermany, read_mask_set
 from multiloss.data.split import patient_split, write_split_csv
-from multiloss.pipeline.recovery import process_tags
 from multiloss.stages.cli import StageParser, integer
 from multiloss.tracking import store
 
@@ -49,7 +48,6 @@ def main(argv=None) -> None:
     check_out(out)
     params = {"n_seg": args.n_seg, "n_cls": args.n_cls, "size": args.size, "seed": args.seed}
     with store.stage_run(names.DATA_EXPERIMENT, run_name="synth"):
-        mlflow.set_tags(process_tags())   # a clean-up ends this run if its process dies unannounced
         store.log_params({**params, "out": str(out)})
         manifest, reused = synthetic.ensure_synthetic(out, **params)
         mlflow.set_tag(names.REUSED_DATA_TAG, str(reused).lower())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -73,20 +74,39 @@ def ensure_experiments() -> dict[str, str]:
     return {name: ensure_experiment(name) for name in names.EXPERIMENTS}
 
 
+def process_start(pid: int) -> str:
+    """The process's start time in clock ticks since boot ('' where /proc is missing): a reused
+    pid has another one."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def process_tags(pid: int | None = None) -> dict[str, str]:
+    """What identifies the process that runs a run (host, pid, its start time): a clean-up can then
+    tell a run whose process died unannounced from a live one."""
+    pid = os.getpid() if pid is None else pid
+    return {names.HOST_TAG: socket.gethostname(), names.PID_TAG: str(pid), names.PID_START_TAG: process_start(pid)}
+
+
 @contextlib.contextmanager
 def stage_run(experiment: str, run_name: str | None = None):
     """The MLflow run of one stage.
 
     Launched by ``mlflow run``, the launcher has already created the run (``MLFLOW_RUN_ID``) in the
     experiment it was told; we log into that one. Run directly, we start a run in ``experiment``.
+    Either way the run carries its process, so a clean-up can end it if the process dies unannounced.
     """
     configure()
     if os.environ.get("MLFLOW_RUN_ID"):
         with mlflow.start_run() as run:
+            mlflow.set_tags(process_tags())
             yield run
         return
     experiment_id = ensure_experiment(experiment)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        mlflow.set_tags(process_tags())
         yield run
 
 

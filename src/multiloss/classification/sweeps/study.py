@@ -38,7 +38,7 @@ from multiloss.classification.sweeps.storage import (
     open_storage,
     storage_label,
 )
-from multiloss.pipeline.recovery import process_tags
+from multiloss.tracking.store import process_tags
 
 SAMPLERS = ("grid", "tpe")
 PRUNERS = ("none", "median", "hyperband")

@@ -46,8 +46,8 @@ from multiloss.classification.sweeps.study import (
     study_idle,
 )
 from multiloss.classification.sweeps.summary import register_best, summarise
-from multiloss.pipeline.recovery import process_tags
 from multiloss.tracking import registry
+from multiloss.tracking.store import process_tags
 
 
 @dataclasses.dataclass
