@@ -65,3 +65,4 @@ STEP_TAG = "pipeline.step"
 PROCESS_TAG = "pipeline.process"             # which process ran a step: main, worker 1, ...
 ALIASES_TAG = "pipeline.aliases"
 HOST_TAG, PID_TAG, PID_START_TAG = "pipeline.host", "pipeline.pid", "pipeline.pid_start"
+BOOT_TAG = "pipeline.boot_id"                 # with the host: which machine the pid is of

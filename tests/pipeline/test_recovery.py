@@ -111,3 +111,26 @@ def orphan_like(client) -> str:
     experiment = store.ensure_experiment("pipeline")
     return client.create_run(experiment, start_time=int((time.time() - 3600) * 1000), tags={
         "mlflow.source.type": "PROJECT", "mlflow.project.entryPoint": "classify"}).info.run_id
+
+
+def test_a_dead_pid_of_another_boot_or_machine_of_the_same_name_is_left_alone():
+    """Two machines (or containers) may share a host name: only a run of this boot is judged."""
+    store.configure()
+    client = mlflow.MlflowClient()
+    elsewhere = finished_run("main", {}, status="RUNNING")
+    for key, value in {**store.process_tags(os.getpid()), names.PID_TAG: str(dead_pid()),
+                       names.BOOT_TAG: "another-boot"}.items():
+        client.set_tag(elsewhere, key, value)
+    here = finished_run("main", {}, status="RUNNING")
+    for key, value in {**store.process_tags(os.getpid()), names.PID_TAG: str(dead_pid())}.items():
+        client.set_tag(here, key, value)
+    assert recovery.end_dead_pipelines() == [here]
+    assert client.get_run(elsewhere).info.status == "RUNNING"
+
+
+def test_a_running_child_whose_parent_is_gone_does_not_stop_the_clean_up():
+    store.configure()
+    client = mlflow.MlflowClient()
+    orphan = finished_run("classify", {}, status="RUNNING", parent="0" * 32)
+    assert recovery.end_dead_pipelines() == []
+    assert client.get_run(orphan).info.status == "RUNNING"

@@ -43,3 +43,16 @@ def test_a_ranking_of_other_data_gets_qualified_aliases_and_leaves_the_plain_one
     now = aliases_of(model)
     assert now["champion"] == ours[2] and now["top1"] == ours[2] and "top3" not in now
     assert now[names.data_alias("champion", B)] == theirs[1]
+
+
+def test_once_the_plain_aliases_are_free_the_qualified_ones_of_that_data_go(register_unet):
+    model = names.SEGMENTATION_MODEL
+    ours = str(register_unet({names.DATA_FINGERPRINT_TAG: A}, model=tiny(), seed=None).version)
+    theirs = str(register_unet({names.DATA_FINGERPRINT_TAG: B}, model=tiny(), seed=None).version)
+    aliases.move_ranked("segment_eval", model, [ours], A)
+    aliases.move_ranked("segment_eval", model, [theirs], B)
+    assert set(aliases_of(model)) == {"champion", "top1", names.data_alias("champion", B), names.data_alias("top1", B)}
+    for alias in ("champion", "top1"):                      # A's plain aliases are released
+        mlflow.MlflowClient().delete_registered_model_alias(model, alias)
+    aliases.move_ranked("segment_eval", model, [theirs], B)
+    assert aliases_of(model) == {"champion": theirs, "top1": theirs}

@@ -287,5 +287,8 @@ def move_aliases(select_on: str, version: str, member_versions: list[str], data_
     tops, qualified = aliases.planned_tops("ensemble", names.CLASSIFIER_MODEL, member_versions, data_print)
     moved = aliases.set_printing("ensemble", planned + tops)
     aliases.drop_tops_beyond(names.CLASSIFIER_MODEL, len(member_versions), data_print, qualified)
+    for model, alias, _ in planned:
+        if alias == names.CHAMPION:
+            aliases.drop_qualified(model, names.CHAMPION, data_print)
     return moved
 

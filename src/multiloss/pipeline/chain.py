@@ -157,8 +157,9 @@ def _run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int], u
     if stop_after("classify"):
         return runs
 
-    pool = [version_reference(names.CLASSIFIER_MODEL, str(v.version))
-            for v in registry.versions(names.CLASSIFIER_MODEL)]
+    pool = [version_reference(names.CLASSIFIER_MODEL, str(v.version))       # what the ensemble may read:
+            for v in registry.versions(names.CLASSIFIER_MODEL)                 # this data's versions only
+            if v.tags.get(names.DATA_FINGERPRINT_TAG) == cropped_print]
     ensemble_run = pipeline.step("ensemble", "ensemble", {**stage_settings(profile, "ensemble"), "data": cropped,
                                                           "seed": seeds[0]},
                                  json.dumps({"data": cropped_print, "pool": pool}),

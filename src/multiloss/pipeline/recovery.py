@@ -40,11 +40,20 @@ from mlflow.utils.mlflow_tags import (
 )
 
 from multiloss import names
-from multiloss.tracking.store import process_start
+from multiloss.tracking.store import boot_id, process_start
 
 # How long a launcher's run may wait for its command before it is clearly an orphan.
 LAUNCH_GRACE_S = 10 * 60           # --env-manager local: the command starts at once
 BUILD_GRACE_S = 24 * 3600          # conda, virtualenv, docker: the environment is built first
+
+
+def on_this_machine(tags: dict, host: str | None = None) -> bool:
+    """Whether a run's process tags name this machine: its host name and, where recorded, its boot
+    id (two machines or containers may share a host name; a pid means nothing on another one)."""
+    if tags.get(names.HOST_TAG) != (host or socket.gethostname()):
+        return False
+    boot = tags.get(names.BOOT_TAG)
+    return boot is None or boot == boot_id()
 
 
 def _process_alive(pid: int, start: str) -> bool:
@@ -104,11 +113,14 @@ def end_dead_pipelines(now: float | None = None) -> list[str]:
         if parent:
             children.setdefault(parent, []).append(run)
             if parent not in owners:
-                owners[parent] = client.get_run(parent)
+                try:
+                    owners[parent] = client.get_run(parent)
+                except mlflow.exceptions.MlflowException:
+                    continue        # a parent deleted or purged: nothing to judge the child by
     ended = []
     for owner in owners.values():
         tags = owner.data.tags
-        if names.PID_TAG not in tags or tags.get(names.HOST_TAG) != host:
+        if names.PID_TAG not in tags or not on_this_machine(tags, host):
             continue            # no process of ours, or one on another machine: we cannot tell
         if _process_alive(int(tags[names.PID_TAG]), tags.get(names.PID_START_TAG, "")):
             continue

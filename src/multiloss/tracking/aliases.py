@@ -44,6 +44,14 @@ def delete_qualified_tops_beyond(model_name: str, data_print: str, keep: int) ->
             client.delete_registered_model_alias(model_name, alias)
 
 
+def drop_qualified(model_name: str, alias: str, data_print: str) -> None:
+    """Remove this data's ``alias-<fingerprint>`` once the plain alias is its own again, so no
+    qualified alias is left pointing at an older choice."""
+    qualified = names.data_alias(alias, data_print)
+    if qualified in mlflow.MlflowClient().get_registered_model(model_name).aliases:
+        mlflow.MlflowClient().delete_registered_model_alias(model_name, qualified)
+
+
 def set_printing(stage: str, planned: list[tuple[str, str, str]]) -> dict[str, str]:
     """Set each (model, alias, version), printing each one that moved; ``name@alias`` -> version."""
     moved = {}
@@ -75,6 +83,7 @@ def drop_tops_beyond(model_name: str, keep: int, data_print: str, qualified: boo
         delete_qualified_tops_beyond(model_name, data_print, keep)
     else:
         registry.delete_aliases_beyond(model_name, names.TOP_PREFIX, keep)
+        delete_qualified_tops_beyond(model_name, data_print, 0)
 
 
 def move_ranked(stage: str, model_name: str, versions: list[str], data_print: str) -> dict[str, str]:
@@ -85,4 +94,6 @@ def move_ranked(stage: str, model_name: str, versions: list[str], data_print: st
     drop_tops_beyond(model_name, len(versions), data_print, qualified)
     champion = own_alias(stage, model_name, names.CHAMPION, data_print)
     moved.update(set_printing(stage, [(model_name, champion, versions[0])]))
+    if champion == names.CHAMPION:
+        drop_qualified(model_name, names.CHAMPION, data_print)
     return moved

@@ -83,11 +83,20 @@ def process_start(pid: int) -> str:
         return ""
 
 
+def boot_id() -> str:
+    """This machine's boot id ('' where /proc has none): with the host name, which machine a pid is of."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
 def process_tags(pid: int | None = None) -> dict[str, str]:
-    """What identifies the process that runs a run (host, pid, its start time): a clean-up can then
-    tell a run whose process died unannounced from a live one."""
+    """What identifies the process that runs a run (host, boot id, pid, its start time): a clean-up
+    can then tell a run whose process died unannounced from a live one."""
     pid = os.getpid() if pid is None else pid
-    return {names.HOST_TAG: socket.gethostname(), names.PID_TAG: str(pid), names.PID_START_TAG: process_start(pid)}
+    return {names.HOST_TAG: socket.gethostname(), names.BOOT_TAG: boot_id(), names.PID_TAG: str(pid),
+            names.PID_START_TAG: process_start(pid)}
 
 
 @contextlib.contextmanager
