@@ -33,6 +33,18 @@ def integer(name: str, minimum: int | None = None, maximum: int | None = None):
     return parse
 
 
+def boolean(name: str):
+    """true/false (also 1/0, yes/no; empty is false), as MLflow passes a string parameter."""
+    def parse(text: str) -> bool:
+        if text.strip().lower() in ("true", "1", "yes"):
+            return True
+        if text.strip().lower() in ("false", "0", "no", ""):
+            return False
+        raise argparse.ArgumentTypeError(f"parameter {name} must be true or false, got {text!r}")
+    parse.__name__ = name
+    return parse
+
+
 def unet_size(name: str):
     """An integer image size the U-Net can take (a multiple of 32)."""
     from multiloss.models.unet import check_size

@@ -12,7 +12,7 @@ import signal
 import sys
 
 from multiloss.pipeline import chain, profiles
-from multiloss.stages.cli import StageParser, integer
+from multiloss.stages.cli import StageParser, boolean, integer
 
 
 def seed_list(text: str) -> list[int]:
@@ -32,14 +32,6 @@ def chain_size(text: str) -> int:
     return size
 
 
-def flag(text: str) -> bool:
-    if text.strip().lower() in ("true", "1", "yes"):
-        return True
-    if text.strip().lower() in ("false", "0", "no", ""):
-        return False
-    raise argparse.ArgumentTypeError(f"parameter fresh must be true or false, got {text!r}")
-
-
 def parser() -> StageParser:
     parser = StageParser("main", description=__doc__)
     parser.parameter("profile", help="experiments/<profile>.yaml, or a path to a YAML profile")
@@ -51,7 +43,7 @@ def parser() -> StageParser:
     parser.parameter("seg_losses", help="comma-separated subset of the profile's U-Net losses")
     parser.parameter("cls_losses", help="comma-separated subset of the profile's classifier losses")
     parser.parameter("until", choices=chain.STAGES, help="the last stage to run (default: all, ending with the report)")
-    parser.parameter("fresh", type=flag, help="true: run every step again, reusing nothing")
+    parser.parameter("fresh", type=boolean("fresh"), help="true: run every step again, reusing nothing")
     parser.parameter("workers", type=integer("workers", 0),
                      help="steps run at once (the U-Nets, the classifiers), this process and workers - 1 "
                           "worker processes; 0: the profile's (1 where it sets none)")

@@ -21,21 +21,10 @@ import mlflow
 
 from multiloss import names
 from multiloss.segmentation.evaluate import HOLDOUT_FINGERPRINT_TAG, HOLDOUT_PREFIX
-from multiloss.stages.cli import StageParser, integer
+from multiloss.stages.cli import StageParser, boolean, integer
 from multiloss.tracking import ranking, registry, store
 
 POOLS = ("same_data", "any_encoder", "all")
-
-
-def flag(name: str):
-    def parse(text: str) -> bool:
-        if text.strip().lower() in ("true", "1", "yes"):
-            return True
-        if text.strip().lower() in ("false", "0", "no", ""):
-            return False
-        raise argparse.ArgumentTypeError(f"parameter {name} must be true or false, got {text!r}")
-    parse.__name__ = name
-    return parse
 
 
 def parser() -> StageParser:
@@ -49,7 +38,7 @@ def parser() -> StageParser:
                     help="same_data: the holder's data, size (and encoder); any_encoder; all: every version")
     stage.parameter("data_fingerprint", help="the pool's data fingerprint (or a prefix); empty: the holder's")
     stage.parameter("img_size", type=integer("img_size", 0), help="the pool's image size; 0: the holder's")
-    stage.parameter("force", type=flag("force"), help="true: move an alias held by a version of other data")
+    stage.parameter("force", type=boolean("force"), help="true: move an alias held by a version of other data")
     return stage
 
 
