@@ -22,7 +22,7 @@ from multiloss.classification.scoring import (
 )
 from multiloss.data.classes import CLASSES
 from multiloss.data.datasets import image_dataset, label_indices
-from multiloss.data.fingerprint import fingerprint
+from multiloss.data.fingerprint import kermany_fingerprint
 from multiloss.data.readers import find_kermany_root, read_kermany
 from multiloss.data.split import (
     SPLIT_SEED,
@@ -150,12 +150,14 @@ def balanced_class_weights(labels: np.ndarray) -> dict[int, float]:
 
 
 def train_classifier(config: ClassifierConfig, *, epoch_hooks: Sequence[EpochHook] = (),
-                     extra_metrics: Sequence[tf_keras.metrics.Metric] = ()) -> TrainedClassifier:
+                     extra_metrics: Sequence[tf_keras.metrics.Metric] = (),
+                     data_fingerprint: str | None = None) -> TrainedClassifier:
     """Train, keep the lowest-val_loss weights, score val and test, and log it all into the active run.
 
     ``epoch_hooks`` are called as ``hook(epoch, logs)`` after each epoch's validation (after the
     epoch's metrics are logged); an exception they raise (a pruned trial) ends the training there.
     ``extra_metrics`` are compiled in, so their per-epoch values appear in ``logs`` and in the run.
+    ``data_fingerprint``: the data's, when the caller computed it (a sweep, once for all its trials).
     """
     loss = classification_loss(config.loss, **config.loss_params)
     frame = read_kermany(config.data)
@@ -166,7 +168,7 @@ def train_classifier(config: ClassifierConfig, *, epoch_hooks: Sequence[EpochHoo
     labels = {name: label_indices(part["label"]) for name, part in parts.items()}
     seed_everything(config.seed)
 
-    data_print = fingerprint(frame["path"], root=root)
+    data_print = data_fingerprint or kermany_fingerprint(config.data, frame)
     encoder_uri = pin_encoder(config.encoder)[0]            # resolved once: loaded and logged alike
     encoder_version = registry.resolve_version(encoder_uri)
     store.log_params({"loss": config.loss, **{f"loss_{k}": v for k, v in loss.params.items()},

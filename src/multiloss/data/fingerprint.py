@@ -22,3 +22,12 @@ def fingerprint(paths, root: str | os.PathLike | None = None) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def kermany_fingerprint(folder: str | os.PathLike, frame=None) -> str:
+    """The data fingerprint of a Kermany-layout dataset, what a classifier version is tagged with
+    (``frame``: its :func:`read_kermany` listing, when the caller has it already)."""
+    from multiloss.data.readers import find_kermany_root, read_kermany
+
+    frame = read_kermany(folder) if frame is None else frame
+    return fingerprint(frame["path"], root=find_kermany_root(folder))

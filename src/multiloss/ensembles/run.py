@@ -25,8 +25,8 @@ import tf_keras
 from multiloss import names
 from multiloss.classification.scoring import predictions_frame, split_figures
 from multiloss.classification.train import TAGGED_SCORES
-from multiloss.data.fingerprint import fingerprint
-from multiloss.data.readers import find_kermany_root, read_kermany
+from multiloss.data.fingerprint import kermany_fingerprint
+from multiloss.data.readers import read_kermany
 from multiloss.ensembles import serving
 from multiloss.ensembles.build import (
     Ensemble,
@@ -127,7 +127,7 @@ def prepare(settings: EnsembleSettings, data: str | Path) -> EnsembleInputs:
         raise EnsembleInputError(f"{data} is not a crop stage output (no crop.json with {', '.join(CROP_KEYS)}); "
                                  "the end-to-end model repeats that crop")
     frame = read_kermany(data)
-    data_print = fingerprint(frame["path"], root=find_kermany_root(data))
+    data_print = kermany_fingerprint(data, frame)
     store.configure()
     members = choose_members(key, data_print, data, settings.top_k[-1], settings.distinct, settings.pool)
     if ranking.base_score(key) not in classification_scores(np.array([0, 1, 2]), np.eye(3)):

@@ -23,8 +23,12 @@ import mlflow
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from multiloss import names
-from multiloss.data.fingerprint import fingerprint, mask_set_fingerprint
-from multiloss.data.readers import find_kermany_root, read_kermany, read_mask_set
+from multiloss.data.fingerprint import (
+    fingerprint,
+    kermany_fingerprint,
+    mask_set_fingerprint,
+)
+from multiloss.data.readers import read_kermany, read_mask_set
 from multiloss.pipeline import recovery
 from multiloss.pipeline.engine import Pipeline, Step
 from multiloss.pipeline.profiles import data_layout, home_path, stage_settings
@@ -240,10 +244,6 @@ def registered_version(run_id: str, name: str) -> str:
 def version_reference(name: str, version: str) -> str:
     """``name/version:source run``: unique across stores, unlike a version number."""
     return f"{name}/{version}:{mlflow.MlflowClient().get_model_version(name, version).run_id}"
-
-
-def kermany_fingerprint(folder: str | os.PathLike) -> str:
-    return fingerprint(read_kermany(folder)["path"], root=find_kermany_root(folder))
 
 
 def _registered(run) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import dataclasses
 import gc
 import importlib
@@ -29,7 +30,7 @@ import mlflow
 import yaml
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_PROJECT_ENTRY_POINT
 
-from multiloss import names, paths
+from multiloss import names, paths, project
 from multiloss.pipeline import recovery, reuse
 from multiloss.pipeline.workers import Worker, WorkerDied, WorkerError
 from multiloss.tracking import registry, store
@@ -39,7 +40,10 @@ HOLD_ENV = "MULTILOSS_HOLD_STEP"
 
 
 def entry_points(project_file: Path = paths.PROJECT_FILE) -> dict[str, dict]:
-    return yaml.safe_load(project_file.read_text())["entry_points"]
+    """MLproject's entry points (another project file's, for tests)."""
+    if Path(project_file) == paths.PROJECT_FILE:
+        return copy.deepcopy(project.entry_points())     # callers may fill in a copy
+    return yaml.safe_load(Path(project_file).read_text())["entry_points"]
 
 
 def resolve_params(entry_point: str, spec: dict, given: dict[str, object]) -> dict[str, str]:

@@ -185,7 +185,7 @@ def is_synthetic(path: str | os.PathLike) -> bool | None:
             return None
         if any((folder / "synth.json").is_file() for folder in (path, *path.parents)):
             return True
-        crop = path / "crop.json"            # written by cropping.crop_dataset; read here without TF
+        crop = path / "crop.json"            # written by segmentation.cropped_dataset; read here without TF
         if not crop.is_file():
             return False
         source = json.loads(crop.read_text()).get("source")

@@ -23,7 +23,7 @@ from mlflow.entities.model_registry import ModelVersion
 from multiloss import names
 from multiloss.data import layout
 from multiloss.data.datasets import image_dataset
-from multiloss.data.fingerprint import fingerprint
+from multiloss.data.fingerprint import kermany_fingerprint
 from multiloss.data.imageio import read_gray, write_image
 from multiloss.data.readers import class_counts, find_kermany_root, read_kermany
 from multiloss.files import replacing_folder
@@ -175,7 +175,7 @@ def crop_or_reuse(frame: pd.DataFrame, data: str | os.PathLike, out: str | os.Pa
     """
     out = Path(out).resolve()
     provenance = {"members": [str(m.version) for m in members], "member_sources": member_sources(members),
-                  "source_fingerprint": fingerprint(frame["path"], root=find_kermany_root(data))}
+                  "source_fingerprint": kermany_fingerprint(data, frame)}
     earlier = read_crop_summary(out)
     settings = {"seg_size": seg_size, "img_size": img_size, "margin": margin, **provenance}
     reused = earlier is not None and all(earlier.get(k) == v for k, v in settings.items())

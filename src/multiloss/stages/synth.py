@@ -10,7 +10,7 @@ from pathlib import Path
 import mlflow
 
 from multiloss import names
-from multiloss.data import synthetic
+from multiloss.data import layout, synthetic
 from multiloss.data.fingerprint import fingerprint
 from multiloss.data.readers import class_counts, read_kermany, read_mask_set
 from multiloss.data.split import patient_split, write_split_csv
@@ -66,7 +66,7 @@ def main(argv=None) -> None:
 def _log_read_back(out: Path, manifest: dict):
     """Read the written datasets with the real readers, log their counts and the data fingerprint,
     and fail if the readers see other counts than synth wrote. Returns the Kermany frame."""
-    kermany = read_kermany(out / "chest_xray")
+    kermany = read_kermany(out / layout.KERMANY)
     counts = class_counts(kermany)
     for split, row in counts.iterrows():
         for label, count in row.items():

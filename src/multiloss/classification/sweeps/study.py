@@ -38,6 +38,7 @@ from multiloss.classification.sweeps.storage import (
     open_storage,
     storage_label,
 )
+from multiloss.data.fingerprint import kermany_fingerprint
 from multiloss.tracking.store import process_tags
 
 SAMPLERS = ("grid", "tpe")
@@ -145,8 +146,7 @@ def pin_inputs(settings: SweepSettings) -> SweepSettings:
     """
     if settings.pinned:
         return settings
-    from multiloss.data.fingerprint import fingerprint
-    from multiloss.data.readers import find_kermany_root, read_kermany
+    from multiloss.data.readers import read_kermany
 
     training, found = dict(settings.training), {}
     if "data" in training:
@@ -154,7 +154,7 @@ def pin_inputs(settings: SweepSettings) -> SweepSettings:
             frame = read_kermany(training["data"])
         except (OSError, ValueError) as err:
             raise ValueError(f"parameter data: {err}") from None
-        found["data_fingerprint"] = fingerprint(frame["path"], root=find_kermany_root(training["data"]))
+        found["data_fingerprint"] = kermany_fingerprint(training["data"], frame)
     if "encoder" in training:
         from multiloss.classification.train import pin_encoder
 
@@ -390,7 +390,8 @@ def classifier_objective(settings: SweepSettings) -> Objective:
 
         try:
             trained = train.train_classifier(
-                config, epoch_hooks=[hook], extra_metrics=[tf_keras.metrics.CategoricalCrossentropy(name=EPOCH_METRIC)])
+                config, epoch_hooks=[hook], extra_metrics=[tf_keras.metrics.CategoricalCrossentropy(name=EPOCH_METRIC)],
+                data_fingerprint=settings.data_fingerprint or None)
             value = trained.scores["val"]["nll"]
             if improves_on_finished(trial.study, value):
                 trial.set_user_attr(MODEL_URI_ATTR, train.log_unregistered(trained))
