@@ -66,3 +66,13 @@ PROCESS_TAG = "pipeline.process"             # which process ran a step: main, w
 ALIASES_TAG = "pipeline.aliases"
 HOST_TAG, PID_TAG, PID_START_TAG = "pipeline.host", "pipeline.pid", "pipeline.pid_start"
 BOOT_TAG = "pipeline.boot_id"                 # with the host: which machine the pid is of
+
+# What a model or run reproduces of the published code (multiloss.variants): the variant asked for
+# (``corrected``, ``published`` or flaw names joined by "+") and the flaws that acted on it.
+VARIANT_TAG = "variant"
+FLAWS_TAG = "variant.flaws"
+
+# A model whose validation predictions are one class, or whose confidence there stays at 1/C:
+# named, and left out of pools unless asked for (reason in DEGENERATE_REASON_TAG).
+DEGENERATE_TAG = "degenerate"
+DEGENERATE_REASON_TAG = "degenerate.reason"

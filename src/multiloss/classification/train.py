@@ -14,7 +14,7 @@ import mlflow
 import numpy as np
 import tf_keras
 
-from multiloss import names
+from multiloss import names, variants
 from multiloss.classification.scoring import (
     predictions_frame,
     score_split,
@@ -72,6 +72,7 @@ class ClassifierConfig:
     ci_method: str
     bn_momentum: float | None
     patience: int
+    variant: str
     val_fraction: float = VAL_FRACTION
     split_seed: int = SPLIT_SEED
     strategy: str
@@ -112,6 +113,7 @@ class TrainedClassifier:
         """The tags every ``cxr-classifier`` version carries: what it was trained on and how, and
         its headline scores, so versions can be compared without opening their runs."""
         return {names.LOSS_TAG: self.config.loss, **{f"loss_{k}": v for k, v in self.loss.params.items()},
+                **variants.tags(self.loss.variant),
                 names.DATA_FINGERPRINT_TAG: self.data_fingerprint, names.IMG_SIZE_TAG: self.config.img_size,
                 "seed": self.config.seed, "encoder_version": self.encoder_version,
                 **{f"{split}_{k}": round(self.scores[split][k], 6) for split in ("val", "test") for k in TAGGED_SCORES}}
@@ -159,7 +161,7 @@ def train_classifier(config: ClassifierConfig, *, epoch_hooks: Sequence[EpochHoo
     ``extra_metrics`` are compiled in, so their per-epoch values appear in ``logs`` and in the run.
     ``data_fingerprint``: the data's, when the caller computed it (a sweep, once for all its trials).
     """
-    loss = classification_loss(config.loss, **config.loss_params)
+    loss = classification_loss(config.loss, variant=config.variant, **config.loss_params)
     frame = read_kermany(config.data)
     root = find_kermany_root(config.data)
     split = patient_split(frame, config.val_fraction, config.split_seed)
@@ -178,9 +180,10 @@ def train_classifier(config: ClassifierConfig, *, epoch_hooks: Sequence[EpochHoo
                          "seed": config.seed, "augment": config.augment, "class_weights": config.class_weights,
                          "ci_method": config.ci_method, "bn_momentum": config.bn_momentum,
                          "patience": config.patience, "split_seed": config.split_seed, "strategy": config.strategy,
+                         "variant": config.variant,
                          **{f"n_{name}": len(part) for name, part in parts.items()}})
     mlflow.set_tags({names.STAGE_TAG: "classify", names.LOSS_TAG: config.loss, names.DATA_FINGERPRINT_TAG: data_print,
-                     names.MCC_INTERVAL_TAG: MCC_INTERVAL_LABELS[config.ci_method]})
+                     names.MCC_INTERVAL_TAG: MCC_INTERVAL_LABELS[config.ci_method], **variants.tags(loss.variant)})
 
     strategy = distribution_strategy(config.strategy)
     batch = config.batch_size * strategy.num_replicas_in_sync

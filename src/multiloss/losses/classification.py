@@ -3,7 +3,8 @@
 Each is a base term (CCE, categorical focal, KL divergence, categorical hinge) on targets that may
 be label-smoothed, plus, for the ``cal_*`` losses, a calibration penalty and, for the entropy
 losses, a confidence (negative-entropy) penalty. Unlike the published code, both penalties are
-TensorFlow ops that carry gradient, and smoothing divides by the class count.
+TensorFlow ops that carry gradient, and smoothing divides by the class count. A ``published``
+variant (:mod:`multiloss.variants`) switches the published behaviour back on, for comparison.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras
 
+from multiloss import variants
 from multiloss.losses.params import resolve_params
 
 EPSILON = 1e-7
@@ -39,9 +41,11 @@ _BASE = {"cce": "cce", "focal": "focal", "kld": "kld", "hinge": "hinge", "ls_cce
 _ENTROPY_AS_ACTIVITY_REGULARIZER = {"cce_entropy"}
 
 
-def smooth_labels(y_true, sigma: float):
-    """``(1 − σ)·y + σ/C`` with C the number of classes."""
-    classes = tf.cast(tf.shape(y_true)[-1], y_true.dtype)
+def smooth_labels(y_true, sigma: float, classes=None):
+    """``(1 − σ)·y + σ/C`` with C the number of classes (``classes`` overrides it: the published
+    code's 2)."""
+    if classes is None:
+        classes = tf.cast(tf.shape(y_true)[-1], y_true.dtype)
     return (1.0 - sigma) * y_true + sigma / classes
 
 
@@ -93,16 +97,19 @@ class EntropyRegularizer(tf_keras.regularizers.Regularizer):
 
 @tf_keras.saving.register_keras_serializable(package="multiloss")
 class ClassificationLoss(tf_keras.losses.Loss):
-    """One of CLASSIFICATION_LOSSES, by name, with its parameters (see :func:`classification_loss`)."""
+    """One of CLASSIFICATION_LOSSES, by name, with its parameters and variant (see
+    :func:`classification_loss`)."""
 
-    def __init__(self, loss: str, name: str | None = None, **params):
+    def __init__(self, loss: str, name: str | None = None, variant: str = variants.CORRECTED, **params):
         super().__init__(name=name or loss, reduction=tf_keras.losses.Reduction.SUM_OVER_BATCH_SIZE)
-        self.loss = loss
         self.params = resolve_params(loss, CLASSIFICATION_LOSSES, "classification", **params)
+        self.loss = loss
+        self.variant = variants.for_training(variant, loss)
 
     def activity_regularizer(self) -> EntropyRegularizer | None:
-        """The softmax layer's regulariser this loss asks for (cce_entropy), else None."""
-        if self.loss in _ENTROPY_AS_ACTIVITY_REGULARIZER:
+        """The softmax layer's regulariser this loss asks for (cce_entropy), else None (also when
+        the published code's regulariser, which returns nothing, is reproduced)."""
+        if self.loss in _ENTROPY_AS_ACTIVITY_REGULARIZER and not self.variant.has("entropy_unattached"):
             return EntropyRegularizer(self.params["beta"])
         return None
 
@@ -111,19 +118,26 @@ class ClassificationLoss(tf_keras.losses.Loss):
         mean is exactly the loss as defined and class weights reweight examples as they should."""
         y_true = tf.cast(y_true, y_pred.dtype)
         params = self.params
-        targets = smooth_labels(y_true, params["sigma"]) if "sigma" in params else y_true
+        classes = 2.0 if self.variant.has("smoothing_half") else None
+        targets = smooth_labels(y_true, params["sigma"], classes) if "sigma" in params else y_true
         total = base_loss(_BASE[self.loss], targets, y_pred, params.get("gamma", 1.0))
         if "lam" in params:
-            total += params["lam"] * calibration_penalty(y_true, y_pred)
+            penalty = calibration_penalty(y_true, y_pred)
+            if self.variant.has("calibration_no_gradient"):
+                penalty = tf.stop_gradient(penalty)        # a NumPy value: no gradient reaches the weights
+            total += params["lam"] * penalty
         if "beta" in params and self.loss not in _ENTROPY_AS_ACTIVITY_REGULARIZER:
             total -= params["beta"] * tf.reduce_mean(entropy(y_pred))
         return total
 
     def get_config(self):
-        return {"loss": self.loss, "name": self.name, **self.params}
+        return {"loss": self.loss, "name": self.name, "variant": self.variant.name, **self.params}
 
 
-def classification_loss(name: str, **params) -> ClassificationLoss:
+def classification_loss(name: str, variant: str = variants.CORRECTED, **params) -> ClassificationLoss:
     """The Keras loss ``name`` ((y_true one-hot, y_pred softmax) → scalar) with the paper's defaults,
-    overridden by ``params`` (``gamma``, ``sigma``, ``lam``, ``beta``; ``None`` = default)."""
-    return ClassificationLoss(name, **params)
+    overridden by ``params`` (``gamma``, ``sigma``, ``lam``, ``beta``; ``None`` = default).
+
+    ``variant``: ``corrected``, ``published`` (the published code's flaws that act on this loss)
+    or flaw names (:mod:`multiloss.variants`); a flaw that cannot act on ``name`` is refused."""
+    return ClassificationLoss(name, variant=variant, **params)

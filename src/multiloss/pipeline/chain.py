@@ -22,7 +22,7 @@ from pathlib import Path
 import mlflow
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
-from multiloss import names
+from multiloss import names, variants
 from multiloss.data.fingerprint import (
     fingerprint,
     kermany_fingerprint,
@@ -49,7 +49,8 @@ class Finished:
 
 
 def run_pipeline(profile: dict, run_name: str, params: dict[str, object], *, data: str, seeds: list[int],
-                 until: str, fresh: bool, workers: int) -> Finished:
+                 until: str, fresh: bool, workers: int,
+                 variant: variants.Variant | None = None) -> Finished:
     """Run the chain under one parent run: the run ``mlflow run`` made for us, else a new one.
 
     The runs of pipelines that died are marked KILLED first, so that only what they did not
@@ -70,7 +71,7 @@ def run_pipeline(profile: dict, run_name: str, params: dict[str, object], *, dat
     started = time.monotonic()
     pipeline = Pipeline(parent, fresh=fresh, workers=workers)
     try:
-        runs = run_chain(pipeline, profile, data, seeds, until)
+        runs = run_chain(pipeline, profile, data, seeds, until, variant)
     except KeyboardInterrupt:
         client.set_terminated(parent, "KILLED")
         raise
@@ -97,18 +98,20 @@ def _log_new_params(client: mlflow.MlflowClient, run_id: str, params: dict[str, 
 
 
 def run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int],
-              until: str = STAGES[-1]) -> dict[str, str | None]:
+              until: str = STAGES[-1], variant: variants.Variant | None = None) -> dict[str, str | None]:
     """Every stage of :data:`STAGES` up to ``until``, as steps of ``pipeline``. Returns the run ids
     of segment_eval, ensemble and report (None if not run). Models stay in memory between steps
-    (:func:`registry.models_kept_in_memory`), and the pipeline's workers stop at the end."""
+    (:func:`registry.models_kept_in_memory`), and the pipeline's workers stop at the end.
+    ``variant``: what the classifiers and the ensemble reproduce of the published code."""
     with registry.models_kept_in_memory():
         try:
-            return _run_chain(pipeline, profile, data, seeds, until)
+            return _run_chain(pipeline, profile, data, seeds, until, variant or variants.parse(variants.CORRECTED))
         finally:
             pipeline.close()
 
 
-def _run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int], until: str) -> dict[str, str | None]:
+def _run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int], until: str,
+               variant: variants.Variant) -> dict[str, str | None]:
     runs = dict.fromkeys(("segment_eval", "ensemble", "report"))
 
     def stop_after(stage: str) -> bool:
@@ -156,7 +159,8 @@ def _run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int], u
     encoder = champion_encoder(eval_run)
     encoder_input = json.dumps({"data": cropped_print, "encoder": _model_reference(encoder)})
     pipeline.run_steps([Step(f"classify.{loss}.seed{seed}", "classify", {
-        **classify, "loss": loss, "data": cropped, "seed": seed, "encoder": encoder}, encoder_input,
+        **classify, "loss": loss, "data": cropped, "seed": seed, "encoder": encoder,
+        "variant": variant.for_loss(loss).name}, encoder_input,
         output_intact=_registered) for seed in seeds for loss in profile["classify"]["losses"]])
     if stop_after("classify"):
         return runs
@@ -165,7 +169,7 @@ def _run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int], u
             for v in registry.versions(names.CLASSIFIER_MODEL)                 # this data's versions only
             if v.tags.get(names.DATA_FINGERPRINT_TAG) == cropped_print]
     ensemble_run = pipeline.step("ensemble", "ensemble", {**stage_settings(profile, "ensemble"), "data": cropped,
-                                                          "seed": seeds[0]},
+                                                          "seed": seeds[0], "variant": variant.name},
                                  json.dumps({"data": cropped_print, "pool": pool}),
                                  aliases=[(names.CLASSIFIER_MODEL, names.CHAMPION),
                                           (names.ENSEMBLE_MODEL, names.CHAMPION)])

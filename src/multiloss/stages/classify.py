@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from multiloss import names
+from multiloss import names, variants
 from multiloss.classification.train import (
     LOSS_PARAMETERS,
     ClassifierConfig,
@@ -40,6 +40,8 @@ _READ = {
     "bn_momentum": {"type": optional_float("bn_momentum")},
     "patience": {"type": integer("patience", 1)},
     "strategy": {"choices": STRATEGIES},
+    "variant": {"help": "corrected, published, or flaws of the published code to reproduce (comma-separated): "
+                        + ", ".join(f.name for f in variants.FLAWS if f.scope == variants.LOSS)},
 }
 
 
@@ -77,8 +79,17 @@ def check_data(stage: str, data: str) -> None:
         raise SystemExit(f"{stage}: parameter data: {err}") from None
 
 
+def check_variant(stage: str, variant: str, loss: str) -> None:
+    """Refuse a variant that cannot act on ``loss``, before any run exists."""
+    try:
+        variants.for_training(variant, loss)
+    except ValueError as err:
+        raise SystemExit(f"{stage}: {err}") from None
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    check_variant("classify", args.variant, args.loss)
     check_data("classify", args.data)
     store.configure()                  # the registry the encoder is read from is this store's
     try:
@@ -87,11 +98,13 @@ def main(argv=None) -> None:
         raise SystemExit(f"classify: {err}") from None
     config = ClassifierConfig(loss=args.loss, loss_params={k: getattr(args, k) for k in LOSS_PARAMETERS},
                               **{**training_arguments(args), "encoder": encoder})
-    with store.stage_run(names.CLASSIFICATION_EXPERIMENT, run_name=f"classify-{args.loss}"):
+    suffix = "" if args.variant == variants.CORRECTED else f"-{args.variant}"
+    with store.stage_run(names.CLASSIFICATION_EXPERIMENT, run_name=f"classify-{args.loss}{suffix}"):
         trained = train_classifier(config)
         version = registry.log_and_register(trained.model, names.CLASSIFIER_MODEL, trained.registry_tags())
     headline = trained.scores
-    print(f"classify: registered {names.CLASSIFIER_MODEL} version {version.version} (loss {args.loss}; "
+    print(f"classify: registered {names.CLASSIFIER_MODEL} version {version.version} (loss {args.loss}, "
+          f"variant {trained.loss.variant.name}; "
           f"val MCC {headline['val']['mcc']:.4f}, test MCC {headline['test']['mcc']:.4f}, "
           f"test ECE {headline['test']['ece']:.4f})")
 

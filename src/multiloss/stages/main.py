@@ -11,6 +11,7 @@ import argparse
 import signal
 import sys
 
+from multiloss import variants
 from multiloss.pipeline import chain, profiles
 from multiloss.stages.cli import StageParser, boolean, integer
 
@@ -47,7 +48,21 @@ def parser() -> StageParser:
     parser.parameter("workers", type=integer("workers", 0),
                      help="steps run at once (the U-Nets, the classifiers), this process and workers - 1 "
                           "worker processes; 0: the profile's (1 where it sets none)")
+    parser.parameter("variant", type=variant_of("main"),
+                     help="corrected, published, or flaws of the published code to reproduce: "
+                          + ", ".join(variants.BY_NAME) + "; each classifier gets those acting on its loss")
     return parser
+
+
+def variant_of(stage: str):
+    """An argparse type reading a variant, naming the parameter and the flaws in its error."""
+    def read(text: str) -> variants.Variant:
+        try:
+            return variants.parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    read.__name__ = f"{stage} variant"
+    return read
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -69,10 +84,10 @@ def main(argv=None) -> None:
         raise SystemExit(f"main: parameter data: {err}") from None
     signal.signal(signal.SIGTERM, _interrupt)
     params = {**vars(args), "seeds": ",".join(map(str, args.seeds)), "fresh": str(args.fresh).lower(),
-              "workers": workers}
+              "workers": workers, "variant": args.variant.name}
     try:
         done = chain.run_pipeline(profile, f"main-{args.profile}", params, data=args.data, seeds=args.seeds,
-                                  until=args.until, fresh=args.fresh, workers=workers)
+                                  until=args.until, fresh=args.fresh, workers=workers, variant=args.variant)
     except KeyboardInterrupt:
         print("main: interrupted; the next run redoes only the unfinished steps", file=sys.stderr, flush=True)
         raise SystemExit(143) from None

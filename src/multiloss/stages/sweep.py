@@ -65,6 +65,7 @@ def settings_from(args: argparse.Namespace) -> SweepSettings:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    classify.check_variant("sweep", args.variant, args.loss)
     settings = settings_from(args)
     with store.stage_run(names.SWEEPS_EXPERIMENT, run_name=settings.study_name):
         store.log_params({"loss": args.loss, "n_trials": args.n_trials, "sampler": args.sampler,
