@@ -172,15 +172,24 @@ def mismatch(version: ModelVersion, criteria: dict[str, str | None]) -> str | No
     return None
 
 
+def degenerate(version: ModelVersion) -> str | None:
+    """Why ``version`` is flagged degenerate (its validation predictions are one class, or its
+    confidence there stays at 1/C), or None."""
+    if version.tags.get(names.DEGENERATE_TAG) != "true":
+        return None
+    return f"degenerate: {version.tags.get(names.DEGENERATE_REASON_TAG, 'flagged on validation')}"
+
+
 def make_pool(registered_name: str, key: str, ranked: list[Ranked], criteria: dict[str, str | None], *,
               unscored: list[ModelVersion] = (), left_out: dict[str, str] | None = None,
-              reference: str = "", rule: str = "") -> Pool:
-    """The pool of ``criteria`` among ``ranked``; ``unscored`` versions are left out for having no ``key``."""
+              reference: str = "", rule: str = "", include_degenerate: bool = False) -> Pool:
+    """The pool of ``criteria`` among ``ranked``; ``unscored`` versions are left out for having no
+    ``key``, degenerate ones (:func:`degenerate`) unless ``include_degenerate``."""
     reasons = dict(left_out or {})
     reasons.update({str(v.version): f"no {key}" for v in unscored if str(v.version) not in reasons})
     kept = []
     for r in ranked:
-        why = mismatch(r.version, criteria)
+        why = mismatch(r.version, criteria) or (None if include_degenerate else degenerate(r.version))
         if why is None:
             kept.append(r)
         else:
