@@ -12,7 +12,7 @@ PROFILE ?= demo
 MAIN_PARAMS ?=
 RUN = mlflow run . --env-manager local
 
-.PHONY: install demo pipeline test test-fast ui bench bench-demo
+.PHONY: install demo pipeline ablation test test-fast ui bench bench-demo
 
 $(STAMP): pyproject.toml requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,16 @@ demo: install
 pipeline: install
 	$(TRACKING); set -e; $(BIN)/python -m multiloss.tracking init >/dev/null; \
 	$(RUN) -e main --experiment-name pipeline -P profile=$(PROFILE) $(MAIN_PARAMS)
+
+# more `ablation` parameters, e.g. ABLATION_PARAMS="-P seeds=0,1,2,3,4 -P corrections=each"
+ABLATION_PARAMS ?=
+
+## ablation: the paper as published beside the corrected suite on $(PROFILE)'s data (first `main` up to the crop,
+## reused when done); prints the report "What the corrections change"
+ablation: install
+	$(TRACKING); set -e; $(BIN)/python -m multiloss.tracking init >/dev/null; \
+	$(RUN) -e main --experiment-name pipeline -P profile=$(PROFILE) -P until=crop $(MAIN_PARAMS); \
+	$(RUN) -e ablation --experiment-name ablation -P profile=$(PROFILE) $(ABLATION_PARAMS)
 
 # Test processes (pytest-xdist): tiny-model tests are mostly single-threaded graph building.
 PYTEST_WORKERS ?= 2

@@ -12,6 +12,7 @@ by every process on the store and may move between two steps.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -51,7 +52,19 @@ class Finished:
 def run_pipeline(profile: dict, run_name: str, params: dict[str, object], *, data: str, seeds: list[int],
                  until: str, fresh: bool, workers: int,
                  variant: variants.Variant | None = None) -> Finished:
-    """Run the chain under one parent run: the run ``mlflow run`` made for us, else a new one.
+    """Run the chain under one parent run (see :func:`parent_run`)."""
+    with parent_run(names.PIPELINE_EXPERIMENT, run_name, "main", params, profile) as parent:
+        started = time.monotonic()
+        pipeline = Pipeline(parent, fresh=fresh, workers=workers)
+        runs = run_chain(pipeline, profile, data, seeds, until, variant)
+        ran, reused, seconds = log_counts(pipeline, parent, started)
+        return Finished(parent, ran, reused, seconds, report_text(runs.get("report")))
+
+
+@contextlib.contextmanager
+def parent_run(experiment: str, run_name: str, stage: str, params: dict[str, object], profile: dict):
+    """The parent run of a pipeline's steps: the run ``mlflow run`` made for us, else a new one in
+    ``experiment``; yields its id.
 
     The runs of pipelines that died are marked KILLED first, so that only what they did not
     finish is redone. The parent ends KILLED on an interrupt, FAILED on an error.
@@ -60,33 +73,34 @@ def run_pipeline(profile: dict, run_name: str, params: dict[str, object], *, dat
     client = mlflow.MlflowClient()
     recovery.end_dead_pipelines()
     launched = os.environ.pop("MLFLOW_RUN_ID", None)      # steps set it for their own runs
-    parent = launched or client.create_run(store.ensure_experiment(names.PIPELINE_EXPERIMENT),
-                                           run_name="main").info.run_id
+    parent = launched or client.create_run(store.ensure_experiment(experiment), run_name=stage).info.run_id
     client.set_tag(parent, MLFLOW_RUN_NAME, run_name)
-    client.set_tag(parent, names.STAGE_TAG, "main")
+    client.set_tag(parent, names.STAGE_TAG, stage)
     for key, value in store.process_tags().items():
         client.set_tag(parent, key, value)
     _log_new_params(client, parent, params)
     client.log_dict(parent, profile, "profile.json")
-    started = time.monotonic()
-    pipeline = Pipeline(parent, fresh=fresh, workers=workers)
     try:
-        runs = run_chain(pipeline, profile, data, seeds, until, variant)
+        yield parent
     except KeyboardInterrupt:
         client.set_terminated(parent, "KILLED")
         raise
     except BaseException:
         client.set_terminated(parent, "FAILED")
         raise
+    if not launched:
+        client.set_terminated(parent, "FINISHED")
+
+
+def log_counts(pipeline: Pipeline, parent: str, started: float) -> tuple[int, int, float]:
+    """Log on the parent how many steps ran and were reused and the wall time; returns them."""
     reused = sum(step["how"] == "reused" for step in pipeline.steps.values())
     ran = sum(step["how"] == "ran" for step in pipeline.steps.values())
     seconds = time.monotonic() - started
+    client = mlflow.MlflowClient()
     for name, value in {"steps_ran": ran, "steps_reused": reused, "pipeline_seconds": seconds}.items():
         client.log_metric(parent, name, value)
-    finished = Finished(parent, ran, reused, seconds, report_text(runs.get("report")))
-    if not launched:
-        client.set_terminated(parent, "FINISHED")
-    return finished
+    return ran, reused, seconds
 
 
 def _log_new_params(client: mlflow.MlflowClient, run_id: str, params: dict[str, object]) -> None:
@@ -129,7 +143,7 @@ def _run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int], u
     segment = stage_settings(profile, "segment")
     seg_print = mask_set_fingerprint(read_mask_set(lungs), root=lungs)
     seg_runs = pipeline.run_steps([Step(f"segment.{loss}", "segment", {**segment, "loss": loss, "data": lungs},
-                                        seg_print, output_intact=_registered)
+                                        seg_print, output_intact=registered_run)
                                    for loss in profile["segment"]["losses"]])
     seg_versions = [registered_version(run_id, names.SEGMENTATION_MODEL) for run_id in seg_runs]
     if stop_after("segment"):
@@ -157,20 +171,17 @@ def _run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int], u
 
     cropped_print = kermany_fingerprint(cropped)
     encoder = champion_encoder(eval_run)
-    encoder_input = json.dumps({"data": cropped_print, "encoder": _model_reference(encoder)})
+    encoder_input = training_input(cropped_print, encoder)
     pipeline.run_steps([Step(f"classify.{loss}.seed{seed}", "classify", {
         **classify, "loss": loss, "data": cropped, "seed": seed, "encoder": encoder,
         "variant": variant.for_loss(loss).name}, encoder_input,
-        output_intact=_registered) for seed in seeds for loss in profile["classify"]["losses"]])
+        output_intact=registered_run) for seed in seeds for loss in profile["classify"]["losses"]])
     if stop_after("classify"):
         return runs
 
-    pool = [version_reference(names.CLASSIFIER_MODEL, str(v.version))       # what the ensemble may read:
-            for v in registry.versions(names.CLASSIFIER_MODEL)                 # this data's versions only
-            if v.tags.get(names.DATA_FINGERPRINT_TAG) == cropped_print]
     ensemble_run = pipeline.step("ensemble", "ensemble", {**stage_settings(profile, "ensemble"), "data": cropped,
                                                           "seed": seeds[0], "variant": variant.name},
-                                 json.dumps({"data": cropped_print, "pool": pool}),
+                                 ensemble_input(cropped_print),
                                  aliases=[(names.CLASSIFIER_MODEL, names.CHAMPION),
                                           (names.ENSEMBLE_MODEL, names.CHAMPION)])
     runs["ensemble"] = ensemble_run
@@ -191,6 +202,19 @@ def _run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int], u
         "segment_eval_run": eval_run, "classify_runs": ",".join(pipeline.run_ids("classify")),
         "ensemble_run": ensemble_run or "", "dataset_label": "synthetic" if data == "synthetic" else "real"})
     return runs
+
+
+def training_input(data_print: str, encoder: str) -> str:
+    """A classify (or sweep) step's input fingerprint: its data and its encoder's exact version."""
+    return json.dumps({"data": data_print, "encoder": _model_reference(encoder)})
+
+
+def ensemble_input(data_print: str, versions: list[str] | None = None) -> str:
+    """An ensemble step's input fingerprint: its data and the classifier versions its pool may
+    read (``versions``, else every version of that data)."""
+    pool = [version_reference(names.CLASSIFIER_MODEL, str(v.version)) for v in registry.versions(names.CLASSIFIER_MODEL)
+            if v.tags.get(names.DATA_FINGERPRINT_TAG) == data_print and (versions is None or str(v.version) in versions)]
+    return json.dumps({"data": data_print, "pool": pool})
 
 
 def data_root(profile: dict, data: str) -> Path | None:
@@ -250,7 +274,7 @@ def version_reference(name: str, version: str) -> str:
     return f"{name}/{version}:{mlflow.MlflowClient().get_model_version(name, version).run_id}"
 
 
-def _registered(run) -> bool:
+def registered_run(run) -> bool:
     """A training run's model version is still in the registry."""
     return bool(mlflow.MlflowClient().search_model_versions(f"run_id='{run.info.run_id}'"))
 
