@@ -414,3 +414,99 @@ def test_report_stage_names_a_bad_run_id(tiny_store):
     from multiloss.stages import report
     with pytest.raises(SystemExit, match="report: segment_eval_run: no run 'missing'"):
         report.main(["--segment-eval-run", "missing"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Degenerate models: every classifier row of one is marked, with its reason; so, separately, is a
+# model whose test predictions are all one class.
+
+DEGENERATE_REASON = "predicts bacterial for all 40 validation images"
+TEST_REASON = "predicts normal for all 150 test images"
+
+
+def flagged_runs() -> pd.DataFrame:
+    runs = classify_runs().assign(degenerate=None, degenerate_checked=True, test_one_class=None)
+    runs.loc[1, "degenerate"] = DEGENERATE_REASON            # cce, seed 0 of 0, 1, 2
+    runs.loc[3, "test_one_class"] = TEST_REASON              # cal_cce, its only run
+    return runs
+
+
+def test_the_report_marks_degenerate_and_one_class_on_test_rows_with_their_reasons():
+    blocks = comparison.build_report(OurResults(dataset=SYNTHETIC, classification=flagged_runs()), PAPER)
+    markdown = comparison.to_markdown(blocks)
+    table = table_after(blocks, "2.")
+    cce = table.loc["CCE"].set_index("Row")
+    assert cce.loc["ours: cce", "Flags"] == f"{comparison.DEGENERATE_MARK} [1], 1 of 3 seeds"
+    assert cce.loc["paper", "Flags"] == "—"
+    cal = table.loc["Calibrated-CCE (λ = 10)"].set_index("Row")
+    assert cal.loc["ours: cal_cce", "Flags"] == f"{comparison.TEST_ONE_CLASS_MARK} [2]"
+    assert f"- [1] cce: degenerate on validation, so left out of promote and ensemble pools unless " \
+           f"include_degenerate=true: seed 0: {DEGENERATE_REASON}." in markdown
+    assert "- [2] cal_cce: all test predictions one class (reported only: test never decides" in markdown
+    assert f"seed 0: {TEST_REASON}." in markdown
+    assert "| ours: cce | " in markdown and "⚠ degenerate [1], 1 of 3 seeds |" in markdown
+    # the best of ours by test MCC is that degenerate variant here: its row says so too
+    best = table_after(blocks, "5.").loc["Best of ours by test MCC"]
+    assert (best["Row"], best["Flags"]) == ("ours: cce", f"{comparison.DEGENERATE_MARK} [1], 1 of 3 seeds")
+    assert markdown.count(f"seed 0: {DEGENERATE_REASON}.") == 2
+    html = comparison.to_html(blocks)
+    assert "⚠ degenerate [1], 1 of 3 seeds" in html and DEGENERATE_REASON in html
+
+
+def test_rows_without_a_flag_carry_no_marker():
+    blocks = comparison.build_report(OurResults(dataset=SYNTHETIC, classification=flagged_runs().assign(
+        degenerate=None, test_one_class=None)), PAPER)
+    table = table_after(blocks, "2.")
+    assert table["Flags"].eq("—").all()
+    markdown = comparison.to_markdown(blocks)
+    assert comparison.DEGENERATE_MARK not in markdown.split("reasons under the table.")[1]
+    assert "not known" not in markdown
+
+
+def test_collect_reads_the_degenerate_tag_and_the_test_predictions(tmp_path):
+    """On a store of its own: the degenerate tag (with its reason), test scores of one class, a run
+    from before the tag whose logged validation predictions are one class, and one with nothing."""
+    from multiloss.classification.scoring import predictions_frame
+
+    store.configure()
+    data = tmp_path / "real"
+    data.mkdir()
+    one_class = tmp_path / "val_predictions.csv"
+    predictions_frame([f"img{k}.png" for k in range(7)], np.arange(7) % 3,
+                      np.tile([0.1, 0.2, 0.7], (7, 1))).to_csv(one_class, index=False)
+    healthy_test = {"test_predicted_normal": 50, "test_predicted_bacterial": 60, "test_predicted_viral": 40,
+                    "test_mean_confidence": 0.8}
+    one_class_test = {"test_predicted_normal": 150, "test_predicted_bacterial": 0, "test_predicted_viral": 0,
+                      "test_mean_confidence": 0.9}
+
+    def classify(start, loss, *, tags=None, metrics=None, artifacts=None):
+        return _fake_run("classify", start, params={"loss": loss, "seed": 0, "data": data, "img_size": 64,
+                                                    "n_test": 150, "ci_method": "wald"},
+                         metrics={**{f"test_{k}": v for k, v in SCORE_DEFAULTS.items()}, **(metrics or {})},
+                         tags={names.DATA_FINGERPRINT_TAG: "f1", **(tags or {})}, artifacts=artifacts)
+
+    ids = {
+        "flagged": classify(1000, "cce", metrics=healthy_test,
+                            tags={names.DEGENERATE_TAG: "true", names.DEGENERATE_REASON_TAG: DEGENERATE_REASON}),
+        "test_one_class": classify(2000, "cal_cce", metrics=one_class_test, tags={names.DEGENERATE_TAG: "false"}),
+        "old_one_class": classify(3000, "kld", artifacts={"v": one_class}),
+        "old_unknown": classify(4000, "focal"),
+    }
+    ours = comparison.collect()
+    found = ours.classification.set_index("run_id")
+    assert found.loc[ids["flagged"], "degenerate"] == DEGENERATE_REASON
+    assert pd.isna(found.loc[ids["flagged"], "test_one_class"])          # test scores of three classes
+    assert pd.isna(found.loc[ids["test_one_class"], "degenerate"])        # one class on test flags nothing
+    assert found.loc[ids["test_one_class"], "test_one_class"] == TEST_REASON
+    assert found.loc[ids["old_one_class"], "degenerate"] == "predicts viral for all 7 validation images"
+    assert pd.isna(found.loc[ids["old_unknown"], "degenerate"])
+    assert not found.loc[ids["old_unknown"], "degenerate_checked"]
+
+    markdown = comparison.to_markdown(comparison.build_report(ours, PAPER))
+    table = table_after(comparison.build_report(ours, PAPER), "2.")
+    marks = dict(zip(table["Row"], table["Flags"]))          # notes numbered in the table's (the paper's) order
+    assert marks["ours: cce"] == f"{comparison.DEGENERATE_MARK} [1]"
+    assert marks["ours: kld"] == f"{comparison.DEGENERATE_MARK} [2]"
+    assert marks["ours: cal_cce"] == f"{comparison.TEST_ONE_CLASS_MARK} [3]" and marks["ours: focal"] == "—"
+    assert f"seed 0: {DEGENERATE_REASON}." in markdown and f"seed 0: {TEST_REASON}." in markdown
+    assert "1 classify run(s) carry no degenerate tag and no validation predictions" in markdown

@@ -194,3 +194,23 @@ def test_promote_logs_what_it_left_out_into_the_launchers_run(monkeypatch):
     record = json.loads(Path(local).read_text())
     assert record["left_out"] == {phantom: f"data_fingerprint {PHANTOM[:12]}, not {REAL[:12]}"}
     assert record["criteria"][names.DATA_FINGERPRINT_TAG] == REAL
+
+
+def test_make_pool_leaves_out_degenerate_versions_unless_asked_for():
+    store.configure()
+    healthy = classifier(metrics={"val_mcc": 0.6}, **{names.DEGENERATE_TAG: "false"})
+    flagged = classifier(metrics={"val_mcc": 0.9}, **{names.DEGENERATE_TAG: "true",
+                                                     names.DEGENERATE_REASON_TAG: "mean confidence 0.334 within 0.02 of 1/3"})
+    unexplained = classifier(metrics={"val_mcc": 0.8}, **{names.DEGENERATE_TAG: "true"})
+    other = classifier(PHANTOM, metrics={"val_mcc": 0.95}, **{names.DEGENERATE_TAG: "true"})
+    ranked, unscored = ranking.scored_versions(names.CLASSIFIER_MODEL, "val_mcc")
+    criteria = {names.DATA_FINGERPRINT_TAG: REAL}
+
+    pool = ranking.make_pool(names.CLASSIFIER_MODEL, "val_mcc", ranked, criteria, unscored=unscored)
+    assert pool.versions == [healthy]
+    assert pool.left_out == {flagged: "degenerate: mean confidence 0.334 within 0.02 of 1/3",
+                             unexplained: "degenerate: flagged on validation",
+                             other: f"data_fingerprint {PHANTOM[:12]}, not {REAL[:12]}"}   # the data first
+
+    wide = ranking.make_pool(names.CLASSIFIER_MODEL, "val_mcc", ranked, criteria, include_degenerate=True)
+    assert wide.versions == [flagged, unexplained, healthy] and list(wide.left_out) == [other]

@@ -16,6 +16,7 @@ import tf_keras
 
 from multiloss import names, variants
 from multiloss.classification.scoring import (
+    degenerate_tags,
     predictions_frame,
     score_split,
     split_figures,
@@ -110,13 +111,15 @@ class TrainedClassifier:
     encoder_version: str
 
     def registry_tags(self) -> dict[str, object]:
-        """The tags every ``cxr-classifier`` version carries: what it was trained on and how, and
-        its headline scores, so versions can be compared without opening their runs."""
+        """The tags every ``cxr-classifier`` version carries: what it was trained on and how, its
+        headline scores, so versions can be compared without opening their runs, and whether it is
+        degenerate on validation (pools leave such a version out; see scoring.degenerate_tags)."""
         return {names.LOSS_TAG: self.config.loss, **{f"loss_{k}": v for k, v in self.loss.params.items()},
                 **variants.tags(self.loss.variant),
                 names.DATA_FINGERPRINT_TAG: self.data_fingerprint, names.IMG_SIZE_TAG: self.config.img_size,
                 "seed": self.config.seed, "encoder_version": self.encoder_version,
-                **{f"{split}_{k}": round(self.scores[split][k], 6) for split in ("val", "test") for k in TAGGED_SCORES}}
+                **{f"{split}_{k}": round(self.scores[split][k], 6) for split in ("val", "test") for k in TAGGED_SCORES},
+                **degenerate_tags(self.scores["val"])}
 
 
 def pin_encoder(uri: str) -> tuple[str, str]:
@@ -215,6 +218,7 @@ def train_classifier(config: ClassifierConfig, *, epoch_hooks: Sequence[EpochHoo
                 Path(tmp) / f"{name}_predictions.csv", index=False)
             split_figures(tmp, name, labels[name], probs, config.loss)
         mlflow.log_artifacts(tmp)
+    mlflow.set_tags(degenerate_tags(scores["val"]))       # decided on validation only, never on test
     return TrainedClassifier(model, loss, config, fit, scores, data_print, encoder_version)
 
 

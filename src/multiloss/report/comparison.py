@@ -8,6 +8,12 @@ MLflow store (:func:`collect`: the latest finished runs, or run ids a caller nam
 (:func:`build_report`) needs only pandas frames, so it is tested without a store. The header names
 the data set our numbers come from, so that demo numbers on phantoms are never read as a
 reproduction.
+
+A classifier row of a model flagged degenerate on validation (its run's ``degenerate`` tag: one
+class predicted, or confidence pinned at 1/C) carries a marker and the reason; so, separately, does
+one whose test predictions are all one class (read from its ``test_predicted_<class>`` scores, or
+its ``test_predictions.csv`` for a run logged before those), which is reported only, never used to
+choose.
 """
 
 from __future__ import annotations
@@ -26,6 +32,14 @@ import pandas as pd
 import yaml
 
 from multiloss import names, paths
+from multiloss.classification.scoring import (
+    MEAN_CONFIDENCE,
+    PREDICTED_PREFIX,
+    PROBABILITY_COLUMNS,
+    degenerate_from_scores,
+    one_class_reason,
+    prediction_summary,
+)
 from multiloss.files import replacing
 from multiloss.metrics.classification import MCC_INTERVAL_LABELS, proportion_ci
 from multiloss.report.tables import markdown_table
@@ -56,6 +70,11 @@ NOT_RUN = "not run"
 DASH = "—"
 # Whatever split selects, the combiners are only ever fitted on validation predictions.
 FITTED_ON = "SLSQP weights and stacking were fitted on the validation split."
+# The markers of a classifier row: flagged degenerate on validation (left out of pools), and all
+# test predictions one class (test is for reporting only: this flags nothing anywhere else).
+DEGENERATE_MARK = "⚠ degenerate"
+TEST_ONE_CLASS_MARK = "one class on test"
+FLAGS_COLUMN = "Flags"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,8 +150,11 @@ class OurResults:
     ``segmentation``: segment_eval's ``holdout_scores.csv`` (index: model, e.g. "v3 bce_dice" and
     "AND top-3"; columns ``<score>_mean``/``<score>_std``). ``classification``: one row per classify
     run with ``loss``, ``seed``, optional ``variant`` (the loss with its parameters),
-    ``ci_method`` and ``mcc_interval`` (what that method's MCC interval is, in words), and the test
-    scores (``CLASSIFICATION_SCORES``, ``mcc_low``, ``mcc_high``). ``ensembles``: the ensemble
+    ``ci_method`` and ``mcc_interval`` (what that method's MCC interval is, in words), the test
+    scores (``CLASSIFICATION_SCORES``, ``mcc_low``, ``mcc_high``), and optionally ``degenerate``
+    (why validation flagged the model, or None), ``degenerate_checked`` (False: the run records
+    nothing to decide it by) and ``test_one_class`` (why its test predictions are one class, or
+    None). ``ensembles``: the ensemble
     stage's ``ensemble_scores.csv``; ``ensemble_interval``: what its MCC intervals are.
     """
 
@@ -170,8 +192,27 @@ def aggregate_seeds(runs: pd.DataFrame) -> pd.DataFrame:
             row[f"{score}_std"] = math.nan if single else values.std(ddof=1)
         for end in ("mcc_low", "mcc_high"):
             row[end] = float(group[end].iloc[0]) if single and end in group else math.nan
+        for flag in FLAGS:
+            row[flag] = _flagged_seeds(group, flag)
+        row["unchecked"] = int((~group["degenerate_checked"].astype(bool)).sum()) \
+            if "degenerate_checked" in group else 0
         rows[variant] = row
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+# Per-run flag columns the collector fills (a reason, or None), and what each means in the report.
+FLAGS = {"degenerate": (DEGENERATE_MARK, "degenerate on validation, so left out of promote and ensemble "
+                                         "pools unless include_degenerate=true"),
+         "test_one_class": (TEST_ONE_CLASS_MARK, "all test predictions one class (reported only: test "
+                                                 "never decides; this flags nothing elsewhere)")}
+
+
+def _flagged_seeds(group: pd.DataFrame, flag: str) -> list[tuple[int, str]]:
+    """(seed, reason) of each run in ``group`` whose ``flag`` column holds a reason."""
+    if flag not in group:
+        return []
+    return sorted((int(seed), str(reason)) for seed, reason in zip(group["seed"], group[flag])
+                  if isinstance(reason, str) and reason)
 
 
 def is_synthetic(path: str | os.PathLike) -> bool | None:
@@ -268,7 +309,44 @@ def _classification_row(run) -> dict:
            "n_test": _param(run, "n_test"), "data": _data_path(run)}
     for key in (*CLASSIFICATION_SCORES, "mcc_low", "mcc_high"):
         row[key] = metrics.get(f"test_{key}", math.nan)
+    row["degenerate"], row["degenerate_checked"] = _validation_flag(run)
+    test = _prediction_summary(run, "test")
+    row["test_one_class"] = one_class_reason(test, "test") if test else None
     return row
+
+
+def _prediction_summary(run, split: str) -> dict[str, float] | None:
+    """What the run's model predicts on ``split`` (scoring.prediction_summary's keys): its
+    ``<split>_predicted_<class>`` and ``<split>_mean_confidence`` scores, else its logged
+    ``<split>_predictions.csv``; None if it has neither."""
+    prefix = f"{split}_"
+    metrics = run.data.metrics
+    summary = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix + PREDICTED_PREFIX)}
+    if len(summary) >= 2 and prefix + MEAN_CONFIDENCE in metrics:
+        return {**summary, MEAN_CONFIDENCE: metrics[prefix + MEAN_CONFIDENCE]}
+    name = f"{split}_predictions.csv"
+    if name not in {a.path for a in _client().list_artifacts(run.info.run_id)}:
+        return None
+    try:
+        frame = _artifact_csv(run, name)
+    except ValueError:
+        return None
+    if frame.empty or any(c not in frame.columns for c in PROBABILITY_COLUMNS):
+        return None
+    return prediction_summary(frame[PROBABILITY_COLUMNS].to_numpy(float))
+
+
+def _validation_flag(run) -> tuple[str | None, bool]:
+    """(why the run's model is degenerate, or None; whether that could be decided): its
+    ``degenerate`` tag, else (a run from before the tag) the same decision on its validation
+    predictions. Never its test predictions."""
+    tags = run.data.tags
+    if tags.get(names.DEGENERATE_TAG) == "true":
+        return tags.get(names.DEGENERATE_REASON_TAG) or "flagged on validation", True
+    if tags.get(names.DEGENERATE_TAG) == "false":
+        return None, True
+    val = _prediction_summary(run, "val")
+    return (degenerate_from_scores(val), True) if val else (None, False)
 
 
 def _latest_batch(runs: list) -> list:
@@ -507,7 +585,10 @@ def _classification_section(ours: OurResults, paper: Mapping) -> list:
             "Ours: test split. Where a loss ran under several seeds, mean ± sample std over seeds, with the "
             "seed list; the MCC interval is shown for single runs only (" + methods + "). "
             "ECE (15 bins), Brier and NLL are ours only: the paper does not measure calibration. "
-            "† marks a paper interval that differs from the Wald recomputation (see the notes)."))
+            "† marks a paper interval that differs from the Wald recomputation (see the notes). "
+            f"{FLAGS_COLUMN}: {DEGENERATE_MARK} = {FLAGS['degenerate'][1]}; {TEST_ONE_CLASS_MARK} = "
+            f"{FLAGS['test_one_class'][1]}; reasons under the table."))
+    flags = _classifier_flags(aggregated, paper)
     rows, matched = [], set()
     for row in table["rows"]:
         rows.append({"Loss": row["label"], "Row": "paper", **_paper_cells(table, row, flagged), "Runs (seeds)": "1"})
@@ -515,14 +596,68 @@ def _classification_section(ours: OurResults, paper: Mapping) -> list:
             continue
         mine = aggregated[aggregated["loss"] == row["loss"]]
         matched.update(mine.index)
-        rows += [{"Loss": row["label"], "Row": f"ours: {variant}", **_aggregate_cells(r),
-                  "Runs (seeds)": f"{r['runs']} ({r['seeds']})"} for variant, r in mine.iterrows()] or \
+        rows += [_our_classifier_row(row["label"], variant, r, flags) for variant, r in mine.iterrows()] or \
             [{"Loss": row["label"], "Row": f"ours: {NOT_RUN}"}]
     if aggregated is not None:
-        rows += [{"Loss": r["loss"], "Row": f"ours: {variant}", **_aggregate_cells(r),
-                  "Runs (seeds)": f"{r['runs']} ({r['seeds']})"}
+        rows += [_our_classifier_row(r["loss"], variant, r, flags)
                  for variant, r in aggregated.iterrows() if variant not in matched]
-    blocks.append(Table(_frame(rows, "Loss").fillna(DASH)))
+    frame = _frame(rows, "Loss")
+    if aggregated is not None:
+        frame[FLAGS_COLUMN] = frame[FLAGS_COLUMN] if FLAGS_COLUMN in frame else math.nan
+    blocks.append(Table(frame.fillna(DASH)))
+    blocks += _flag_notes(flags, aggregated)
+    return blocks
+
+
+@dataclass(frozen=True)
+class RowFlags:
+    """A classifier row's markers (the Flags cell) and the numbered notes that give the reasons."""
+
+    cell: str
+    notes: tuple[str, ...]
+
+
+def _classifier_flags(aggregated: pd.DataFrame | None, paper: Mapping) -> dict[str, RowFlags]:
+    """Variant -> its markers and notes, for the variants with a flagged run (notes numbered [1],
+    [2], ... in the order Table 2 shows the variants: by the paper's rows, then the others)."""
+    if aggregated is None:
+        return {}
+    losses = [row["loss"] for row in paper["tables"]["classification"]["rows"]]
+    order = sorted(range(len(aggregated)), key=lambda i: (losses.index(aggregated["loss"].iloc[i])
+                                                          if aggregated["loss"].iloc[i] in losses else len(losses), i))
+    found, number = {}, 0
+    for variant, row in aggregated.iloc[order].iterrows():
+        marks, notes = [], []
+        for flag, (mark, meaning) in FLAGS.items():
+            seeds = row.get(flag)
+            if not isinstance(seeds, list) or not seeds:
+                continue
+            number += 1
+            share = f", {len(seeds)} of {row['runs']} seeds" if row["runs"] > 1 else ""
+            marks.append(f"{mark} [{number}]{share}")
+            notes.append(f"[{number}] {variant}: {meaning}: "
+                         + "; ".join(f"seed {seed}: {reason}" for seed, reason in seeds) + ".")
+        if marks:
+            found[str(variant)] = RowFlags("; ".join(marks), tuple(notes))
+    return found
+
+
+def _our_classifier_row(label: str, variant: str, row: pd.Series, flags: Mapping[str, RowFlags]) -> dict:
+    cells = {"Loss": label, "Row": f"ours: {variant}", **_aggregate_cells(row),
+             "Runs (seeds)": f"{row['runs']} ({row['seeds']})"}
+    if str(variant) in flags:
+        cells[FLAGS_COLUMN] = flags[str(variant)].cell
+    return cells
+
+
+def _flag_notes(flags: Mapping[str, RowFlags], aggregated: pd.DataFrame | None) -> list:
+    """The notes of the flagged rows, and a line on runs that record nothing the degeneracy could
+    be decided by."""
+    blocks = [Bullets(tuple(note for f in flags.values() for note in f.notes))] if flags else []
+    unchecked = int(aggregated["unchecked"].sum()) if aggregated is not None and "unchecked" in aggregated else 0
+    if unchecked:
+        blocks.append(Text(f"{unchecked} classify run(s) carry no {names.DEGENERATE_TAG} tag and no validation "
+                           "predictions: whether they are degenerate is not known."))
     return blocks
 
 
@@ -607,24 +742,32 @@ def _best_section(ours: OurResults, paper: Mapping) -> list:
     blocks = [Heading("5. Best results (paper Table 5)"), _caption(table)]
     flagged = _flagged(paper)
     rows = [{"Study / model": row["label"], "Row": "paper", **_paper_cells(table, row, flagged)} for row in table["rows"]]
-    candidates = []          # (test MCC, row label, cells)
+    candidates = []          # (test MCC, row label, cells, a classifier's flags or None)
     if ours.ensembles is not None:
         for _, r in _ensembles_matching(ours.ensembles, "model_level_weighted", None).iterrows():
             rows.append({"Study / model": "Proposed (same method)", "Row": f"ours: {r['name']}", **_ensemble_cells(r)})
-        candidates += [(float(r["mcc"]), str(r["name"]), _ensemble_cells(r)) for _, r in ours.ensembles.iterrows()]
+        candidates += [(float(r["mcc"]), str(r["name"]), _ensemble_cells(r), None)
+                       for _, r in ours.ensembles.iterrows()]
     if ours.classification is not None:
-        candidates += [(float(r["mcc_mean"]), str(variant), _aggregate_cells(r))
-                       for variant, r in aggregate_seeds(ours.classification).iterrows()]
+        aggregated = aggregate_seeds(ours.classification)
+        flags = _classifier_flags(aggregated, paper)
+        candidates += [(float(r["mcc_mean"]), str(variant), _aggregate_cells(r), flags.get(str(variant)))
+                       for variant, r in aggregated.iterrows()]
     candidates = [c for c in candidates if not math.isnan(c[0])]
+    notes = []
     if candidates:
-        _, name, cells = max(candidates, key=lambda c: c[0])
-        rows.append({"Study / model": "Best of ours by test MCC", "Row": f"ours: {name}", **cells})
+        _, name, cells, flagged = max(candidates, key=lambda c: c[0])
+        best = {"Study / model": "Best of ours by test MCC", "Row": f"ours: {name}", **cells}
+        if flagged is not None:
+            best[FLAGS_COLUMN] = flagged.cell
+            notes = [Bullets(flagged.notes)]
+        rows.append(best)
         blocks.append(Text("Ours: the counterpart of the paper's proposed method, and our best single model or "
                            "ensemble by test MCC (a choice made on the test split, so optimistic, like the paper's)."))
     else:
         blocks.append(Text(f"Ours: {NOT_RUN} (no finished classify or ensemble run)."))
     blocks.append(Table(_frame(rows, "Study / model").fillna(DASH)))
-    return blocks
+    return blocks + notes
 
 
 def _notes_section(paper: Mapping) -> list:

@@ -8,13 +8,19 @@ from pathlib import Path
 import pandas as pd
 
 
+def markdown_cell(value) -> str:
+    """A cell's text as one Markdown table cell: a "|" would end the cell and a line break the
+    row (a reason logged as a tag may hold either)."""
+    return " ".join(str(value).split()).replace("|", "\\|")
+
+
 def markdown_table(table: pd.DataFrame, floatfmt: str = ".4f") -> str:
     """A GitHub-style Markdown table of ``table`` with its index as the first column."""
-    header = [table.index.name or ""] + [str(c) for c in table.columns]
+    header = [markdown_cell(table.index.name or "")] + [markdown_cell(c) for c in table.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in table.iterrows():
-        cells = [format(v, floatfmt) if isinstance(v, float) else str(v) for v in row.tolist()]
-        lines.append("| " + " | ".join([str(name), *cells]) + " |")
+        cells = [format(v, floatfmt) if isinstance(v, float) else markdown_cell(v) for v in row.tolist()]
+        lines.append("| " + " | ".join([markdown_cell(name), *cells]) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -10,6 +10,10 @@ its holdout fingerprint. ``data_fingerprint``/``img_size`` name the data and siz
 no version holds the alias, each of these tags must have one value among the ranked versions or be
 named. ``pool=any_encoder`` drops the encoder, ``pool=all`` every condition. An alias held by a
 version of other data moves only with ``force=true``.
+
+A version flagged degenerate on validation (tag ``degenerate=true``: one class predicted, or
+confidence pinned at 1/C) is left out of every pool, and a named one is refused, unless
+``include_degenerate=true``.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ def parser() -> StageParser:
     stage.parameter("data_fingerprint", help="the pool's data fingerprint (or a prefix); empty: the holder's")
     stage.parameter("img_size", type=integer("img_size", 0), help="the pool's image size; 0: the holder's")
     stage.parameter("force", type=boolean("force"), help="true: move an alias held by a version of other data")
+    stage.parameter("include_degenerate", type=boolean("include_degenerate"),
+                    help="true: versions flagged degenerate on validation may be chosen (or named)")
     return stage
 
 
@@ -99,7 +105,10 @@ def choose_pool(args: argparse.Namespace, holder) -> ranking.Pool:
         if reference is not None:
             criteria[tag], sources[tag] = reference.tags.get(tag), f"of version {reference.version}"
             continue
-        among = {r.version.tags.get(tag) for r in ranked if ranking.mismatch(r.version, criteria) is None}
+        matching = [r.version for r in ranked if ranking.mismatch(r.version, criteria) is None]
+        # A degenerate version (left out below) decides no tag, unless all are degenerate.
+        among = {v.tags.get(tag) for v in matching if args.include_degenerate or ranking.degenerate(v) is None} \
+            or {v.tags.get(tag) for v in matching}
         if len(among) > 1:
             shown = ", ".join(sorted(ranking.shown(tag, v) for v in among))
             raise SystemExit(f"promote: no version holds {args.model}@{args.alias} to take the pool from, and the "
@@ -113,10 +122,13 @@ def choose_pool(args: argparse.Namespace, holder) -> ranking.Pool:
     else:
         why = "; ".join(f"{tag} {how}" for tag, how in sources.items())
     pool = ranking.make_pool(args.model, args.metric, ranked, criteria, unscored=unscored, reference=why,
-                             rule=args.pool)
+                             rule=args.pool, include_degenerate=args.include_degenerate)
     if not pool.ranked:
+        degenerate = any(ranking.mismatch(r.version, criteria) is None and ranking.degenerate(r.version)
+                         for r in ranked)
         raise SystemExit(f"promote: no version of {args.model} in the {pool.describe()} has a {args.metric!r}; "
-                         "pool=all widens it")
+                         "pool=all widens it" + (", include_degenerate=true admits the degenerate ones"
+                                                 if degenerate else ""))
     return pool
 
 
@@ -136,10 +148,18 @@ def main(argv=None) -> str:
     if args.version:
         chosen = registry.versions(args.model, only=[args.version])[0]
         reason = "as named"
+        flagged = ranking.degenerate(chosen)
+        if flagged and not args.include_degenerate:
+            raise SystemExit(f"promote: version {chosen.version} of {args.model} is flagged {flagged}: pass "
+                             "include_degenerate=true to promote it anyway")
+        if flagged:
+            reason += f"; {flagged}"
     else:
         pool = choose_pool(args, holder)
         best = pool.ranked[0]
         chosen, reason = best.version, f"best {args.metric} = {best.value:.6g}"
+        if flagged := ranking.degenerate(chosen):
+            reason += f"; {flagged}, admitted by include_degenerate=true"
         print(f"promote: {pool.describe()}")
     target = str(chosen.version)
     crossing = holder is not None and str(holder.version) != target and \
