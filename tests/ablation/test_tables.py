@@ -120,3 +120,20 @@ def test_the_report_renders_every_table_and_names_the_flaws():
     metrics = report.metrics(roles, pd.DataFrame(), [])
     assert metrics["cce.base.test_nll_mean"] == pytest.approx(roles.loc[("cal_cce", BASE), "nll_mean"])
     assert not any("_v" in name for name in metrics)
+
+
+def test_the_tables_logged_on_a_run_give_the_same_report_again(tmp_path):
+    import mlflow
+
+    runs = found_runs()
+    roles = tables.by_role(runs)
+    logged = report.AblationTables(["Data: x"], roles, tables.paired_differences(runs, n_resamples=100),
+                                   tables.calibration(runs, roles), pd.DataFrame(),
+                                   [{"loss": "cal_cce", "paper": "lam = 10", "paper_val_nll": 1.09,
+                                     "paper_test_mcc": 0.0, "trials": 2, "complete": 2, "pruned": 0}])
+    with mlflow.start_run() as run:
+        logged.save(tmp_path)
+        mlflow.log_artifacts(str(tmp_path))
+    again = report.AblationTables.load(run.info.run_id)
+    assert to_markdown(again.blocks(level=2)) == to_markdown(logged.blocks(level=2))
+    assert to_markdown(logged.blocks(level=2)).startswith(f"## {report.TITLE}")

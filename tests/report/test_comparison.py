@@ -510,3 +510,34 @@ def test_collect_reads_the_degenerate_tag_and_the_test_predictions(tmp_path):
     assert marks["ours: cal_cce"] == f"{comparison.TEST_ONE_CLASS_MARK} [3]" and marks["ours: focal"] == "—"
     assert f"seed 0: {DEGENERATE_REASON}." in markdown and f"seed 0: {TEST_REASON}." in markdown
     assert "1 classify run(s) carry no degenerate tag and no validation predictions" in markdown
+
+
+def _ablation_run(fingerprint: str, tmp_path: Path) -> str:
+    from multiloss.ablation.report import AblationTables
+    from multiloss.tracking import store
+
+    roles = pd.DataFrame([{"loss": "cal_cce", "role": "published", "trained_as": "cal_cce", "variant": "published",
+                           "seeds": 1, "degenerate": 0, **{f"{s}_{k}": 0.5 for s in ("mcc", "ece", "nll", "brier")
+                                                            for k in ("mean", "std")}}]).set_index(["loss", "role"])
+    tables = AblationTables([f"Data: {fingerprint}"], roles, pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), [])
+    folder = tmp_path / f"ablation-{fingerprint}"
+    folder.mkdir()
+    tables.save(folder)
+    with mlflow.start_run(experiment_id=store.ensure_experiment(names.ABLATION_EXPERIMENT)) as run:
+        mlflow.set_tags({names.STAGE_TAG: "ablation", names.DATA_FINGERPRINT_TAG: fingerprint})
+        mlflow.log_artifacts(str(folder))
+    return run.info.run_id
+
+
+def test_the_report_ends_with_the_ablation_of_its_classifiers_data(tiny_store, tmp_path, capsys):
+    from multiloss.stages import report
+    ids, _ = tiny_store
+    _ablation_run("f1", tmp_path)                                 # the classify runs' data
+    _ablation_run("f0", tmp_path)                                 # newer, other data: not this report's
+    report.main(["--classify-runs", f"{ids['cce0']},{ids['cce1']}"])
+    printed = capsys.readouterr().out
+    assert "## What the corrections change" in printed and "- Data: f1" in printed and "Data: f0" not in printed
+    report.main(["--classify-runs", ids["cce0"], "--ablation-run", "none"])
+    assert "What the corrections change" not in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=f"parameter ablation_run: run {ids['cce0']} is not an ablation run"):
+        report.main(["--ablation-run", ids["cce0"]])

@@ -3,8 +3,13 @@ comparison), and the metrics a runs table can compare across ablation runs."""
 
 from __future__ import annotations
 
+import json
 import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 
+import mlflow
 import pandas as pd
 
 from multiloss import variants
@@ -117,12 +122,14 @@ def sweep_block(sweeps: list[dict]) -> list:
 
 
 def build(header: list[str], roles: pd.DataFrame, paired: pd.DataFrame, calibration: pd.DataFrame,
-          gains: pd.DataFrame, sweeps: list[dict]) -> list:
+          gains: pd.DataFrame, sweeps: list[dict], level: int = 1) -> list:
+    """The report's blocks; ``level`` is its title's heading level (its sections one below)."""
     flaws = tuple(f"{f.name} ({f.scope}): {f.what}" for f in variants.FLAWS)
-    return [Heading(TITLE, 1), Bullets(tuple(header)), Text("The published variant reproduces each flaw of the "
-                                                            "authors' code exactly:"), Bullets(flaws),
-            *roles_block(roles), *paired_block(paired), *calibration_block(calibration), *ensemble_block(gains),
-            *sweep_block(sweeps)]
+    blocks = [Heading(TITLE, 1), Bullets(tuple(header)), Text("The published variant reproduces each flaw of the "
+                                                              "authors' code exactly:"), Bullets(flaws),
+              *roles_block(roles), *paired_block(paired), *calibration_block(calibration), *ensemble_block(gains),
+              *sweep_block(sweeps)]
+    return [Heading(b.text, b.level + level - 1) if isinstance(b, Heading) else b for b in blocks]
 
 
 def metrics(roles: pd.DataFrame, gains: pd.DataFrame, sweeps: list[dict]) -> dict[str, float]:
@@ -141,3 +148,47 @@ def metrics(roles: pd.DataFrame, gains: pd.DataFrame, sweeps: list[dict]) -> dic
         if "best_val_nll" in s:
             found[f"sweep.{s['loss']}.best_val_nll"] = s["best_val_nll"]
     return {k: v for k, v in found.items() if not math.isnan(v)}
+
+
+# Each table as the ablation run logs it: file name and index columns.
+TABLE_FILES = {"roles": ("ablation_roles.csv", ["loss", "role"]), "paired": ("ablation_paired.csv", ["loss", "seed"]),
+               "calibration": ("ablation_calibration.csv", ["model_row"]),
+               "gains": ("ablation_ensembles.csv", ["ensembles"])}
+SUMMARY_FILE = "ablation_summary.json"      # the header lines and the sweeps' summaries
+
+
+@dataclass
+class AblationTables:
+    """Everything the report shows, as logged on the ablation run (so the ``report`` stage can
+    show the same section again)."""
+
+    header: list[str]
+    roles: pd.DataFrame
+    paired: pd.DataFrame
+    calibration: pd.DataFrame
+    gains: pd.DataFrame
+    sweeps: list[dict]
+
+    def blocks(self, level: int = 1) -> list:
+        return build(self.header, self.roles, self.paired, self.calibration, self.gains, self.sweeps, level)
+
+    def save(self, folder: str | Path) -> None:
+        for name, (file, index) in TABLE_FILES.items():
+            frame = getattr(self, name)
+            if len(frame):
+                frame.rename_axis(index).to_csv(Path(folder) / file)
+            else:
+                (Path(folder) / file).write_text("")
+        (Path(folder) / SUMMARY_FILE).write_text(json.dumps({"header": self.header, "sweeps": self.sweeps}, indent=2))
+
+    @classmethod
+    def load(cls, run_id: str) -> AblationTables:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=tmp))
+            frames = {}
+            for name, (file, index) in TABLE_FILES.items():
+                text = (local / file).read_text()
+                frames[name] = pd.read_csv(local / file, index_col=index) if text.strip() else pd.DataFrame()
+            summary = json.loads((local / SUMMARY_FILE).read_text())
+        return cls(summary["header"], frames["roles"], frames["paired"], frames["calibration"], frames["gains"],
+                   summary["sweeps"])

@@ -26,7 +26,7 @@ REPORT_FILE = "ablation"               # ablation.md and ablation.html on the pa
 
 @dataclass(frozen=True)
 class AblationSettings:
-    profile: dict                      # classify and ensemble settings come from it
+    profile: dict                      # classify, ensemble and sweep settings come from it
     data: Path                         # a crop stage's output
     encoder: str                       # models:/cxr-lung-seg/N, pinned
     seeds: list[int]
@@ -84,7 +84,8 @@ def _run(pipeline: Pipeline, settings: AblationSettings, parent: str) -> str:
 
     classify = stage_settings(settings.profile, "classify")
     sweep_runs = dict(zip(settings.sweep_losses, pipeline.run_steps([
-        Step(f"sweep.{loss}", "sweep", {**classify, "loss": loss, "data": settings.data, "encoder": settings.encoder,
+        Step(f"sweep.{loss}", "sweep", {**classify, **stage_settings(settings.profile, "sweep"), "loss": loss,
+                                        "data": settings.data, "encoder": settings.encoder,
                                         "seed": settings.seeds[0], "pruner": settings.pruner,
                                         "variant": variants.CORRECTED},
              chain.training_input(data_print, settings.encoder)) for loss in settings.sweep_losses])))
@@ -98,18 +99,17 @@ def _run(pipeline: Pipeline, settings: AblationSettings, parent: str) -> str:
     sweeps = [tables.sweep_summary(loss, results.sweep_trials(run_id)) for loss, run_id in sweep_runs.items() if run_id]
     header = [f"Data: {settings.data} (fingerprint {data_print[:12]})", f"Encoder: {settings.encoder}",
               f"Seeds: {', '.join(map(str, settings.seeds))}; ensembles and sweeps with seed {settings.seeds[0]}",
-              f"Parent run: {parent}"]
-    blocks = report.build(header, roles, paired, calibration, gains, sweeps)
+              f"Ablation run: {parent}"]
+    found_tables = report.AblationTables(header, roles, paired, calibration, gains, sweeps)
+    blocks = found_tables.blocks()
     client = mlflow.MlflowClient()
+    markdown = to_markdown(blocks)
     with tempfile.TemporaryDirectory() as tmp:
-        markdown = to_markdown(blocks)
         (Path(tmp) / f"{REPORT_FILE}.md").write_text(markdown, encoding="utf-8")
         (Path(tmp) / f"{REPORT_FILE}.html").write_text(to_html(blocks), encoding="utf-8")
-        roles.to_csv(Path(tmp) / "ablation_roles.csv")
-        paired.to_csv(Path(tmp) / "ablation_paired.csv")
-        calibration.to_csv(Path(tmp) / "ablation_calibration.csv")
-        gains.to_csv(Path(tmp) / "ablation_ensembles.csv")
+        found_tables.save(tmp)
         client.log_artifacts(parent, tmp)
+    client.set_tag(parent, names.DATA_FINGERPRINT_TAG, data_print)
     for key, value in report.metrics(roles, gains, sweeps).items():
         client.log_metric(parent, key, value)
     return markdown

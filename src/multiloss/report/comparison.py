@@ -834,14 +834,16 @@ def to_html(blocks: list) -> str:
 
 def write_report(out_dir: str | os.PathLike, ours: OurResults | None = None, *, segment_eval_run: str | None = None,
                  classify_runs: list[str] | None = None, ensemble_run: str | None = None,
-                 dataset_label: str | None = None, paper_file: str | os.PathLike = paths.PAPER_RESULTS) -> Path:
+                 dataset_label: str | None = None, paper_file: str | os.PathLike = paths.PAPER_RESULTS,
+                 appendix: list = ()) -> Path:
     """Write ``comparison.md`` and ``comparison.html`` into ``out_dir``; returns the Markdown path.
 
-    ``ours`` defaults to :func:`collect` with the given run ids and label (None = latest / infer).
+    ``ours`` defaults to :func:`collect` with the given run ids and label (None = latest / infer);
+    ``appendix``: blocks appended after the paper's tables (the ablation's section).
     """
     if ours is None:
         ours = collect(segment_eval_run, classify_runs, ensemble_run, dataset_label)
-    blocks = build_report(ours, load_paper(paper_file))
+    blocks = [*build_report(ours, load_paper(paper_file)), *appendix]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in ((REPORT_MARKDOWN, to_markdown(blocks)), (REPORT_HTML, to_html(blocks))):
