@@ -23,7 +23,7 @@ def test_the_ablation_trains_both_variants_and_the_base_and_reports_them(tmp_pat
     profile.write_text(yaml.safe_dump({
         "workers": 1, "crop": {"out": str(cropped)},
         "classify": {"losses": ["cce", "cal_cce"], "img_size": 32, "epochs": 1, "batch_size": 8, "ci_method": "wald"},
-        "ensemble": {"top_k": "2", "epochs": 1, "batch_size": 8, "ci_method": "wald"},
+        "ensemble": {"top_k": "2", "epochs": 1, "batch_size": 8, "ci_method": "wald", "include_degenerate": "true"},
         "sweep": {"grid": str(grid)}}))
     argv = ["--profile", str(profile), "--seeds", "0,1", "--sweep-losses", "cal_cce"]
     ablation.main(argv)
