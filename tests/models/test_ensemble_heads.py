@@ -79,6 +79,7 @@ def test_model_level_trains_only_its_new_layers_and_shares_them_with_the_head():
     features = ensemble.features.predict(images, verbose=0)
     assert features.shape == (6, 8, 8, 16)                       # two members × 8 channels
     labels = np.eye(3)[[0, 1, 2, 0, 1, 2]]
+    conv, dense = (ensemble.full.get_layer(n).get_weights() for n in (ENSEMBLE_CONV, "ensemble_softmax"))
     ensemble.head.compile(optimizer=tf_keras.optimizers.SGD(0.5), loss="categorical_crossentropy")
     ensemble.head.fit(features, labels, epochs=3, verbose=0)
     np.testing.assert_allclose(ensemble.full.predict(images, verbose=0), ensemble.head.predict(features, verbose=0),
@@ -86,6 +87,34 @@ def test_model_level_trains_only_its_new_layers_and_shares_them_with_the_head():
     for member, weights in zip(members, before):
         for now, then in zip(member.get_weights(), weights):
             np.testing.assert_array_equal(now, then)
+    for name, then in ((ENSEMBLE_CONV, conv), ("ensemble_softmax", dense)):     # both new layers trained
+        assert not np.allclose(ensemble.full.get_layer(name).get_weights()[0], then[0]), name
+
+
+def test_the_published_model_level_ensemble_trains_only_its_last_dense_layer():
+    """Flaw head_dense_only: the 1×1 convolution keeps its seeded random weights, on cached
+    features and through the full image model alike."""
+    members = [tiny_member(1), tiny_member(2)]
+    tf_keras.utils.set_random_seed(7)
+    ensemble = ModelLevel(members, ["a", "b"], filters=16, freeze_conv=True)
+    tf_keras.utils.set_random_seed(7)
+    corrected = ModelLevel(members, ["a", "b"], filters=16)
+    for model in (ensemble.full, ensemble.head):
+        assert [layer.name for layer in model.layers if layer.trainable_weights] == ["ensemble_softmax"]
+        assert [w.name.split("/")[0] for w in model.trainable_weights] == ["ensemble_softmax"] * 2
+    conv, dense = (ensemble.full.get_layer(n).get_weights() for n in (ENSEMBLE_CONV, "ensemble_softmax"))
+    for mine, theirs in zip(conv, corrected.full.get_layer(ENSEMBLE_CONV).get_weights()):
+        np.testing.assert_array_equal(mine, theirs)                  # the same seeded initial weights
+    images = np.random.default_rng(0).random((6, 16, 16, 3)).astype(np.float32)
+    labels = np.eye(3)[[0, 1, 2, 0, 1, 2]]
+    for model, x in ((ensemble.head, ensemble.features.predict(images, verbose=0)), (ensemble.full, images)):
+        model.compile(optimizer=tf_keras.optimizers.SGD(0.5), loss="categorical_crossentropy")
+        model.fit(x, labels, epochs=3, verbose=0)
+        for now, then in zip(ensemble.full.get_layer(ENSEMBLE_CONV).get_weights(), conv):
+            np.testing.assert_array_equal(now, then)
+        moved = ensemble.full.get_layer("ensemble_softmax").get_weights()
+        assert not np.allclose(moved[0], dense[0]) and not np.allclose(moved[1], dense[1])
+        dense = moved
 
 
 def test_model_level_refuses_a_member_without_the_cut_layer():

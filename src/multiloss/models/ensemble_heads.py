@@ -2,7 +2,9 @@
 
 Model level: every member is cut at its deepest convolution and frozen; the features are
 concatenated and a new 1×1 convolution (to 512), GAP and Dense(3, softmax) are trained — all the
-new layers, unlike the published code, which froze the 1×1 convolution. The new layers are shared
+new layers, unlike the published code, which froze the 1×1 convolution at its (seeded) random
+initial weights and trained the last Dense layer only (``freeze_conv=True`` reproduces that, the
+variant flaw ``head_dense_only``). The new layers are shared
 between the full image model and a head that runs on precomputed member features, so training can
 use cached features (the members are frozen, so the features never change) and the full model
 carries the trained weights without copying.
@@ -93,20 +95,22 @@ class ModelLevel:
     ``full`` maps images to class probabilities; ``features`` maps images to the concatenated member
     features (``member_feature_models``, in order); ``head`` maps those features to probabilities.
     ``head`` and ``full`` share the trainable layers, so training the head on cached features
-    trains the full model."""
+    trains the full model. ``freeze_conv``: the published code's head, whose 1×1 convolution keeps
+    its initial weights and only the last Dense layer trains."""
 
     def __init__(self, members: list[tf_keras.Model], names: list[str], n_classes: int = len(CLASSES),
-                 filters: int = 512):
+                 filters: int = 512, freeze_conv: bool = False):
         if len(members) < 2:
             raise ValueError(f"a model-level ensemble needs at least 2 members, got {len(members)}")
         cut = [member_features(m, f"member{i}_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", n).strip("_"))
                for i, (m, n) in enumerate(zip(members, names), start=1)]
         self.member_feature_models = cut      # each member's frozen features; ``features`` concatenates them
+        self.freeze_conv = freeze_conv
         image = tf_keras.Input((None, None, 3), name="image")
         concatenated = tf_keras.layers.Concatenate(name="ensemble_concat")([f(image) for f in cut])
         self.features = tf_keras.Model(image, concatenated, name="member_features")
 
-        conv = tf_keras.layers.Conv2D(filters, 1, activation="relu", name=ENSEMBLE_CONV)
+        conv = tf_keras.layers.Conv2D(filters, 1, activation="relu", name=ENSEMBLE_CONV, trainable=not freeze_conv)
         gap = tf_keras.layers.GlobalAveragePooling2D(name="ensemble_gap")
         dense = tf_keras.layers.Dense(n_classes, activation="softmax", name="ensemble_softmax")
         channels = sum(int(f.output.shape[-1]) for f in cut)
