@@ -87,3 +87,112 @@ def test_rebase_maps_members_predictions_onto_another_copy_of_the_data(tmp_path)
     with pytest.raises(ValueError, match="1 of the members' val images are not in the data's train split"):
         rebase(wrong, frame, "val", "train")
 
+
+
+def kermany_like(tmp_path, n_train=18, n_test=9):
+    """Tiny images in a Kermany layout, the read_kermany frame of them, and the members' (made-up)
+    validation and test predictions: validation is the first third of the training images."""
+    import cv2
+    import pandas as pd
+
+    from multiloss.data.classes import CLASSES
+    from multiloss.ensembles.build import SplitPredictions
+
+    rng = np.random.default_rng(11)
+    rows = []
+    for split, n in (("train", n_train), ("test", n_test)):
+        for i in range(n):
+            label = CLASSES[i % 3]
+            path = tmp_path / "chest_xray" / split / label.upper() / f"{split}{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), rng.integers(0, 256, (20, 20), dtype=np.uint8))
+            rows.append({"path": str(path), "split": split, "label": label})
+    frame = pd.DataFrame(rows)
+    train, test = frame[frame.split == "train"], frame[frame.split == "test"]
+    val = train.iloc[: n_train // 3]
+
+    def predictions(part):
+        return SplitPredictions(part["path"].tolist(), np.arange(len(part)) % 3,
+                                rng.dirichlet(np.ones(3), size=(3, len(part))))
+    return frame, predictions(val), predictions(test)
+
+
+def test_the_published_ensembles_fit_on_test_and_on_the_members_training_images(tmp_path, monkeypatch):
+    """Variant flaws test_selection, stacking_on_train and head_dense_only, each exactly, against
+    the corrected fits on validation."""
+    from multiloss.data.datasets import image_dataset, label_indices
+    from multiloss.ensembles import build
+    from multiloss.ensembles.combiners import optimize_weights, weighted_mean
+    from multiloss.models.ensemble_heads import (
+        ENSEMBLE_CONV,
+        ModelLevel,
+        fit_stacking,
+        stacking_predict,
+    )
+
+    frame, val, test = kermany_like(tmp_path)
+    members, names = [tiny_member(1), tiny_member(2), tiny_member(3)], ["a (v1)", "b (v2)", "c (v3)"]
+    initial = {}
+
+    class Recording(ModelLevel):                          # each head's new layers as they were built
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            initial[id(self)] = {n: self.full.get_layer(n).get_weights() for n in (ENSEMBLE_CONV, "ensemble_softmax")}
+
+    monkeypatch.setattr(build, "ModelLevel", Recording)
+    built = {}
+    with store.stage_run("ensembles", run_name="variants"):
+        for variant in ("published", "corrected"):
+            _, ensembles, levels = build.build_all(names, members, frame, val, test, top_k=[2, 3], img_size=16,
+                                                   epochs=2, batch_size=4, lr=0.1, patience=2, variant=variant)
+            built[variant] = {e.name: e for e in ensembles}
+
+    train = frame[(frame.split == "train") & ~frame.path.isin(val.paths)]
+    assert len(train) == 12
+    own = np.stack([m.predict(image_dataset(train.path.tolist(), img_size=16, batch_size=4), verbose=0)
+                    for m in members])
+    own_labels = label_indices(train.label.tolist())
+    published, corrected = built["published"], built["corrected"]
+    for k in (2, 3):
+        # test_selection: the SLSQP weights (restarts included) are the test predictions' best
+        weighted = published[f"weighted top-{k}"]
+        np.testing.assert_array_equal(weighted.weights, optimize_weights(test.probs[:k], test.labels))
+        np.testing.assert_array_equal(weighted.val_probs, weighted_mean(val.probs[:k], weighted.weights))
+        np.testing.assert_array_equal(corrected[f"weighted top-{k}"].weights,
+                                      optimize_weights(val.probs[:k], val.labels))
+        assert not np.allclose(weighted.weights, corrected[f"weighted top-{k}"].weights)
+        assert (weighted.fitted_on, corrected[f"weighted top-{k}"].fitted_on) == ("test", "val")
+
+        # stacking_on_train: fitted on the members' predictions on their own training images
+        stacking, honest = published[f"stacking top-{k}"], corrected[f"stacking top-{k}"]
+        for mine, refit, on_val in zip(stacking.stacker.get_weights(), fit_stacking(own[:k], own_labels).get_weights(),
+                                       honest.stacker.get_weights()):
+            np.testing.assert_array_equal(mine, refit)
+            assert not np.allclose(mine, on_val)
+        for mine, refit in zip(honest.stacker.get_weights(), fit_stacking(val.probs[:k], val.labels).get_weights()):
+            np.testing.assert_array_equal(mine, refit)
+        np.testing.assert_array_equal(stacking.val_probs, stacking_predict(stacking.stacker, val.probs[:k]))
+        assert (stacking.fitted_on, honest.fitted_on) == ("train", "val")
+
+        # head_dense_only: the 1×1 convolution is as it was built, the Dense layer trained
+        for variant, frozen in (("published", True), ("corrected", False)):
+            head = built[variant][f"model-level top-{k}"].parts[0]
+            assert head.freeze_conv is frozen
+            start = initial[id(head)]
+            conv, dense = (head.full.get_layer(n).get_weights() for n in (ENSEMBLE_CONV, "ensemble_softmax"))
+            assert np.array_equal(conv[0], start[ENSEMBLE_CONV][0]) is frozen, variant
+            assert not np.allclose(dense[0], start["ensemble_softmax"][0]), variant
+
+    levels = [published[f"model-level top-{k}"] for k in (2, 3)]
+    np.testing.assert_array_equal(published["weighted model-level top-2+3"].weights,
+                                  optimize_weights(np.stack([e.test_probs for e in levels]), test.labels))
+    levels = [corrected[f"model-level top-{k}"] for k in (2, 3)]
+    np.testing.assert_array_equal(corrected["weighted model-level top-2+3"].weights,
+                                  optimize_weights(np.stack([e.val_probs for e in levels]), val.labels))
+
+
+def test_the_split_ensembles_are_chosen_on_is_test_only_under_test_selection():
+    from multiloss.ensembles.build import selection_split
+
+    assert [selection_split(v) for v in ("corrected", "published", "test_selection", "stacking_on_train+head_dense_only",
+                                         "calibration_no_gradient")] == ["val", "test", "test", "val", "val"]

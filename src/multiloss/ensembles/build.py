@@ -6,6 +6,14 @@ validation loss. Each ensemble also carries validation predictions for choosing 
 without the test set: out of fold for SLSQP and stacking (scored on the images they were fitted on,
 they would always win). The model-level heads' are only nearly honest: their checkpoint was chosen
 on the validation loss, a mild optimism shared by every early-stopped model, members included.
+
+A variant's ensemble flaws (:mod:`multiloss.variants`) reproduce the published code instead:
+``head_dense_only`` freezes the model-level heads' 1×1 convolution at its seeded initial weights
+and trains their last Dense layer only; ``stacking_on_train`` fits the stacking learner on the
+members' predictions on the images they were trained on; ``test_selection`` fits the SLSQP weights
+(and so picks their restarts) on the test predictions, and the members and the best ensemble are
+chosen on test (:func:`selection_split`). A combiner fitted on other images than validation needs
+no folds: its validation predictions are out of sample as they are.
 """
 
 from __future__ import annotations
@@ -19,9 +27,10 @@ import pandas as pd
 import tensorflow as tf
 import tf_keras
 
+from multiloss import variants
 from multiloss.classification.scoring import read_predictions, score_split
 from multiloss.data.classes import CLASSES
-from multiloss.data.datasets import image_dataset, one_hot
+from multiloss.data.datasets import image_dataset, label_indices, one_hot
 from multiloss.ensembles.combiners import (
     majority_probs,
     mean_probs,
@@ -48,6 +57,10 @@ class SplitPredictions:
     labels: np.ndarray
     probs: np.ndarray                  # (members, images, classes)
 
+    def top(self, k: int) -> SplitPredictions:
+        """The predictions of the first ``k`` members (the best, as members come best first)."""
+        return SplitPredictions(self.paths, self.labels, self.probs[:k])
+
 
 @dataclass
 class Ensemble:
@@ -59,6 +72,12 @@ class Ensemble:
     weights: np.ndarray | None = None
     stacker: tf_keras.Model | None = None
     parts: list = field(default_factory=list)   # model-level ensembles: their ModelLevel objects
+    fitted_on: str | None = None       # the split a fitted combiner learnt from: val (train, test: a flaw)
+
+
+def selection_split(variant: variants.Variant | str | None) -> str:
+    """The split members and the best ensemble are chosen on: test under the flaw ``test_selection``."""
+    return "test" if variants.parse(variant).has("test_selection") else "val"
 
 
 def member_predictions(run_ids: list[str], split: str) -> SplitPredictions:
@@ -105,11 +124,22 @@ def rebase(predictions: SplitPredictions, frame: pd.DataFrame, split: str, subse
 
 
 def prediction_level(names: list[str], val: SplitPredictions, test: SplitPredictions, *, seed: int = 0,
-                     stacking_epochs: int = 300) -> list[Ensemble]:
-    """Majority vote, mean, SLSQP-weighted mean and stacking of the given members."""
+                     stacking_epochs: int = 300, weights_on: str = "val",
+                     stacking_on: SplitPredictions | None = None) -> list[Ensemble]:
+    """Majority vote, mean, SLSQP-weighted mean and stacking of the given members.
+
+    The weights are fitted on validation, or with ``weights_on="test"`` on the test predictions
+    (flaw ``test_selection``); the stacking learner on validation, or on the predictions
+    ``stacking_on`` (flaw ``stacking_on_train``: the members' on their own training images).
+    Fitted on validation, a combiner's validation predictions are out of fold; fitted elsewhere,
+    they are its predictions on validation."""
+    if weights_on not in ("val", "test"):
+        raise ValueError(f"weights_on must be val or test, got {weights_on!r}")
     k = len(names)
     v, t, y = val.probs, test.probs, val.labels
     label = f"top-{k}"
+    if stacking_on is not None and stacking_on.probs.shape[0] != k:
+        raise ValueError(f"stacking_on holds {stacking_on.probs.shape[0]} members' predictions, not {k}")
 
     def weighted_fit_predict(train_probs, train_labels, held_probs):
         return weighted_mean(held_probs, optimize_weights(train_probs, train_labels, seed=seed))
@@ -117,15 +147,25 @@ def prediction_level(names: list[str], val: SplitPredictions, test: SplitPredict
     def stacking_fit_predict(train_probs, train_labels, held_probs):
         return stacking_predict(fit_stacking(train_probs, train_labels, epochs=stacking_epochs, seed=seed), held_probs)
 
-    weights = optimize_weights(v, y, seed=seed)
-    stacker = fit_stacking(v, y, epochs=stacking_epochs, seed=seed)
+    if weights_on == "val":
+        weights = optimize_weights(v, y, seed=seed)
+        weighted_val = out_of_fold(weighted_fit_predict, v, y, seed=seed)
+    else:
+        weights = optimize_weights(t, test.labels, seed=seed)
+        weighted_val = weighted_mean(v, weights)
+    if stacking_on is None:
+        stacker = fit_stacking(v, y, epochs=stacking_epochs, seed=seed)
+        stacking_val = out_of_fold(stacking_fit_predict, v, y, seed=seed)
+    else:
+        stacker = fit_stacking(stacking_on.probs, stacking_on.labels, epochs=stacking_epochs, seed=seed)
+        stacking_val = stacking_predict(stacker, v)
     return [
         Ensemble(f"majority {label}", "majority", names, majority_probs(v), majority_probs(t)),
         Ensemble(f"mean {label}", "mean", names, mean_probs(v), mean_probs(t)),
-        Ensemble(f"weighted {label}", "weighted", names, out_of_fold(weighted_fit_predict, v, y, seed=seed),
-                 weighted_mean(t, weights), weights=weights),
-        Ensemble(f"stacking {label}", "stacking", names, out_of_fold(stacking_fit_predict, v, y, seed=seed),
-                 stacking_predict(stacker, t), stacker=stacker),
+        Ensemble(f"weighted {label}", "weighted", names, weighted_val, weighted_mean(t, weights), weights=weights,
+                 fitted_on=weights_on),
+        Ensemble(f"stacking {label}", "stacking", names, stacking_val, stacking_predict(stacker, t), stacker=stacker,
+                 fitted_on="val" if stacking_on is None else "train"),
     ]
 
 
@@ -133,12 +173,23 @@ def _features(model: tf_keras.Model, paths: list[str], img_size: int, batch_size
     return model.predict(image_dataset(paths, img_size=img_size, batch_size=batch_size, cache=False), verbose=0)
 
 
+def predict_split(members: list[tf_keras.Model], paths: list[str], labels: list[str], *, img_size: int,
+                  batch_size: int) -> SplitPredictions:
+    """The members' predictions on the images ``paths`` (labels: class names), as :func:`member_predictions`
+    reads those the members logged."""
+    probs = np.stack([_features(member, paths, img_size, batch_size) for member in members])
+    return SplitPredictions(list(paths), label_indices(labels), probs)
+
+
 def model_level(names: list[str], members: list[tf_keras.Model], *, train_paths: list[str], train_labels: list[str],
                 val: SplitPredictions, test: SplitPredictions, img_size: int, epochs: int, batch_size: int,
                 lr: float, patience: int, seed: int = 0, metric_prefix: str = "",
                 max_cache_bytes: int = MAX_FEATURE_CACHE_BYTES,
-                feature_cache: dict[tuple[str, str, int], np.ndarray] | None = None) -> Ensemble:
+                feature_cache: dict[tuple[str, str, int], np.ndarray] | None = None,
+                freeze_conv: bool = False) -> Ensemble:
     """Train the model-level ensemble's new layers on the training split; the members stay frozen.
+    ``freeze_conv`` (flaw ``head_dense_only``): its 1×1 convolution keeps its seeded initial
+    weights and only the last Dense layer trains.
 
     SGD with momentum, as the classifiers, keeping the lowest-validation-loss weights. Frozen
     members' features never change, so when they fit in ``max_cache_bytes`` each member's are
@@ -146,7 +197,7 @@ def model_level(names: list[str], members: list[tf_keras.Model], *, train_paths:
     so the top-3 and top-5 ensembles share them), and the head trains and predicts on them. The
     limit counts the cache and the concatenated copy; past it the cache is emptied."""
     tf_keras.utils.set_random_seed(seed)
-    ensemble = ModelLevel(members, names)
+    ensemble = ModelLevel(members, names, freeze_conv=freeze_conv)
     classes = [str(c) for c in np.asarray(train_labels)]
     val_labels = [CLASSES[i] for i in val.labels]
     ensemble.head.compile(optimizer=tf_keras.optimizers.SGD(lr, momentum=0.9), loss="categorical_crossentropy")
@@ -165,7 +216,7 @@ def model_level(names: list[str], members: list[tf_keras.Model], *, train_paths:
                          patience=patience, metric_prefix=metric_prefix)
         predict = lambda paths: _features(ensemble.full, paths, img_size, batch_size)  # noqa: E731
         return Ensemble(f"model-level top-{len(names)}", "model_level", names, predict(val.paths), predict(test.paths),
-                        parts=[ensemble])
+                        parts=[ensemble], fitted_on="train")
 
     def features(split: str, paths: list[str]) -> np.ndarray:
         for name, member in zip(names, ensemble.member_feature_models):
@@ -184,23 +235,33 @@ def model_level(names: list[str], members: list[tf_keras.Model], *, train_paths:
                      metric_prefix=metric_prefix)
     predict = lambda x: ensemble.head.predict(x, batch_size=batch_size, verbose=0)  # noqa: E731
     return Ensemble(f"model-level top-{len(names)}", "model_level", names, predict(x_val), predict(x_test),
-                    parts=[ensemble])
+                    parts=[ensemble], fitted_on="train")
 
 
-def weighted_model_level(levels: list[Ensemble], val: SplitPredictions, seed: int = 0) -> Ensemble:
-    """The SLSQP-weighted mean of model-level ensembles (the paper's top-3 + top-5)."""
+def weighted_model_level(levels: list[Ensemble], val: SplitPredictions, test: SplitPredictions, *, seed: int = 0,
+                         weights_on: str = "val") -> Ensemble:
+    """The SLSQP-weighted mean of model-level ensembles (the paper's top-3 + top-5), its weights
+    fitted on the ensembles' validation predictions, or with ``weights_on="test"`` on their test
+    predictions (flaw ``test_selection``); ``val`` and ``test`` give the labels."""
+    if weights_on not in ("val", "test"):
+        raise ValueError(f"weights_on must be val or test, got {weights_on!r}")
     v = np.stack([e.val_probs for e in levels])
     t = np.stack([e.test_probs for e in levels])
-    weights = optimize_weights(v, val.labels, seed=seed)
 
     def fit_predict(train_probs, train_labels, held_probs):
         return weighted_mean(held_probs, optimize_weights(train_probs, train_labels, seed=seed))
 
+    if weights_on == "val":
+        weights = optimize_weights(v, val.labels, seed=seed)
+        honest_val = out_of_fold(fit_predict, v, val.labels, seed=seed)
+    else:
+        weights = optimize_weights(t, test.labels, seed=seed)
+        honest_val = weighted_mean(v, weights)
     sizes = "+".join(str(len(e.members)) for e in levels)
     members = list(dict.fromkeys(m for e in levels for m in e.members))
-    return Ensemble(f"weighted model-level top-{sizes}", "model_level_weighted", members,
-                    out_of_fold(fit_predict, v, val.labels, seed=seed), weighted_mean(t, weights), weights=weights,
-                    parts=[p for e in levels for p in e.parts])
+    return Ensemble(f"weighted model-level top-{sizes}", "model_level_weighted", members, honest_val,
+                    weighted_mean(t, weights), weights=weights, parts=[p for e in levels for p in e.parts],
+                    fitted_on=weights_on)
 
 
 def score_table(singles: list[Ensemble], ensembles: list[Ensemble], test_labels: np.ndarray, val_labels: np.ndarray, *,
@@ -254,26 +315,35 @@ def serving_parts(best: Ensemble, members: list[tf_keras.Model]) -> tuple[list[t
 
 def build_all(names: list[str], members: list[tf_keras.Model], frame: pd.DataFrame, val: SplitPredictions,
               test: SplitPredictions, *, top_k: list[int], img_size: int, epochs: int, batch_size: int, lr: float,
-              patience: int, seed: int = 0) -> tuple[list[Ensemble], list[Ensemble], list[Ensemble]]:
+              patience: int, seed: int = 0, variant: variants.Variant | str | None = None,
+              ) -> tuple[list[Ensemble], list[Ensemble], list[Ensemble]]:
     """Singles, every ensemble for each K in ``top_k``, and the model-level ones among them.
 
     Members are best first, so the top-K are a prefix. The model-level heads train on the training
-    split minus the validation images."""
+    split minus the validation images: the images the members were trained on, which the flaw
+    ``stacking_on_train`` of ``variant`` fits the stacking learner on too (``members`` predict
+    them). ``variant``'s other ensemble flaws: see the module's doc (corrected: none)."""
+    variant = variants.parse(variant)
+    weights_on = selection_split(variant)
     val_keys = {layout_key(p) for p in val.paths}
     train = frame[(frame["split"] == "train") & ~frame["path"].astype(str).map(layout_key).isin(val_keys)]
+    train_paths, train_labels = train["path"].astype(str).tolist(), train["label"].tolist()
+    own_training = (predict_split(members[:max(top_k)], train_paths, train_labels, img_size=img_size,
+                                  batch_size=batch_size) if variant.has("stacking_on_train") else None)
     singles = [Ensemble(name, "single", [name], val.probs[i], test.probs[i]) for i, name in enumerate(names)]
     ensembles, levels, feature_cache = [], [], {}
     for k in top_k:
-        top_val = SplitPredictions(val.paths, val.labels, val.probs[:k])
-        top_test = SplitPredictions(test.paths, test.labels, test.probs[:k])
-        ensembles += prediction_level(names[:k], top_val, top_test, seed=seed)
-        levels.append(model_level(names[:k], members[:k], train_paths=train["path"].astype(str).tolist(),
-                                  train_labels=train["label"].tolist(), val=top_val, test=top_test, img_size=img_size,
-                                  epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
-                                  metric_prefix=f"{level_slug(k)}.", feature_cache=feature_cache))
+        top_val, top_test = val.top(k), test.top(k)
+        ensembles += prediction_level(names[:k], top_val, top_test, seed=seed, weights_on=weights_on,
+                                      stacking_on=None if own_training is None else own_training.top(k))
+        levels.append(model_level(names[:k], members[:k], train_paths=train_paths, train_labels=train_labels,
+                                  val=top_val, test=top_test, img_size=img_size, epochs=epochs,
+                                  batch_size=batch_size, lr=lr, patience=patience, seed=seed,
+                                  metric_prefix=f"{level_slug(k)}.", feature_cache=feature_cache,
+                                  freeze_conv=variant.has("head_dense_only")))
     ensembles += levels
     if len(levels) > 1:
-        ensembles.append(weighted_model_level(levels, val, seed=seed))
+        ensembles.append(weighted_model_level(levels, val, test, seed=seed, weights_on=weights_on))
     return singles, ensembles, levels
 
 
@@ -282,6 +352,7 @@ def level_slug(k: int) -> str:
 
 
 def describe(entries: list[Ensemble]) -> dict:
-    """Every ensemble's kind, members and fitted weights, for an auditable JSON artifact."""
-    return {e.name: {"kind": e.kind, "members": e.members,
+    """Every ensemble's kind, members, fitted weights and the split it was fitted on, for an auditable
+    JSON artifact."""
+    return {e.name: {"kind": e.kind, "members": e.members, "fitted_on": e.fitted_on,
                      "weights": None if e.weights is None else [float(w) for w in e.weights]} for e in entries}
