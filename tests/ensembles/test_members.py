@@ -8,7 +8,7 @@ import mlflow
 import pytest
 import tf_keras
 
-from multiloss import names
+from multiloss import names, variants
 from multiloss.tracking import ranking, registry, store
 from tests.conftest import KERMANY_FILES, write_gray
 
@@ -29,10 +29,12 @@ def register(model_name: str, metrics=None, aliases=(), **tags) -> mlflow.entiti
     return version
 
 
-def classifier(fingerprint: str, loss: str, val_mcc: float, img_size=64, encoder="1", aliases=()) -> str:
-    return str(register(names.CLASSIFIER_MODEL, {"val_mcc": val_mcc, "val_nll": 0.5}, aliases,
+def classifier(fingerprint: str, loss: str, val_mcc: float, img_size=64, encoder="1", aliases=(), test_mcc=None,
+               **tags) -> str:
+    metrics = {"val_mcc": val_mcc, "val_nll": 0.5, **({} if test_mcc is None else {"test_mcc": test_mcc})}
+    return str(register(names.CLASSIFIER_MODEL, metrics, aliases,
                         **{names.LOSS_TAG: loss, names.DATA_FINGERPRINT_TAG: fingerprint,
-                           names.IMG_SIZE_TAG: img_size, "encoder_version": encoder}).version)
+                           names.IMG_SIZE_TAG: img_size, "encoder_version": encoder, **tags}).version)
 
 
 @pytest.fixture
@@ -108,8 +110,9 @@ def test_the_served_model_loads_exactly_the_u_nets_that_cropped(cropped, pool_of
 
     data, _ = cropped
     unet = register(names.SEGMENTATION_MODEL)
-    settings = EnsembleSettings(top_k=[2], metric="val_mcc", select_on="val", distinct="loss", epochs=1,
-                                batch_size=4, lr=0.01, patience=1, seed=0, ci_method="wald", pool="same_data")
+    settings = EnsembleSettings(top_k=[2], metric="val_mcc", variant=variants.parse("corrected"), distinct="loss",
+                                epochs=1, batch_size=4, lr=0.01, patience=1, seed=0, ci_method="wald",
+                                pool="same_data", include_degenerate=False)
     crop = json.loads((data / "crop.json").read_text())
 
     def with_sources(run_id: str, source: str):
@@ -162,3 +165,106 @@ def test_aliases_held_by_versions_of_other_data_are_left_alone(cropped, capsys):
     moved = move_aliases("val", ens_theirs, theirs[:1], OTHER)
     assert holder(names.CLASSIFIER_MODEL, names.top_alias(1)) == theirs[0]
     assert ranking.alias_holder(names.CLASSIFIER_MODEL, names.top_alias(3)) is None
+
+
+def tagged(variant: str, loss: str) -> dict[str, str]:
+    """The variant tags of a classifier of ``loss`` trained with ``variant``."""
+    return variants.tags(variants.parse(variant).for_loss(loss))
+
+
+def test_the_pool_holds_the_classifiers_trained_as_the_variant_prescribes_for_their_loss(cropped):
+    from multiloss.ensembles.members import choose_members, member_pool
+
+    data, here = cropped
+    made = {"cal_fixed": classifier(here, "cal_cce", 0.95),                          # untagged: corrected
+            "cal_published": classifier(here, "cal_cce", 0.9, **tagged("published", "cal_cce")),
+            "cce_published": classifier(here, "cce", 0.85, **tagged("published", "cce")),   # no flaw acts on cce
+            "ls_published": classifier(here, "ls_focal", 0.8, **tagged("published", "ls_focal")),
+            "kld": classifier(here, "kld", 0.7, **tagged("corrected", "kld"))}
+    corrected = member_pool("val_mcc", here)
+    assert corrected.versions == [made[k] for k in ("cal_fixed", "cce_published", "kld")]
+    assert corrected.left_out == {made["cal_published"]: "variant flaws calibration_no_gradient, not none",
+                                  made["ls_published"]: "variant flaws smoothing_half, not none"}
+    published = member_pool("val_mcc", here, variant="published")
+    assert published.versions == [made[k] for k in ("cal_published", "cce_published", "ls_published", "kld")]
+    assert published.left_out == {made["cal_fixed"]: "variant flaws none, not calibration_no_gradient"}
+    # the loss flaws of a list act on their own losses only; ensemble flaws choose no members
+    only_smoothing = member_pool("val_mcc", here, variant="smoothing_half,test_selection")
+    assert only_smoothing.versions == [made[k] for k in ("cal_fixed", "cce_published", "ls_published", "kld")]
+    assert member_pool("val_mcc", here, variant="test_selection").versions == corrected.versions
+    members = choose_members("val_mcc", here, data, 2, variant="published")
+    assert members.versions == [made["cal_published"], made["cce_published"]]
+
+
+def test_degenerate_classifiers_are_left_out_and_set_no_image_size_unless_included(cropped):
+    from multiloss.ensembles.members import choose_members
+
+    data, here = cropped
+    stuck = classifier(here, "cce", 0.99, img_size=32, **{names.DEGENERATE_TAG: "true",
+                                                            names.DEGENERATE_REASON_TAG: "predicts normal only"})
+    fine = [classifier(here, loss, mcc) for loss, mcc in (("focal", 0.8), ("kld", 0.7))]
+    members = choose_members("val_mcc", here, data, 2)
+    assert members.versions == fine and members.img_size == 64
+    assert members.pool.left_out == {stuck: "degenerate: predicts normal only"}
+    included = choose_members("val_mcc", here, data, 1, include_degenerate=True)
+    assert included.versions == [stuck] and included.img_size == 32
+    assert included.pool.left_out == {v: "img_size 64, not 32" for v in fine}
+
+
+def test_a_published_ensemble_run_ranks_on_test_and_says_its_variant(cropped, monkeypatch, capsys):
+    from multiloss.stages import ensemble
+
+    data, here = cropped
+    register(names.SEGMENTATION_MODEL)
+    on_val = classifier(here, "cce", 0.9, test_mcc=0.5)
+    on_test = [classifier(here, loss, 0.7, test_mcc=mcc, **tagged("published", loss))
+               for loss, mcc in (("cal_cce", 0.95), ("focal", 0.8))]
+    kept = {}
+    monkeypatch.setattr(ensemble, "build_and_register", lambda inputs: kept.update(inputs=inputs))
+    ensemble.main(["--data", str(data), "--top-k", "2", "--variant", "published"])
+    inputs = kept["inputs"]
+    assert inputs.key == "test_mcc" and inputs.settings.select_on == "test"
+    assert inputs.members.versions == on_test and inputs.settings.variant == variants.parse("published")
+    run = mlflow.search_runs(experiment_names=[names.ENSEMBLES_EXPERIMENT], output_format="list")[0]
+    assert run.info.run_name == "ensemble-top2-published"
+    assert {k: run.data.tags[k] for k in (names.VARIANT_TAG, names.FLAWS_TAG, names.SELECT_ON_TAG,
+                                          names.TEST_SELECTED_TAG)} == {
+        names.VARIANT_TAG: "published", names.FLAWS_TAG: ",".join(f.name for f in variants.FLAWS),
+        names.SELECT_ON_TAG: "test", names.TEST_SELECTED_TAG: "true"}
+    assert run.data.params["variant"] == "published" and run.data.params["selection_key"] == "test_mcc"
+    assert run.data.params["include_degenerate"] == "false"
+
+    ensemble.main(["--data", str(data), "--top-k", "2", "--distinct", "none"])       # corrected
+    corrected = mlflow.search_runs(experiment_names=[names.ENSEMBLES_EXPERIMENT], output_format="list",
+                                   order_by=["attributes.start_time DESC"])[0]
+    assert corrected.info.run_name == "ensemble-top2" and kept["inputs"].key == "val_mcc"
+    assert corrected.data.tags[names.FLAWS_TAG] == "none" and corrected.data.tags[names.SELECT_ON_TAG] == "val"
+    assert f"v{on_test[0]} (variant flaws calibration_no_gradient, not none)" in capsys.readouterr().out
+    assert kept["inputs"].members.versions[0] == on_val
+
+
+@pytest.mark.parametrize("given, message", [("publshed", "parameter variant: unknown flaw publshed"),
+                                            ("test_selection,nope", "parameter variant: unknown flaw nope")])
+def test_an_unknown_variant_is_refused_naming_the_parameter(given, message, capsys):
+    from multiloss.stages import ensemble
+
+    with pytest.raises(SystemExit):
+        ensemble.parse_args(["--data", "d", "--variant", given])
+    assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ensemble.parse_args(["--data", "d", "--include-degenerate", "maybe"])
+    assert "parameter include_degenerate must be true or false" in capsys.readouterr().err
+
+
+def test_a_test_selected_ensemble_takes_only_test_selected_never_champion(cropped):
+    from multiloss.ensembles.run import move_aliases
+
+    _, here = cropped
+    members = [classifier(here, loss, 0.5, aliases=[names.CHAMPION] if loss == "kld" else ()) for loss in
+               ("cce", "focal", "kld")]
+    old = str(register(names.ENSEMBLE_MODEL, aliases=[names.CHAMPION], **{names.DATA_FINGERPRINT_TAG: here}).version)
+    new = str(register(names.ENSEMBLE_MODEL, **{names.DATA_FINGERPRINT_TAG: here}).version)
+    assert move_aliases("test", new, members[:2], here) == {f"{names.ENSEMBLE_MODEL}@{names.TEST_SELECTED}": new}
+    assert str(registry.alias_version(names.ENSEMBLE_MODEL, names.CHAMPION).version) == old
+    assert str(registry.alias_version(names.CLASSIFIER_MODEL, names.CHAMPION).version) == members[2]
+    assert ranking.alias_holder(names.CLASSIFIER_MODEL, names.top_alias(1)) is None

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from multiloss import names
+from multiloss import names, variants
 from multiloss.classification.scoring import PROBABILITY_COLUMNS, read_predictions
 from multiloss.data.synthetic import write_synthetic
 from multiloss.ensembles import build
@@ -39,12 +39,15 @@ def test_ensemble_stage_registers_an_end_to_end_model(tmp_path, monkeypatch, reg
         return real_fit(member_probs, labels, **kwargs)
 
     monkeypatch.setattr(build, "fit_stacking", spy)
-    ensemble.main(["--data", str(cropped), "--top-k", "2,3", "--epochs", "1", "--batch-size", "8",
-                   "--ci-method", "wald"])
+    # one-epoch classifiers are flagged degenerate: the pool takes them only when asked
+    common = ["--data", str(cropped), "--top-k", "2,3", "--epochs", "1", "--batch-size", "8", "--ci-method", "wald",
+              "--include-degenerate", "true"]
+    ensemble.main(common)
 
     client = mlflow.MlflowClient()
     run = mlflow.search_runs(experiment_names=["ensembles"], output_format="list")[0]
     assert run.info.status == "FINISHED" and run.data.tags["select_on"] == "val"
+    assert run.data.tags[names.VARIANT_TAG] == "corrected" and run.data.tags[names.FLAWS_TAG] == "none"
     table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
                                                             artifact_path="ensemble_scores.csv"), index_col="name")
     assert table["kind"].value_counts().to_dict() == {"single": 3, "majority": 2, "mean": 2, "weighted": 2,
@@ -74,6 +77,7 @@ def test_ensemble_stage_registers_an_end_to_end_model(tmp_path, monkeypatch, reg
 
     champion = client.get_model_version_by_alias(names.ENSEMBLE_MODEL, "champion")
     assert champion.tags["ensemble"] == run.data.tags["best_ensemble"]
+    assert champion.tags[names.VARIANT_TAG] == "corrected" and champion.tags[names.FLAWS_TAG] == "none"
     top1 = client.get_model_version_by_alias(names.CLASSIFIER_MODEL, "top1")
     assert str(client.get_model_version_by_alias(names.CLASSIFIER_MODEL, "champion").version) == str(top1.version)
 
@@ -96,3 +100,26 @@ def test_ensemble_stage_registers_an_end_to_end_model(tmp_path, monkeypatch, reg
     assert set(served["path"]) == set(raw)
     order = [raw[p] for p in served["path"]]
     np.testing.assert_allclose(served[PROBABILITY_COLUMNS].to_numpy(float), expected[order], atol=1e-4)
+
+    # the published variant: stacking fitted once per K on the members' training predictions (no
+    # folds, neither validation nor test images), weights on test, and only test_selected moves
+    seen_by_stacking.clear()
+    ensemble.main([*common, "--variant", "published"])
+    published = mlflow.search_runs(experiment_names=["ensembles"], output_format="list",
+                                   order_by=["attributes.start_time DESC"])[0]
+    assert published.info.run_name == "ensemble-top2,3-published" and published.info.status == "FINISHED"
+    assert published.data.tags["select_on"] == "test" and published.data.tags[names.TEST_SELECTED_TAG] == "true"
+    assert published.data.params["selection_key"] == "test_mcc"
+    assert [p.shape[0] for p in seen_by_stacking] == [2, 3]
+    for probs in seen_by_stacking:
+        k = probs.shape[0]
+        rows = {tuple(np.round(probs[:, i].ravel(), 6)) for i in range(probs.shape[1])}
+        assert not rows & {r[: 3 * k] for r in val_rows | test_rows}
+    selected = client.get_model_version_by_alias(names.ENSEMBLE_MODEL, names.TEST_SELECTED)
+    assert selected.tags[names.VARIANT_TAG] == "published" and selected.tags["select_on"] == "test"
+    assert selected.tags[names.FLAWS_TAG] == ",".join(f.name for f in variants.FLAWS)
+    assert client.get_model_version_by_alias(names.ENSEMBLE_MODEL, "champion").version == champion.version
+    weights = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=published.info.run_id,
+                                                                  artifact_path="ensembles.json")).read_text())
+    assert {e["fitted_on"] for e in weights.values() if e["kind"] in ("weighted", "model_level_weighted")} == {"test"}
+    assert {e["fitted_on"] for e in weights.values() if e["kind"] == "stacking"} == {"train"}

@@ -3,8 +3,11 @@
 They are ranked on a validation score (a test score only to reproduce the paper), by default at
 most one per loss. The pool they come from holds one data set (the members' predictions are
 matched to its images), one image size (the model-level ensembles feed every member the same
-batch of images) and, unless widened, one encoder: the best-ranked version's. What the pool left
-out is kept with its reasons, for the stage to print and log.
+batch of images) and, unless widened, one encoder: the best-ranked version's. It holds only
+versions trained as the ensemble's variant prescribes for their loss (a ``published`` ensemble
+combines classifiers trained with the published losses' flaws, a ``corrected`` one classifiers
+trained without them) and no version flagged degenerate unless asked. What the pool left out is
+kept with its reasons, for the stage to print and log.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from multiloss import names
+from multiloss import names, variants
 from multiloss.tracking import ranking
 
 POOLS = ("same_data", "any_encoder")     # any_encoder: members may come from different U-Net encoders
@@ -44,20 +47,42 @@ class Members:
         return [f"{r.version.tags.get(names.LOSS_TAG, '?')} (v{v})" for r, v in zip(self.ranked, self.versions)]
 
 
-def member_pool(key: str, data_print: str, pool: str = "same_data") -> ranking.Pool:
-    """The classifier versions an ensemble of the data with ``data_print`` may use, best first.
+def variant_mismatch(version, variant: variants.Variant) -> str | None:
+    """Why ``version`` was not trained as ``variant`` prescribes for its loss (the loss flaws acting
+    on it; a version tagged before variants existed counts as corrected), or None."""
+    trained = variants.tagged_flaws(version.tags)
+    wanted = variant.members.acting_on(version.tags.get(names.LOSS_TAG, ""))
+    if trained == wanted:
+        return None
+    return f"variant flaws {','.join(trained) or 'none'}, not {','.join(wanted) or 'none'}"
+
+
+def member_pool(key: str, data_print: str, pool: str = "same_data", variant: variants.Variant | str | None = None,
+                include_degenerate: bool = False) -> ranking.Pool:
+    """The classifier versions an ensemble of ``variant`` on the data with ``data_print`` may use,
+    best first.
 
     The data's versions without an image size tag are left out (no model-level ensemble could
-    feed them); among the rest, the best-ranked version sets the image size and the encoder.
+    feed them), those trained otherwise than ``variant`` prescribes for their loss
+    (:func:`variant_mismatch`) and, unless ``include_degenerate``, the degenerate ones; among the
+    rest, the best-ranked version sets the image size and the encoder.
     """
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+    variant = variants.parse(variant)
     ranked, unscored = ranking.scored_versions(names.CLASSIFIER_MODEL, key)
     same_data = {names.DATA_FINGERPRINT_TAG: data_print}
-    untagged = {str(r.version.version): "no img_size tag" for r in ranked
-                if ranking.mismatch(r.version, same_data) is None and not r.version.tags.get(names.IMG_SIZE_TAG)}
-    candidates = [r for r in ranked if ranking.mismatch(r.version, same_data) is None
-                  and str(r.version.version) not in untagged]
+    left_out = {}
+    for r in ranked:
+        if ranking.mismatch(r.version, same_data) is not None:
+            continue                                    # make_pool names the other data
+        why = "no img_size tag" if not r.version.tags.get(names.IMG_SIZE_TAG) else variant_mismatch(r.version, variant)
+        if why is None and not include_degenerate:
+            why = ranking.degenerate(r.version)
+        if why is not None:
+            left_out[str(r.version.version)] = why
+    ranked = [r for r in ranked if str(r.version.version) not in left_out]
+    candidates = [r for r in ranked if ranking.mismatch(r.version, same_data) is None]
     criteria: dict[str, str | None] = dict(same_data)
     reference = ""
     if candidates:
@@ -66,19 +91,21 @@ def member_pool(key: str, data_print: str, pool: str = "same_data") -> ranking.P
         if pool == "same_data":
             criteria[ranking.ENCODER_TAG] = best.tags.get(ranking.ENCODER_TAG)
         reference = f"image size{' and encoder' if pool == 'same_data' else ''} of version {best.version}, the data's best"
-    return ranking.make_pool(names.CLASSIFIER_MODEL, key, ranked, criteria, unscored=unscored, left_out=untagged,
-                             reference=reference, rule=pool)
+    return ranking.make_pool(names.CLASSIFIER_MODEL, key, ranked, criteria, unscored=unscored, left_out=left_out,
+                             reference=reference, rule=pool, include_degenerate=include_degenerate)
 
 
 def choose_members(key: str, data_print: str, data: Path, count: int, distinct: str = "loss",
-                   pool: str = "same_data") -> Members:
-    """The best ``count`` classifier versions by ``key`` in the pool of the data with ``data_print``.
+                   pool: str = "same_data", variant: variants.Variant | str | None = None,
+                   include_degenerate: bool = False) -> Members:
+    """The best ``count`` classifier versions by ``key`` in the pool of ``variant`` on the data
+    with ``data_print`` (see :func:`member_pool`).
 
     ``distinct="loss"`` keeps the best version of each loss, so an ensemble combines different
     losses rather than seeds of one. Every way the choice can fail raises
     :class:`EnsembleInputError`, naming how many versions there are and what the pool left out.
     """
-    found = member_pool(key, data_print, pool)
+    found = member_pool(key, data_print, pool, variant, include_degenerate)
     ranked = found.ranked
     if distinct == "loss":
         ranked = ranking.distinct_by_tag(ranked, names.LOSS_TAG)

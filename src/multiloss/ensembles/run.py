@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import tf_keras
 
-from multiloss import names
+from multiloss import names, variants
 from multiloss.classification.scoring import predictions_frame, split_figures
 from multiloss.classification.train import TAGGED_SCORES
 from multiloss.data.fingerprint import kermany_fingerprint
@@ -38,6 +38,7 @@ from multiloss.ensembles.build import (
     member_predictions,
     rebase,
     score_table,
+    selection_split,
     serving_parts,
 )
 from multiloss.ensembles.members import EnsembleInputError, Members, choose_members
@@ -63,7 +64,7 @@ class EnsembleSettings:
 
     top_k: list[int]          # ensemble sizes, ascending; the largest is the number of members
     metric: str               # the score members and ensembles are chosen on; its split comes from select_on
-    select_on: str            # val, or test to reproduce the paper
+    variant: variants.Variant  # what it reproduces of the published code (multiloss.variants); its members too
     distinct: str             # loss: at most one member per loss; none: repeats allowed
     epochs: int               # the model-level heads' training
     batch_size: int
@@ -72,6 +73,12 @@ class EnsembleSettings:
     seed: int
     ci_method: str
     pool: str                 # same_data: one encoder among the members too; any_encoder
+    include_degenerate: bool  # true: degenerate classifiers may be members
+
+    @property
+    def select_on(self) -> str:
+        """The split members and the best ensemble are chosen on: val, test under flaw test_selection."""
+        return selection_split(self.variant)
 
 
 @dataclass(frozen=True)
@@ -129,7 +136,8 @@ def prepare(settings: EnsembleSettings, data: str | Path) -> EnsembleInputs:
     frame = read_kermany(data)
     data_print = kermany_fingerprint(data, frame)
     store.configure()
-    members = choose_members(key, data_print, data, settings.top_k[-1], settings.distinct, settings.pool)
+    members = choose_members(key, data_print, data, settings.top_k[-1], settings.distinct, settings.pool,
+                             settings.variant, settings.include_degenerate)
     if ranking.base_score(key) not in classification_scores(np.array([0, 1, 2]), np.eye(3)):
         raise EnsembleInputError(f"metric {settings.metric!r} ranks the members, but the ensembles are compared on "
                                  f"the classification scores; use one of them (mcc, auroc_micro, ece, ...)")
@@ -190,7 +198,8 @@ def build_and_score(inputs: EnsembleInputs) -> Scored:
     """Every ensemble for each size in ``top_k``, scored on test beside the single members.
 
     The best ensemble (and the best model-level one, which Grad-CAM explains) is chosen on
-    ``select_on``'s predictions, out of fold where a combiner was fitted on validation.
+    ``select_on``'s predictions, out of fold where a combiner was fitted on validation. The
+    variant's ensemble flaws act in :func:`build_all`.
     """
     settings, members = inputs.settings, inputs.members
     run_ids = [r.version.run_id for r in members.ranked]
@@ -200,7 +209,8 @@ def build_and_score(inputs: EnsembleInputs) -> Scored:
     singles, ensembles, levels = build_all(members.member_names, models, inputs.frame, val, test,
                                            top_k=settings.top_k, img_size=members.img_size, epochs=settings.epochs,
                                            batch_size=settings.batch_size, lr=settings.lr,
-                                           patience=settings.patience, seed=settings.seed)
+                                           patience=settings.patience, seed=settings.seed,
+                                           variant=settings.variant)
     table = score_table(singles, ensembles, test.labels, val.labels, reference=singles[0],
                         ci_method=settings.ci_method, seed=settings.seed)
     select_labels = val.labels if settings.select_on == "val" else test.labels
@@ -263,6 +273,7 @@ def register_best(inputs: EnsembleInputs, scored: Scored) -> str:
     registry.tag_version(names.ENSEMBLE_MODEL, version, {
         "ensemble": best.name, "kind": best.kind, "k": len(best.members), "members": ",".join(in_best),
         "segmenters": ",".join(inputs.crop["members"]), names.SELECT_ON_TAG: inputs.settings.select_on,
+        **variants.tags(inputs.settings.variant),
         names.DATA_FINGERPRINT_TAG: inputs.data_print, names.IMG_SIZE_TAG: members.img_size,
         "val_mcc": round(float(headline["val_mcc"]), 6),
         **{f"test_{m}": round(float(headline[m]), 6) for m in TAGGED_SCORES}})

@@ -3,6 +3,10 @@
 The comparison table carries significance tests against the best single model; the best ensemble
 is registered as ``cxr-ensemble``, an end-to-end pyfunc (raw image → segment → crop → members →
 combine), so serving needs neither the crop stage nor the registry it came from.
+
+``variant`` reproduces flaws of the published code (multiloss.variants): its ensemble flaws act in
+the ensembles (``test_selection`` also chooses the members and the best ensemble on test), its loss
+flaws choose the members (classifiers trained with exactly the flaws it prescribes for their loss).
 """
 
 from __future__ import annotations
@@ -12,11 +16,11 @@ import dataclasses
 
 import mlflow
 
-from multiloss import names
+from multiloss import names, variants
 from multiloss.ensembles.members import POOLS, EnsembleInputError
 from multiloss.ensembles.run import EnsembleSettings, build_and_register, prepare
 from multiloss.metrics.classification import CI_METHODS, MCC_INTERVAL_LABELS
-from multiloss.stages.cli import StageParser, integer
+from multiloss.stages.cli import StageParser, boolean, integer
 from multiloss.tracking import ranking, store
 
 
@@ -30,13 +34,19 @@ def top_k_list(text: str) -> list[int]:
     return values
 
 
+def read_variant(text: str) -> variants.Variant:
+    try:
+        return variants.parse(text)
+    except ValueError as err:                       # names the parameter and the flaws
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def parser() -> StageParser:
     stage = StageParser("ensemble", __doc__)
     stage.parameter("top_k", type=top_k_list, help="ensemble sizes, e.g. 3,5")
     stage.parameter("metric",
-                    help="score to rank members on (mcc, auroc_micro, ece, ...); its split comes from --select-on")
-    stage.parameter("select_on", choices=ranking.SPLITS,
-                    help="split the members and the best ensemble are chosen on; test reproduces the paper")
+                    help="score to rank members on (mcc, auroc_micro, ece, ...) on validation (on test under the "
+                         "flaw test_selection)")
     stage.parameter("data", required=True, help="the cropped dataset the members were trained on")
     stage.parameter("distinct", choices=("loss", "none"),
                     help="loss: at most one member per loss (the best version of each)")
@@ -49,6 +59,12 @@ def parser() -> StageParser:
     stage.parameter("pool", choices=POOLS,
                     help="same_data: members share the best version's encoder (and always its data and image size); "
                          "any_encoder: any U-Net encoder")
+    stage.parameter("include_degenerate", type=boolean("include_degenerate"),
+                    help="true: classifiers flagged degenerate on validation may be members")
+    stage.parameter("variant", type=read_variant,
+                    help="corrected, published, or flaws of the published code to reproduce: "
+                         + ", ".join(variants.BY_NAME) + "; members are classifiers trained with the loss flaws "
+                         "it names for their loss")
     return stage
 
 
@@ -63,22 +79,24 @@ def main(argv=None) -> None:
         inputs = prepare(settings, args.data)
     except EnsembleInputError as err:
         raise SystemExit(f"ensemble: {err}") from None
+    select_on = settings.select_on
     if args.metric != inputs.key:
-        print(f"ensemble: ranking on {inputs.key} (metric {args.metric!r} on select_on={args.select_on})")
+        print(f"ensemble: ranking on {inputs.key} (metric {args.metric!r} on {select_on}, variant {args.variant.name})")
     print(f"ensemble: {inputs.members.pool.describe()}")
 
     sizes = ",".join(map(str, args.top_k))
-    with store.stage_run(names.ENSEMBLES_EXPERIMENT, run_name=f"ensemble-top{sizes}"):
-        store.log_params({"top_k": sizes, "metric": args.metric, "select_on": args.select_on,
+    suffix = "" if args.variant.name == variants.CORRECTED else f"-{args.variant.name}"
+    with store.stage_run(names.ENSEMBLES_EXPERIMENT, run_name=f"ensemble-top{sizes}{suffix}"):
+        store.log_params({"top_k": sizes, "metric": args.metric, "variant": args.variant.name,
                           "selection_key": inputs.key, "data": str(inputs.data), "distinct": args.distinct,
                           "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                           "patience": args.patience, "seed": args.seed, "ci_method": args.ci_method,
-                          "pool": args.pool, "img_size": inputs.members.img_size,
-                          "members": ",".join(inputs.members.versions)})
-        mlflow.set_tags({names.STAGE_TAG: "ensemble", names.SELECT_ON_TAG: args.select_on,
+                          "pool": args.pool, "include_degenerate": str(args.include_degenerate).lower(),
+                          "img_size": inputs.members.img_size, "members": ",".join(inputs.members.versions)})
+        mlflow.set_tags({names.STAGE_TAG: "ensemble", names.SELECT_ON_TAG: select_on,
                          names.DATA_FINGERPRINT_TAG: inputs.data_print,
-                         names.TEST_SELECTED_TAG: str(args.select_on == "test").lower(),
-                         names.MCC_INTERVAL_TAG: MCC_INTERVAL_LABELS[args.ci_method]})
+                         names.TEST_SELECTED_TAG: str(select_on == "test").lower(),
+                         names.MCC_INTERVAL_TAG: MCC_INTERVAL_LABELS[args.ci_method], **variants.tags(args.variant)})
         ranking.log_pool(inputs.members.pool)
         build_and_register(inputs)
 
