@@ -268,3 +268,15 @@ def test_a_test_selected_ensemble_takes_only_test_selected_never_champion(croppe
     assert str(registry.alias_version(names.ENSEMBLE_MODEL, names.CHAMPION).version) == old
     assert str(registry.alias_version(names.CLASSIFIER_MODEL, names.CHAMPION).version) == members[2]
     assert ranking.alias_holder(names.CLASSIFIER_MODEL, names.top_alias(1)) is None
+
+
+def test_members_come_only_from_the_versions_given(cropped):
+    from multiloss.ensembles.members import EnsembleInputError, choose_members
+
+    data, here = cropped
+    made = [classifier(here, loss, mcc) for loss, mcc in (("cce", 0.9), ("focal", 0.8), ("kld", 0.7))]
+    members = choose_members("val_mcc", here, data, 2, versions=(made[1], made[2]))
+    assert members.versions == [made[1], made[2]]
+    assert members.pool.left_out == {made[0]: "not among the versions given"}
+    with pytest.raises(EnsembleInputError, match="top_k 3 needs 3"):
+        choose_members("val_mcc", here, data, 3, versions=(made[1], made[2]))

@@ -58,14 +58,15 @@ def variant_mismatch(version, variant: variants.Variant) -> str | None:
 
 
 def member_pool(key: str, data_print: str, pool: str = "same_data", variant: variants.Variant | str | None = None,
-                include_degenerate: bool = False) -> ranking.Pool:
+                include_degenerate: bool = False, versions: tuple[str, ...] = ()) -> ranking.Pool:
     """The classifier versions an ensemble of ``variant`` on the data with ``data_print`` may use,
     best first.
 
     The data's versions without an image size tag are left out (no model-level ensemble could
     feed them), those trained otherwise than ``variant`` prescribes for their loss
-    (:func:`variant_mismatch`) and, unless ``include_degenerate``, the degenerate ones; among the
-    rest, the best-ranked version sets the image size and the encoder.
+    (:func:`variant_mismatch`), those not among ``versions`` when given and, unless
+    ``include_degenerate``, the degenerate ones; among the rest, the best-ranked version sets the
+    image size and the encoder.
     """
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
@@ -77,6 +78,8 @@ def member_pool(key: str, data_print: str, pool: str = "same_data", variant: var
         if ranking.mismatch(r.version, same_data) is not None:
             continue                                    # make_pool names the other data
         why = "no img_size tag" if not r.version.tags.get(names.IMG_SIZE_TAG) else variant_mismatch(r.version, variant)
+        if why is None and versions and str(r.version.version) not in versions:
+            why = "not among the versions given"
         if why is None and not include_degenerate:
             why = ranking.degenerate(r.version)
         if why is not None:
@@ -97,7 +100,7 @@ def member_pool(key: str, data_print: str, pool: str = "same_data", variant: var
 
 def choose_members(key: str, data_print: str, data: Path, count: int, distinct: str = "loss",
                    pool: str = "same_data", variant: variants.Variant | str | None = None,
-                   include_degenerate: bool = False) -> Members:
+                   include_degenerate: bool = False, versions: tuple[str, ...] = ()) -> Members:
     """The best ``count`` classifier versions by ``key`` in the pool of ``variant`` on the data
     with ``data_print`` (see :func:`member_pool`).
 
@@ -105,7 +108,7 @@ def choose_members(key: str, data_print: str, data: Path, count: int, distinct: 
     losses rather than seeds of one. Every way the choice can fail raises
     :class:`EnsembleInputError`, naming how many versions there are and what the pool left out.
     """
-    found = member_pool(key, data_print, pool, variant, include_degenerate)
+    found = member_pool(key, data_print, pool, variant, include_degenerate, versions)
     ranked = found.ranked
     if distinct == "loss":
         ranked = ranking.distinct_by_tag(ranked, names.LOSS_TAG)

@@ -74,6 +74,7 @@ class EnsembleSettings:
     ci_method: str
     pool: str                 # same_data: one encoder among the members too; any_encoder
     include_degenerate: bool  # true: degenerate classifiers may be members
+    versions: tuple[str, ...] = ()   # the classifier versions members come from; empty: all of the data's
 
     @property
     def select_on(self) -> str:
@@ -137,7 +138,7 @@ def prepare(settings: EnsembleSettings, data: str | Path) -> EnsembleInputs:
     data_print = kermany_fingerprint(data, frame)
     store.configure()
     members = choose_members(key, data_print, data, settings.top_k[-1], settings.distinct, settings.pool,
-                             settings.variant, settings.include_degenerate)
+                             settings.variant, settings.include_degenerate, settings.versions)
     if ranking.base_score(key) not in classification_scores(np.array([0, 1, 2]), np.eye(3)):
         raise EnsembleInputError(f"metric {settings.metric!r} ranks the members, but the ensembles are compared on "
                                  f"the classification scores; use one of them (mcc, auroc_micro, ece, ...)")

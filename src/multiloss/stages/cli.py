@@ -45,6 +45,29 @@ def boolean(name: str):
     return parse
 
 
+def variant(text: str):
+    """A variant of the published code (:mod:`multiloss.variants`); the error names the parameter
+    and the known flaws."""
+    from multiloss import variants
+
+    try:
+        return variants.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def version_list(name: str):
+    """Comma-separated registered version numbers (empty: none given)."""
+    def parse(text: str) -> tuple[str, ...]:
+        chosen = tuple(v.strip() for v in text.split(",") if v.strip())
+        bad = [v for v in chosen if not v.isdigit()]
+        if bad:
+            raise argparse.ArgumentTypeError(f"parameter {name} must be version numbers such as 3,7, got {', '.join(bad)}")
+        return chosen
+    parse.__name__ = name
+    return parse
+
+
 def unet_size(name: str):
     """An integer image size the U-Net can take (a multiple of 32)."""
     from multiloss.models.unet import check_size

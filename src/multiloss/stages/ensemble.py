@@ -20,7 +20,7 @@ from multiloss import names, variants
 from multiloss.ensembles.members import POOLS, EnsembleInputError
 from multiloss.ensembles.run import EnsembleSettings, build_and_register, prepare
 from multiloss.metrics.classification import CI_METHODS, MCC_INTERVAL_LABELS
-from multiloss.stages.cli import StageParser, boolean, integer
+from multiloss.stages.cli import StageParser, boolean, integer, variant, version_list
 from multiloss.tracking import ranking, store
 
 
@@ -32,13 +32,6 @@ def top_k_list(text: str) -> list[int]:
     if not values or values[0] < 2:
         raise argparse.ArgumentTypeError(f"top_k needs sizes of at least 2, got {text!r}")
     return values
-
-
-def read_variant(text: str) -> variants.Variant:
-    try:
-        return variants.parse(text)
-    except ValueError as err:                       # names the parameter and the flaws
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def parser() -> StageParser:
@@ -61,7 +54,9 @@ def parser() -> StageParser:
                          "any_encoder: any U-Net encoder")
     stage.parameter("include_degenerate", type=boolean("include_degenerate"),
                     help="true: classifiers flagged degenerate on validation may be members")
-    stage.parameter("variant", type=read_variant,
+    stage.parameter("versions", type=version_list("versions"),
+                    help="cxr-classifier versions the members are chosen from (empty: every version of the data)")
+    stage.parameter("variant", type=variant,
                     help="corrected, published, or flaws of the published code to reproduce: "
                          + ", ".join(variants.BY_NAME) + "; members are classifiers trained with the loss flaws "
                          "it names for their loss")
@@ -92,7 +87,8 @@ def main(argv=None) -> None:
                           "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                           "patience": args.patience, "seed": args.seed, "ci_method": args.ci_method,
                           "pool": args.pool, "include_degenerate": str(args.include_degenerate).lower(),
-                          "img_size": inputs.members.img_size, "members": ",".join(inputs.members.versions)})
+                          "versions": ",".join(args.versions), "img_size": inputs.members.img_size,
+                          "members": ",".join(inputs.members.versions)})
         mlflow.set_tags({names.STAGE_TAG: "ensemble", names.SELECT_ON_TAG: select_on,
                          names.DATA_FINGERPRINT_TAG: inputs.data_print,
                          names.TEST_SELECTED_TAG: str(select_on == "test").lower(),

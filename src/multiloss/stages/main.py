@@ -13,7 +13,7 @@ import sys
 
 from multiloss import variants
 from multiloss.pipeline import chain, profiles
-from multiloss.stages.cli import StageParser, boolean, integer
+from multiloss.stages.cli import StageParser, boolean, integer, variant
 
 
 def seed_list(text: str) -> list[int]:
@@ -48,21 +48,10 @@ def parser() -> StageParser:
     parser.parameter("workers", type=integer("workers", 0),
                      help="steps run at once (the U-Nets, the classifiers), this process and workers - 1 "
                           "worker processes; 0: the profile's (1 where it sets none)")
-    parser.parameter("variant", type=variant_of("main"),
+    parser.parameter("variant", type=variant,
                      help="corrected, published, or flaws of the published code to reproduce: "
                           + ", ".join(variants.BY_NAME) + "; each classifier gets those acting on its loss")
     return parser
-
-
-def variant_of(stage: str):
-    """An argparse type reading a variant, naming the parameter and the flaws in its error."""
-    def read(text: str) -> variants.Variant:
-        try:
-            return variants.parse(text)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-    read.__name__ = f"{stage} variant"
-    return read
 
 
 def parse_args(argv=None) -> argparse.Namespace:
