@@ -31,7 +31,8 @@ def test_the_ablation_trains_both_variants_and_the_base_and_reports_them(tmp_pat
     assert "ablation: 1 losses (cal_cce) x 2 seeds" in printed and "# What the corrections change" in printed
 
     client = mlflow.MlflowClient()
-    (parent,) = mlflow.search_runs(experiment_names=[names.ABLATION_EXPERIMENT], output_format="list")
+    (parent,) = mlflow.search_runs(experiment_names=[names.ABLATION_EXPERIMENT], output_format="list",
+                                   filter_string="tags.stage = 'ablation'")
     assert parent.info.status == "FINISHED" and parent.data.metrics["steps_reused"] == 0
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"ablation.md", "ablation.html", "ablation_roles.csv", "ablation_paired.csv"} <= artifacts
