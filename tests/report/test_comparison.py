@@ -541,3 +541,27 @@ def test_the_report_ends_with_the_ablation_of_its_classifiers_data(tiny_store, t
     assert "What the corrections change" not in capsys.readouterr().out
     with pytest.raises(SystemExit, match=f"parameter ablation_run: run {ids['cce0']} is not an ablation run"):
         report.main(["--ablation-run", ids["cce0"]])
+
+
+def test_published_rows_are_named_and_never_pooled_with_corrected_seeds():
+    store.configure()
+    metrics = {f"test_{k}": v for k, v in SCORE_DEFAULTS.items()}
+    params = {"loss": "cal_cce", "seed": 0, "loss_lam": 10.0, "img_size": 64, "n_test": 150}
+    corrected = _fake_run("classify", 1000, params=params, metrics=metrics)
+    published = _fake_run("classify", 2000, params=params, metrics=metrics,
+                          tags={names.VARIANT_TAG: "published", names.FLAWS_TAG: "calibration_no_gradient"})
+    rows = comparison.collect(classify_runs=[corrected, published]).classification.set_index("run_id")
+    assert rows.loc[corrected, "variant"] == "cal_cce (lam=10.0)"
+    assert rows.loc[published, "variant"] == "cal_cce (lam=10.0), published: calibration_no_gradient"
+    assert len(comparison.aggregate_seeds(rows.reset_index())) == 2
+
+
+@pytest.mark.parametrize("flaws, says", [
+    ((), "SLSQP weights and stacking were fitted on the validation split."),
+    (("head_dense_only",), "SLSQP weights and stacking were fitted on the validation split."),
+    (("test_selection",), "SLSQP weights were fitted on the TEST split, stacking on the TEST split."),
+    (("stacking_on_train",), "SLSQP weights were fitted on the validation split, stacking on the members' "
+                             "predictions on their own training images."),
+])
+def test_the_report_says_where_the_combiners_were_fitted(flaws, says):
+    assert comparison.fitted_on(flaws).endswith(says)

@@ -31,7 +31,7 @@ import mlflow
 import pandas as pd
 import yaml
 
-from multiloss import names, paths
+from multiloss import names, paths, variants
 from multiloss.classification.scoring import (
     MEAN_CONFIDENCE,
     PREDICTED_PREFIX,
@@ -68,8 +68,17 @@ SOURCES = {"segment_eval": names.SEGMENTATION_EXPERIMENT, "classify": names.CLAS
 INTERVAL_TOLERANCE = 5e-4
 NOT_RUN = "not run"
 DASH = "—"
-# Whatever split selects, the combiners are only ever fitted on validation predictions.
+# Where the combiners were fitted: on validation predictions, unless a published flaw says otherwise.
 FITTED_ON = "SLSQP weights and stacking were fitted on the validation split."
+
+
+def fitted_on(flaws: tuple[str, ...]) -> str:
+    """Where an ensemble run of these flaws fitted its SLSQP weights and its stacking learner."""
+    if not set(flaws) & {"test_selection", "stacking_on_train"}:
+        return FITTED_ON
+    weights = "the TEST split" if "test_selection" in flaws else "the validation split"
+    stacking = "the members' predictions on their own training images" if "stacking_on_train" in flaws else weights
+    return f"As the published code: SLSQP weights were fitted on {weights}, stacking on {stacking}."
 # The markers of a classifier row: flagged degenerate on validation (left out of pools), and all
 # test predictions one class (test is for reporting only: this flags nothing anywhere else).
 DEGENERATE_MARK = "⚠ degenerate"
@@ -163,6 +172,7 @@ class OurResults:
     classification: pd.DataFrame | None = None
     ensembles: pd.DataFrame | None = None
     select_on: str | None = None
+    ensemble_flaws: tuple[str, ...] = ()       # the published flaws the ensemble run reproduced
     ensemble_interval: str | None = None
     segmentation_size: str | None = None
     classification_size: str | None = None
@@ -302,8 +312,10 @@ def _classification_row(run) -> dict:
     params, metrics = run.data.params, run.data.metrics
     loss = _param(run, "loss") or "?"
     settings = sorted((k.removeprefix("loss_"), v) for k, v in params.items() if k.startswith("loss_"))
+    named = f"{loss} ({', '.join(f'{k}={v}' for k, v in settings)})" if settings else loss
+    flaws = variants.tagged_flaws(run.data.tags)            # published and corrected never pool their seeds
     row = {"run_id": run.info.run_id, "loss": loss, "seed": int(float(_param(run, "seed") or 0)),
-           "variant": f"{loss} ({', '.join(f'{k}={v}' for k, v in settings)})" if settings else loss,
+           "variant": f"{named}, published: {'+'.join(flaws)}" if flaws else named,
            "ci_method": _param(run, "ci_method"), "mcc_interval": _interval_label(run),
            "img_size": _param(run, "img_size"),
            "n_test": _param(run, "n_test"), "data": _data_path(run)}
@@ -405,6 +417,7 @@ def collect(segment_eval_run: str | None = None, classify_runs: list[str] | None
     return OurResults(
         dataset=dataset, segmentation=segmentation, classification=classification, ensembles=ensembles,
         select_on=ens.data.tags.get(names.SELECT_ON_TAG) if ens is not None else None,
+        ensemble_flaws=variants.tagged_flaws(ens.data.tags) if ens is not None else (),
         ensemble_interval=_interval_label(ens) if ens is not None else None,
         segmentation_size=_param(seg, "img_size") if seg is not None else None,
         classification_size=_distinct(classification["img_size"]) if classification is not None else None,
@@ -508,9 +521,10 @@ def _header(ours: OurResults, paper: Mapping) -> list:
         selection = "Ensembles: not run."
     elif ours.select_on == "test":
         selection = ("Ensemble members and the best ensemble were selected on the TEST split, as the paper did: "
-                     "the ensemble rows are optimistic. " + FITTED_ON)
+                     "the ensemble rows are optimistic. " + fitted_on(ours.ensemble_flaws))
     else:
-        selection = f"Ensemble members and the best ensemble were selected on the {ours.select_on} split. {FITTED_ON}"
+        selection = (f"Ensemble members and the best ensemble were selected on the {ours.select_on} split. "
+                     + fitted_on(ours.ensemble_flaws))
     runs = "; ".join(f"{stage} {', '.join(ids)}" for stage, ids in ours.runs.items()) or "none"
     return [
         Heading(f"Our results beside the paper's tables ({ours.dataset})", 1),
