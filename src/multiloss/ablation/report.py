@@ -39,14 +39,21 @@ def _frame(rows: list[dict], index: str) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(index) if rows else pd.DataFrame({index: []}).set_index(index)
 
 
+SCORE_LABELS = {"mcc": "Test MCC", "ece": "ECE", "nll": "NLL", "brier": "Brier"}
+
+
+def _score_cells(row: pd.Series, scores: tuple[str, ...]) -> dict[str, str]:
+    """``score``'s mean ± std cell for each of ``scores``, then the degenerate seeds."""
+    cells = {SCORE_LABELS[s]: _pm(row[f"{s}_mean"], row[f"{s}_std"]) for s in scores}
+    cells["Degenerate"] = f"{int(row['degenerate'])}/{int(row['seeds'])}" if row["degenerate"] else ""
+    return cells
+
+
 def roles_block(roles: pd.DataFrame) -> list:
     rows = []
     for (loss, role), r in roles.iterrows():
         rows.append({"Loss": loss, "Row": role, "Trained as": f"{r['trained_as']} ({r['variant']})",
-                     "Seeds": int(r["seeds"]), **{label: _pm(r[f"{s}_mean"], r[f"{s}_std"])
-                                                  for label, s in (("Test MCC", "mcc"), ("ECE", "ece"),
-                                                                   ("NLL", "nll"), ("Brier", "brier"))},
-                     "Degenerate": f"{int(r['degenerate'])}/{int(r['seeds'])}" if r["degenerate"] else ""})
+                     "Seeds": int(r["seeds"]), **_score_cells(r, ("mcc", "ece", "nll", "brier"))})
     return [Heading("1. Each flawed loss: published, corrected and the base it should collapse to"),
             Text("Test scores, mean ± std over seeds (same split and encoder for every row). A base row is the "
                  "loss the published variant trains as once its flaw acts (no base for ls_focal, whose flaw changes "
@@ -75,12 +82,9 @@ def calibration_block(calibration: pd.DataFrame) -> list:
         return []
     rows = []
     for name, r in calibration.iterrows():
-        rows.append({"Model": name, "Seeds": int(r["seeds"]),
-                     **{label: _pm(r[f"{s}_mean"], r[f"{s}_std"]) for label, s in
-                        (("ECE", "ece"), ("Brier", "brier"), ("NLL", "nll"), ("Test MCC", "mcc"))},
+        rows.append({"Model": name, "Seeds": int(r["seeds"]), **_score_cells(r, ("ece", "brier", "nll", "mcc")),
                      "Temperature": r.get("temperature", "") if isinstance(r.get("temperature"), str) else "",
-                     "Beats temperature scaling on": r.get("beats_temperature_scaling_on", ""),
-                     "Degenerate": f"{int(r['degenerate'])}/{int(r['seeds'])}" if r["degenerate"] else ""})
+                     "Beats temperature scaling on": r.get("beats_temperature_scaling_on", "")})
     return [Heading("3. Calibrated losses against temperature scaling"),
             Text("CCE with one temperature fitted on its validation predictions (by NLL) is the post-hoc baseline a "
                  "calibrated loss has to beat. 'Beats' means a better mean by more than the two standard deviations "
