@@ -40,7 +40,9 @@ def test_rank_versions_reads_run_metrics_then_tags_and_keeps_one_per_loss():
     from multiloss.stages import promote
     assert promote.main(["--metric", "val_mcc"]) == made[1]
     assert promote.main(["--metric", "val_ece", "--alias", "calibrated"]) == made[2]
-    assert promote.main(["--version", made[0]]) == made[0]
+    with pytest.raises(SystemExit, match="is not better than version"):
+        promote.main(["--version", made[0]])                          # worse than the champion
+    assert promote.main(["--version", made[0], "--force", "true"]) == made[0]
     client = mlflow.MlflowClient()
     assert str(client.get_model_version_by_alias(names.CLASSIFIER_MODEL, "champion").version) == made[0]
     with pytest.raises(SystemExit, match="no version of cxr-classifier has a 'test_auroc'"):

@@ -31,7 +31,7 @@ def test_user_tracking_uri_wins(monkeypatch, tmp_path):
 def test_experiments_are_created_once_with_artifacts_in_our_store():
     ids = store.ensure_experiments()
     assert set(ids) == {"data", "segmentation", "classification", "sweeps", "ensembles", "pipeline",
-                        "ablation"}
+                        "ablation", "promotions"}
     assert store.ensure_experiments() == ids
     experiment = mlflow.MlflowClient().get_experiment(ids["segmentation"])
     assert experiment.artifact_location == (store.artifact_root() / "segmentation").as_uri()

@@ -11,6 +11,11 @@ no version holds the alias, each of these tags must have one value among the ran
 named. ``pool=any_encoder`` drops the encoder, ``pool=all`` every condition. An alias held by a
 version of other data moves only with ``force=true``.
 
+A move is compared first: the candidate against the version holding the alias, on the metric's
+split (a paired bootstrap over its images where both logged per-image predictions, else their
+values), and a candidate that is not better moves only with ``force=true``. Every move is recorded
+(a run in the ``promotions`` experiment, a tag on both versions).
+
 A version flagged degenerate on validation (tag ``degenerate=true``: one class predicted, or
 confidence pinned at 1/C) is left out of every pool, and a named one is refused, unless
 ``include_degenerate=true``.
@@ -26,7 +31,7 @@ import mlflow
 from multiloss import names
 from multiloss.segmentation.evaluate import HOLDOUT_FINGERPRINT_TAG, HOLDOUT_PREFIX
 from multiloss.stages.cli import StageParser, boolean, integer
-from multiloss.tracking import ranking, registry, store
+from multiloss.tracking import promotions, ranking, registry, store
 
 POOLS = ("same_data", "any_encoder", "all")
 
@@ -42,7 +47,8 @@ def parser() -> StageParser:
                     help="same_data: the holder's data, size (and encoder); any_encoder; all: every version")
     stage.parameter("data_fingerprint", help="the pool's data fingerprint (or a prefix); empty: the holder's")
     stage.parameter("img_size", type=integer("img_size", 0), help="the pool's image size; 0: the holder's")
-    stage.parameter("force", type=boolean("force"), help="true: move an alias held by a version of other data")
+    stage.parameter("force", type=boolean("force"),
+                    help="true: move an alias held by a version of other data, or to a version that is not better")
     stage.parameter("include_degenerate", type=boolean("include_degenerate"),
                     help="true: versions flagged degenerate on validation may be chosen (or named)")
     return stage
@@ -171,13 +177,40 @@ def main(argv=None) -> str:
             f"was trained on other data "
             f"({ranking.shown(names.DATA_FINGERPRINT_TAG, ranking.data_fingerprint(chosen))}): pass force=true to "
             f"move it, or choose another alias")
+    comparison = compare_with_holder(args, holder, chosen)
+    worse = comparison is not None and not comparison.better()
+    if worse and not args.version and comparison.difference == 0 and not crossing:
+        print(f"promote: {args.model}@{args.alias} stays at version {holder.version}: the best of the pool, version "
+              f"{target}, ties it ({comparison.describe()})")
+        return str(holder.version)
+    if worse and not args.force:
+        raise SystemExit(f"promote: version {target} is not better than version {holder.version}, which holds "
+                         f"{args.model}@{args.alias}: {comparison.describe()}; pass force=true to move it anyway")
     if pool is not None and os.environ.get("MLFLOW_RUN_ID"):
         log_pool(pool)
     before = registry.set_alias(args.model, args.alias, target)
     moved = "unchanged" if before == target else f"was {before or 'unset'}"
-    forced = "; forced across data sets" if crossing else ""
-    print(f"promote: {args.model}@{args.alias} -> version {target} ({reason}; {moved}{forced})")
+    forced = "; ".join(why for why, applies in (("forced across data sets", crossing),
+                                                 ("forced though not better", worse)) if applies)
+    if before != target:
+        run_id = promotions.record(args.model, args.alias, holder, chosen, reason, comparison, bool(forced))
+        moved += f"; recorded in run {run_id}"
+    if comparison is not None:
+        moved += f"; {comparison.describe()}"
+    print(f"promote: {args.model}@{args.alias} -> version {target} ({reason}; {moved}{'; ' + forced if forced else ''})")
     return target
+
+
+def compare_with_holder(args: argparse.Namespace, holder, chosen) -> promotions.Comparison | None:
+    """The candidate against the version holding the alias (None: no holder, the same version, or a
+    holder without the metric, which cannot be compared)."""
+    if holder is None or str(holder.version) == str(chosen.version):
+        return None
+    try:
+        return promotions.compare(args.metric, holder, chosen)
+    except ValueError as err:
+        print(f"promote: not compared with version {holder.version}: {err}")
+        return None
 
 
 if __name__ == "__main__":
