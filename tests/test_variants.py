@@ -19,7 +19,7 @@ def test_flaw_lists_are_canonical_whatever_their_order_or_separator():
 
 @pytest.mark.parametrize("text, loss, flaws, name", [
     ("published", "cal_cce", ("calibration_no_gradient",), "published"),
-    ("published", "cce", (), "published"),
+    ("published", "cce", (), "corrected"),           # nothing acts: the corrected training, reused as such
     ("published", "cce_entropy", ("entropy_unattached",), "published"),
     ("published", "ls_focal", ("smoothing_half",), "published"),
     ("calibration_no_gradient,stacking_on_train", "cal_hinge", ("calibration_no_gradient",),
@@ -48,3 +48,10 @@ def test_tags_round_trip():
 def test_unknown_flaws_are_named():
     with pytest.raises(ValueError, match="unknown flaw calibration, smooth"):
         variants.parse("calibration,smooth")
+
+
+def test_a_named_loss_flaw_must_act_on_some_loss_of_a_pipeline():
+    variants.check_acts(variants.parse("published"), ["cce"])
+    variants.check_acts(variants.parse("smoothing_half,test_selection"), ["cce", "ls_focal"])
+    with pytest.raises(ValueError, match="smoothing_half acts on none of the losses cce, focal"):
+        variants.check_acts(variants.parse("smoothing_half"), ["cce", "focal"])

@@ -42,6 +42,11 @@ FLAWS = (
          "members, SLSQP weights and their restarts are chosen on the test split"),
 )
 BY_NAME = {flaw.name: flaw for flaw in FLAWS}
+# Flaws of the published code kept corrected in every variant (they are not a training or selection
+# choice a reader compares, or are fixed elsewhere for good).
+NOT_SWITCHABLE = ("the validation split by file name (ours is by patient), majority-vote ties to the highest "
+                  "class index (ours: to the higher mean probability), the Grad-CAM threshold after conversion to "
+                  "0-255")
 # The loss each loss trains as once its flaws act (the published calibration term has no gradient,
 # the unattached regulariser none at all): the ablation's base rows.
 BASE_LOSS = {"cal_cce": "cce", "cal_kld": "kld", "cal_focal": "focal", "cal_hinge": "hinge", "cce_entropy": "cce"}
@@ -67,11 +72,13 @@ class Variant:
         return tuple(f for f in self.scoped(LOSS) if loss in BY_NAME[f].losses)
 
     def for_loss(self, loss: str) -> Variant:
-        """The variant a classifier of ``loss`` trains with inside a pipeline of this variant:
-        ``published`` and ``corrected`` as they are, a list cut to the flaws acting on ``loss``."""
-        if self.name in (PUBLISHED, CORRECTED):
-            return Variant(self.acting_on(loss), self.name)
-        return make(self.acting_on(loss))
+        """The variant a classifier of ``loss`` trains with inside a pipeline of this variant: the
+        flaws acting on ``loss``, named ``published`` when the pipeline's is, ``corrected`` when
+        none acts (its training is the corrected one)."""
+        acting = self.acting_on(loss)
+        if self.name == PUBLISHED and acting:
+            return Variant(acting, PUBLISHED)
+        return make(acting)          # no flaw acts: the corrected training, reusable as such
 
     @property
     def members(self) -> Variant:
@@ -126,3 +133,14 @@ def tags(variant: Variant) -> dict[str, str]:
 def tagged_flaws(version_tags: dict[str, str]) -> tuple[str, ...]:
     """The flaws a run's or version's tags record (none for one tagged before variants existed)."""
     return tuple(f for f in version_tags.get(names.FLAWS_TAG, "none").split(",") if f and f != "none")
+
+
+def check_acts(variant: Variant, losses: list[str], parameter: str = "variant") -> None:
+    """Refuse a named loss flaw that acts on none of ``losses`` (a pipeline's classifiers): it would
+    silently train the corrected models. ``published`` takes what acts."""
+    if variant.name == PUBLISHED:
+        return
+    idle = [f for f in variant.scoped(LOSS) if not set(BY_NAME[f].losses) & set(losses)]
+    if idle:
+        raise ValueError(f"parameter {parameter}: {', '.join(idle)} acts on none of the losses "
+                         f"{', '.join(losses)} (it applies to {', '.join(l for f in idle for l in BY_NAME[f].losses)})")

@@ -7,6 +7,7 @@ from multiloss.ablation.plan import (
     BASE,
     CORRECTED,
     PUBLISHED,
+    ensemble_step,
     ensemble_variants,
     touched,
     trainings,
@@ -45,7 +46,15 @@ def test_ensembles_of_each_correction():
     assert ensemble_variants("both") == {"published": "published", "corrected": "corrected"}
     each = ensemble_variants("each")
     assert len(each) == 2 + len(variants.FLAWS)
-    one_off = variants.parse(each["published, test_selection corrected"])
+    one_off = variants.parse(each["published without test_selection"])
     assert not one_off.has("test_selection") and len(one_off.flaws) == len(variants.FLAWS) - 1
     with pytest.raises(ValueError, match="parameter corrections"):
         ensemble_variants("all")
+
+
+def test_every_ensemble_step_name_is_a_valid_mlflow_tag_key():
+    from mlflow.utils.validation import _validate_tag_name
+
+    for label in ensemble_variants("each"):
+        _validate_tag_name(f"step.{ensemble_step(label)}")          # the parent run's step.<name> tag
+    assert ensemble_step("published without head_dense_only") == "ensemble.published-without-head_dense_only"

@@ -144,7 +144,7 @@ def test_aliases_held_by_versions_of_other_data_are_left_alone(cropped, capsys):
     registry.set_alias(names.CLASSIFIER_MODEL, names.data_alias(names.top_alias(3), here), stale)
     ens_ours = str(register(names.ENSEMBLE_MODEL, **{names.DATA_FINGERPRINT_TAG: here}).version)
 
-    moved = move_aliases("val", ens_ours, ours, here)
+    moved = move_aliases(settings_of("corrected"), ens_ours, ours, here)
 
     def holder(model, alias):
         return str(registry.alias_version(model, alias).version)
@@ -162,7 +162,7 @@ def test_aliases_held_by_versions_of_other_data_are_left_alone(cropped, capsys):
     assert f"{names.CLASSIFIER_MODEL}@{names.CHAMPION} belongs to version {theirs[0]}" in printed
 
     # on data of their own, the plain aliases move, and a smaller top-K leaves none beyond it
-    moved = move_aliases("val", ens_theirs, theirs[:1], OTHER)
+    moved = move_aliases(settings_of("corrected"), ens_theirs, theirs[:1], OTHER)
     assert holder(names.CLASSIFIER_MODEL, names.top_alias(1)) == theirs[0]
     assert ranking.alias_holder(names.CLASSIFIER_MODEL, names.top_alias(3)) is None
 
@@ -264,7 +264,10 @@ def test_a_test_selected_ensemble_takes_only_test_selected_never_champion(croppe
                ("cce", "focal", "kld")]
     old = str(register(names.ENSEMBLE_MODEL, aliases=[names.CHAMPION], **{names.DATA_FINGERPRINT_TAG: here}).version)
     new = str(register(names.ENSEMBLE_MODEL, **{names.DATA_FINGERPRINT_TAG: here}).version)
-    assert move_aliases("test", new, members[:2], here) == {f"{names.ENSEMBLE_MODEL}@{names.TEST_SELECTED}": new}
+    assert move_aliases(settings_of("test_selection"), new, members[:2], here) == {
+        f"{names.ENSEMBLE_MODEL}@{names.TEST_SELECTED}": new}
+    assert move_aliases(settings_of("head_dense_only"), new, members[:2], here) == {}     # flawed: no champion
+    assert move_aliases(settings_of("corrected", set_aliases=False), new, members[:2], here) == {}
     assert str(registry.alias_version(names.ENSEMBLE_MODEL, names.CHAMPION).version) == old
     assert str(registry.alias_version(names.CLASSIFIER_MODEL, names.CHAMPION).version) == members[2]
     assert ranking.alias_holder(names.CLASSIFIER_MODEL, names.top_alias(1)) is None
@@ -280,3 +283,11 @@ def test_members_come_only_from_the_versions_given(cropped):
     assert members.pool.left_out == {made[0]: "not among the versions given"}
     with pytest.raises(EnsembleInputError, match="top_k 3 needs 3"):
         choose_members("val_mcc", here, data, 3, versions=(made[1], made[2]))
+
+
+def settings_of(variant: str, set_aliases: bool = True):
+    from multiloss.ensembles.run import EnsembleSettings
+
+    return EnsembleSettings(top_k=[2], metric="val_mcc", variant=variants.parse(variant), distinct="loss", epochs=1,
+                            batch_size=4, lr=0.01, patience=1, seed=0, ci_method="wald", pool="same_data",
+                            include_degenerate=False, set_aliases=set_aliases)

@@ -559,7 +559,7 @@ def test_published_rows_are_named_and_never_pooled_with_corrected_seeds():
 @pytest.mark.parametrize("flaws, says", [
     ((), "SLSQP weights and stacking were fitted on the validation split."),
     (("head_dense_only",), "SLSQP weights and stacking were fitted on the validation split."),
-    (("test_selection",), "SLSQP weights were fitted on the TEST split, stacking on the TEST split."),
+    (("test_selection",), "SLSQP weights were fitted on the TEST split, stacking on the validation split."),
     (("stacking_on_train",), "SLSQP weights were fitted on the validation split, stacking on the members' "
                              "predictions on their own training images."),
 ])

@@ -62,8 +62,13 @@ def ensemble_variants(corrections: str) -> dict[str, str]:
     if corrections == "each":
         every = [flaw.name for flaw in variants.FLAWS]
         for flaw in every:
-            chosen[f"published, {flaw} corrected"] = variants.make([f for f in every if f != flaw]).name
+            chosen[f"published without {flaw}"] = variants.make([f for f in every if f != flaw]).name
     elif corrections != "both":
         raise ValueError(f"parameter corrections: use both (published and corrected) or each (also one flaw "
                          f"corrected at a time), got {corrections!r}")
     return chosen
+
+
+def ensemble_step(label: str) -> str:
+    """The pipeline step of the ensembles labelled ``label`` (a name MLflow takes as a tag key)."""
+    return "ensemble." + label.replace(" ", "-")

@@ -83,3 +83,16 @@ def sweep_trials(run_id: str) -> pd.DataFrame:
                          for r in trials["run_id"]]
     return trials
 
+
+
+def latest_ablation(data_print: str) -> str | None:
+    """The newest finished ablation run of the data with ``data_print`` (None if there is none)."""
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(names.ABLATION_EXPERIMENT)
+    if experiment is None:
+        return None
+    found = client.search_runs([experiment.experiment_id],
+                               f"tags.{names.STAGE_TAG} = 'ablation' and attributes.status = 'FINISHED' and "
+                               f"tags.{names.DATA_FINGERPRINT_TAG} = '{data_print}'",
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    return found[0].info.run_id if found else None

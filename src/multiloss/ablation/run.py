@@ -13,7 +13,12 @@ import mlflow
 
 from multiloss import names, variants
 from multiloss.ablation import report, results, tables
-from multiloss.ablation.plan import Training, ensemble_variants, trainings
+from multiloss.ablation.plan import (
+    Training,
+    ensemble_step,
+    ensemble_variants,
+    trainings,
+)
 from multiloss.data.fingerprint import kermany_fingerprint
 from multiloss.pipeline import chain
 from multiloss.pipeline.engine import Pipeline, Step
@@ -48,6 +53,40 @@ class Finished:
     seconds: float
 
 
+def crop_encoder(data: Path) -> str:
+    """``models:/cxr-lung-seg/N``: the best of the U-Nets that cropped ``data`` (crop.json, checked
+    to be still the model that cropped it): the encoder ``main`` gave the classifiers of that crop."""
+    from multiloss.ensembles.members import EnsembleInputError
+    from multiloss.ensembles.run import crop_segmenters
+    from multiloss.segmentation.cropped_dataset import read_crop_summary
+
+    crop = read_crop_summary(data)
+    if not crop or not crop.get("members"):
+        raise ValueError(f"{data} is not a crop stage output (no crop.json naming its U-Nets)")
+    try:
+        crop_segmenters(crop, data)
+    except EnsembleInputError as err:
+        raise ValueError(str(err)) from None
+    return registry.version_uri(names.SEGMENTATION_MODEL, str(crop["members"][0]))
+
+
+def check(settings: AblationSettings) -> None:
+    """What would otherwise fail after the trainings, refused before any run: ensembles that would
+    lack members, sweeps of losses without parameters."""
+    from multiloss.losses import CLASSIFICATION_LOSSES
+    from multiloss.project import declared_parameters
+
+    top_k = str(stage_settings(settings.profile, "ensemble").get("top_k", declared_parameters("ensemble")["top_k"]["default"]))
+    largest = max(int(k) for k in top_k.split(",") if k.strip())
+    distinct = {t.loss for t in trainings(settings.losses, settings.seeds)}
+    if len(distinct) < largest:
+        raise ValueError(f"parameter losses: the ensembles (top_k {top_k}) need {largest} distinct losses, the "
+                         f"ablation of {', '.join(settings.losses)} trains {len(distinct)} ({', '.join(sorted(distinct))})")
+    empty = [loss for loss in settings.sweep_losses if not CLASSIFICATION_LOSSES[loss]]
+    if empty:
+        raise ValueError(f"parameter sweep_losses: {', '.join(empty)} has no parameter to sweep")
+
+
 def training_step(settings: AblationSettings, training: Training, data_print: str) -> Step:
     classify = stage_settings(settings.profile, "classify")
     return Step(training.step, "classify", {**classify, "loss": training.loss, "data": settings.data,
@@ -78,9 +117,10 @@ def _run(pipeline: Pipeline, settings: AblationSettings, parent: str) -> str:
     ensemble = stage_settings(settings.profile, "ensemble")
     chosen = ensemble_variants(settings.corrections)
     ensemble_runs = dict(zip(chosen, pipeline.run_steps([
-        Step(f"ensemble.{variant}", "ensemble", {**ensemble, "data": settings.data, "seed": settings.seeds[0],
-                                                 "variant": variant, "versions": ",".join(versions)},
-             chain.ensemble_input(data_print, versions)) for variant in chosen.values()])))
+        Step(ensemble_step(label), "ensemble", {**ensemble, "data": settings.data, "seed": settings.seeds[0],
+                                                "variant": variant, "versions": ",".join(versions),
+                                                "set_aliases": "false"},
+             chain.ensemble_input(data_print, versions)) for label, variant in chosen.items()])))
 
     classify = stage_settings(settings.profile, "classify")
     sweep_runs = dict(zip(settings.sweep_losses, pipeline.run_steps([
@@ -100,7 +140,7 @@ def _run(pipeline: Pipeline, settings: AblationSettings, parent: str) -> str:
     header = [f"Data: {settings.data} (fingerprint {data_print[:12]})", f"Encoder: {settings.encoder}",
               f"Seeds: {', '.join(map(str, settings.seeds))}; ensembles and sweeps with seed {settings.seeds[0]}",
               f"Ablation run: {parent}"]
-    found_tables = report.AblationTables(header, roles, paired, calibration, gains, sweeps)
+    found_tables = report.AblationTables(header, roles, paired, calibration, gains, sweeps, settings.pruner)
     blocks = found_tables.blocks()
     client = mlflow.MlflowClient()
     markdown = to_markdown(blocks)

@@ -118,9 +118,11 @@ def calibration(found: list[Trained], roles: pd.DataFrame) -> pd.DataFrame:
 
 def _better(row: pd.Series, reference: pd.Series, score: str) -> bool:
     """Whether ``row``'s mean beats the reference's by more than both stds together (a crude,
-    stated guard against calling seed noise a gain)."""
+    stated guard against calling seed noise a gain); never with a single seed (no std)."""
     a, b = row[f"{score}_mean"], reference[f"{score}_mean"]
-    noise = np.nansum([row[f"{score}_std"], reference[f"{score}_std"]])
+    if math.isnan(row[f"{score}_std"]) or math.isnan(reference[f"{score}_std"]):
+        return False
+    noise = row[f"{score}_std"] + reference[f"{score}_std"]
     return bool(a - b > noise) if score == "mcc" else bool(b - a > noise)
 
 
@@ -139,9 +141,9 @@ def ensemble_gains(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
             row.update({"proposed": best.name, "proposed_mcc": float(best["mcc"]),
                         "gain": float(best["mcc"]) - row["best_single_mcc"],
                         "mcnemar_p": float(best["mcnemar_p"]), "bootstrap_p": float(best["bootstrap_p"])})
-        best_any = table[table["kind"] != "single"]["mcc"].astype(float)
-        row["best_ensemble"] = best_any.idxmax() if len(best_any) else ""
-        row["best_ensemble_mcc"] = float(best_any.max()) if len(best_any) else math.nan
+        best_any = table[table["kind"] != "single"]["mcc"].astype(float)       # by test MCC: a reference only
+        row["best_on_test"] = best_any.idxmax() if len(best_any) else ""
+        row["best_on_test_mcc"] = float(best_any.max()) if len(best_any) else math.nan
         rows.append(row)
     frame = pd.DataFrame(rows).set_index("ensembles")
     if PUBLISHED in frame.index and "gain" in frame.columns:

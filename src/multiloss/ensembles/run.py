@@ -75,6 +75,7 @@ class EnsembleSettings:
     pool: str                 # same_data: one encoder among the members too; any_encoder
     include_degenerate: bool  # true: degenerate classifiers may be members
     versions: tuple[str, ...] = ()   # the classifier versions members come from; empty: all of the data's
+    set_aliases: bool = True         # false: move no alias (an analysis, not a candidate for champion)
 
     @property
     def select_on(self) -> str:
@@ -190,7 +191,7 @@ def build_and_register(inputs: EnsembleInputs) -> str:
     print(f"ensemble: best on {inputs.settings.select_on} ({inputs.score}): {scored.best.name}; registered "
           f"{names.ENSEMBLE_MODEL} version {version} (test MCC {headline['mcc']:.4f} "
           f"[{headline['mcc_low']:.3f}, {headline['mcc_high']:.3f}])")
-    moved = move_aliases(inputs.settings.select_on, version, inputs.members.versions, inputs.data_print)
+    moved = move_aliases(inputs.settings, version, inputs.members.versions, inputs.data_print)
     mlflow.set_tag(ALIASES_SET_TAG, json.dumps(moved, sort_keys=True))
     return version
 
@@ -281,16 +282,25 @@ def register_best(inputs: EnsembleInputs, scored: Scored) -> str:
     return version
 
 
-def move_aliases(select_on: str, version: str, member_versions: list[str], data_print: str) -> dict[str, str]:
+def move_aliases(settings: EnsembleSettings, version: str, member_versions: list[str],
+                 data_print: str) -> dict[str, str]:
     """Point the aliases at the new ensemble and its members, printing each one that moved; returns
     ``name@alias`` -> version for every alias set.
 
-    Chosen on validation: the ensemble's and the best member's ``champion`` and the members'
-    ``top<k>`` (older ``top<k>`` beyond them removed). Chosen on test: only ``test_selected``, since
-    such a choice must not become the champion that other stages (gradcam, serving) pick up. No
-    alias is taken from a version of other data (see :mod:`multiloss.tracking.aliases`).
+    A corrected ensemble chosen on validation: the ensemble's and the best member's ``champion``
+    and the members' ``top<k>`` (older ``top<k>`` beyond them removed). Chosen on test: only
+    ``test_selected``, since such a choice must not become the champion that other stages (gradcam,
+    serving) pick up; any other published flaw: no alias, for the same reason. ``set_aliases``
+    false (an ablation's ensembles): none. No alias is taken from a version of other data (see
+    :mod:`multiloss.tracking.aliases`).
     """
-    if select_on != "val":
+    if not settings.set_aliases:
+        print("ensemble: set_aliases=false: no alias moved")
+        return {}
+    if settings.select_on == "val" and settings.variant.flaws:
+        print(f"ensemble: variant {settings.variant.name}: no alias moved (a flawed ensemble never becomes champion)")
+        return {}
+    if settings.select_on != "val":
         alias = aliases.own_alias("ensemble", names.ENSEMBLE_MODEL, names.TEST_SELECTED, data_print)
         return aliases.set_printing("ensemble", [(names.ENSEMBLE_MODEL, alias, version)])
     champions = [(names.ENSEMBLE_MODEL, version), (names.CLASSIFIER_MODEL, member_versions[0])]

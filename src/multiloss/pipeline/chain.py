@@ -24,6 +24,7 @@ import mlflow
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from multiloss import names, variants
+from multiloss.ablation.results import latest_ablation
 from multiloss.data.fingerprint import (
     fingerprint,
     kermany_fingerprint,
@@ -172,16 +173,18 @@ def _run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int], u
     cropped_print = kermany_fingerprint(cropped)
     encoder = champion_encoder(eval_run)
     encoder_input = training_input(cropped_print, encoder)
-    pipeline.run_steps([Step(f"classify.{loss}.seed{seed}", "classify", {
+    classify_runs = pipeline.run_steps([Step(f"classify.{loss}.seed{seed}", "classify", {
         **classify, "loss": loss, "data": cropped, "seed": seed, "encoder": encoder,
         "variant": variant.for_loss(loss).name}, encoder_input,
         output_intact=registered_run) for seed in seeds for loss in profile["classify"]["losses"]])
+    versions = [registered_version(run_id, names.CLASSIFIER_MODEL) for run_id in classify_runs]
     if stop_after("classify"):
         return runs
 
     ensemble_run = pipeline.step("ensemble", "ensemble", {**stage_settings(profile, "ensemble"), "data": cropped,
-                                                          "seed": seeds[0], "variant": variant.name},
-                                 ensemble_input(cropped_print),
+                                                          "seed": seeds[0], "variant": variant.name,
+                                                          "versions": ",".join(versions)},
+                                 ensemble_input(cropped_print, versions),
                                  aliases=[(names.CLASSIFIER_MODEL, names.CHAMPION),
                                           (names.ENSEMBLE_MODEL, names.CHAMPION)])
     runs["ensemble"] = ensemble_run
@@ -200,7 +203,8 @@ def _run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int], u
 
     runs["report"] = pipeline.step("report", "report", {
         "segment_eval_run": eval_run, "classify_runs": ",".join(pipeline.run_ids("classify")),
-        "ensemble_run": ensemble_run or "", "dataset_label": "synthetic" if data == "synthetic" else "real"})
+        "ensemble_run": ensemble_run or "", "dataset_label": "synthetic" if data == "synthetic" else "real",
+        "ablation_run": latest_ablation(cropped_print) or "none"})
     return runs
 
 

@@ -77,7 +77,8 @@ def fitted_on(flaws: tuple[str, ...]) -> str:
     if not set(flaws) & {"test_selection", "stacking_on_train"}:
         return FITTED_ON
     weights = "the TEST split" if "test_selection" in flaws else "the validation split"
-    stacking = "the members' predictions on their own training images" if "stacking_on_train" in flaws else weights
+    stacking = ("the members' predictions on their own training images" if "stacking_on_train" in flaws
+                else "the validation split")
     return f"As the published code: SLSQP weights were fitted on {weights}, stacking on {stacking}."
 # The markers of a classifier row: flagged degenerate on validation (left out of pools), and all
 # test predictions one class (test is for reporting only: this flags nothing anywhere else).

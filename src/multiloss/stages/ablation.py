@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from multiloss.ablation.plan import ensemble_variants, touched
-from multiloss.ablation.run import AblationSettings, run_ablation
+from multiloss.ablation.plan import touched
+from multiloss.ablation.run import AblationSettings, check, crop_encoder, run_ablation
 from multiloss.classification.sweeps.study import PRUNERS
 from multiloss.classification.train import pin_encoder
 from multiloss.losses import CLASSIFICATION_LOSSES
@@ -31,7 +31,8 @@ def parser() -> StageParser:
     stage = StageParser("ablation", __doc__)
     stage.parameter("profile", help="experiments/<profile>.yaml: the classify and ensemble settings, the crop's output")
     stage.parameter("data", help="the cropped dataset; empty: the profile's crop output")
-    stage.parameter("encoder", help="model URI of the U-Net whose encoder every classifier starts from")
+    stage.parameter("encoder", help="model URI of the U-Net whose encoder every classifier starts from; empty: the "
+                                    "best U-Net of the crop (what main gave the crop's classifiers)")
     stage.parameter("seeds", type=seed_list, help="each training once per seed")
     stage.parameter("losses", type=loss_list, help="losses to ablate; empty: every profile loss a flaw acts on")
     stage.parameter("sweep_losses", type=loss_list, help="losses swept (corrected) over the paper's grids")
@@ -43,8 +44,12 @@ def parser() -> StageParser:
     return stage
 
 
+def parse_args(argv=None) -> argparse.Namespace:
+    return parser().parse_args(argv)
+
+
 def main(argv=None) -> None:
-    args = parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         profile = profiles.load_profile(args.profile)
         workers = profiles.workers(profile, args.workers, args.profile)
@@ -58,13 +63,13 @@ def main(argv=None) -> None:
                          f"{', '.join(args.losses or profile['classify']['losses'])}")
     store.configure()
     try:
-        encoder, described = pin_encoder(args.encoder)
+        encoder, described = pin_encoder(args.encoder or crop_encoder(data))
+        settings = AblationSettings(profile=profile, data=data, encoder=encoder, seeds=args.seeds, losses=losses,
+                                    sweep_losses=args.sweep_losses, corrections=args.corrections,
+                                    pruner=args.pruner, workers=workers, fresh=args.fresh)
+        check(settings)
     except ValueError as err:
         raise SystemExit(f"ablation: {err}") from None
-    ensemble_variants(args.corrections)
-    settings = AblationSettings(profile=profile, data=data, encoder=encoder, seeds=args.seeds, losses=losses,
-                                sweep_losses=args.sweep_losses, corrections=args.corrections, pruner=args.pruner,
-                                workers=workers, fresh=args.fresh)
     print(f"ablation: {len(losses)} losses ({', '.join(losses)}) x {len(args.seeds)} seeds on {data}, "
           f"encoder {described}", flush=True)
     params = {"profile": args.profile, "data": str(data), "encoder": args.encoder, "encoder_version": encoder,

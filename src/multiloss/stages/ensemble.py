@@ -54,6 +54,8 @@ def parser() -> StageParser:
                          "any_encoder: any U-Net encoder")
     stage.parameter("include_degenerate", type=boolean("include_degenerate"),
                     help="true: classifiers flagged degenerate on validation may be members")
+    stage.parameter("set_aliases", type=boolean("set_aliases"),
+                    help="false: move no alias (champion, top<k>, test_selected), e.g. for an ablation's ensembles")
     stage.parameter("versions", type=version_list("versions"),
                     help="cxr-classifier versions the members are chosen from (empty: every version of the data)")
     stage.parameter("variant", type=variant,
@@ -87,7 +89,8 @@ def main(argv=None) -> None:
                           "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                           "patience": args.patience, "seed": args.seed, "ci_method": args.ci_method,
                           "pool": args.pool, "include_degenerate": str(args.include_degenerate).lower(),
-                          "versions": ",".join(args.versions), "img_size": inputs.members.img_size,
+                          "versions": ",".join(args.versions), "set_aliases": str(args.set_aliases).lower(),
+                          "img_size": inputs.members.img_size,
                           "members": ",".join(inputs.members.versions)})
         mlflow.set_tags({names.STAGE_TAG: "ensemble", names.SELECT_ON_TAG: select_on,
                          names.DATA_FINGERPRINT_TAG: inputs.data_print,

@@ -68,6 +68,10 @@ def main(argv=None) -> None:
                                       epochs=args.epochs, seg_losses=args.seg_losses, cls_losses=args.cls_losses)
     workers = profiles.workers(profile, args.workers, args.profile)
     try:
+        variants.check_acts(args.variant, profile["classify"]["losses"])
+    except ValueError as err:
+        raise SystemExit(f"main: {err}") from None
+    try:
         chain.data_root(profile, args.data)
     except ValueError as err:
         raise SystemExit(f"main: parameter data: {err}") from None

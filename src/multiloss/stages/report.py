@@ -13,6 +13,7 @@ import mlflow
 
 from multiloss import names
 from multiloss.ablation.report import AblationTables
+from multiloss.ablation.results import latest_ablation
 from multiloss.report import comparison
 from multiloss.stages.cli import StageParser
 from multiloss.tracking import store
@@ -49,14 +50,7 @@ def ablation_run(given: str, classify_runs: list[str]) -> str | None:
     prints = {client.get_run(r).data.tags.get(names.DATA_FINGERPRINT_TAG) for r in classify_runs}
     if len(prints) != 1 or None in prints:
         return None
-    experiment = client.get_experiment_by_name(names.ABLATION_EXPERIMENT)
-    if experiment is None:
-        return None
-    found = client.search_runs([experiment.experiment_id],
-                               f"tags.{names.STAGE_TAG} = 'ablation' and attributes.status = 'FINISHED' and "
-                               f"tags.{names.DATA_FINGERPRINT_TAG} = '{prints.pop()}'",
-                               order_by=["attributes.start_time DESC"], max_results=1)
-    return found[0].info.run_id if found else None
+    return latest_ablation(prints.pop())
 
 
 def parse_args(argv=None) -> argparse.Namespace:
