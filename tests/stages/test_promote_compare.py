@@ -104,3 +104,20 @@ def test_comparison_says_which_side_is_better_for_lower_is_better_scores():
     lower = promotions.Comparison("val_ece", 0.10, 0.05, -0.05, float("nan"), float("nan"), float("nan"), "values")
     assert lower.better()
     assert not promotions.Comparison("val_mcc", 0.8, 0.8, 0.0, 0, 0, 1.0, "paired").better()
+
+
+def test_a_published_variant_model_is_not_in_the_pool_of_a_corrected_holder(register_classifier):
+    def make(val_mcc, flaws=None, aliases=()):
+        tags = {names.DATA_FINGERPRINT_TAG: DATA, names.IMG_SIZE_TAG: 64, ranking.ENCODER_TAG: "1", "val_mcc": val_mcc}
+        if flaws:
+            tags.update({names.VARIANT_TAG: "published", names.FLAWS_TAG: flaws})
+        model = tf_keras.Sequential([tf_keras.Input((2,)), tf_keras.layers.Dense(3, activation="softmax")])
+        return str(register_classifier(tags=tags, aliases=aliases, model=model).version)
+
+    store.configure()
+    holder = make(0.7, aliases=[names.CHAMPION])
+    published = make(0.95, flaws="calibration_no_gradient")
+    better = make(0.8)
+    assert promote.main([]) == better == champion()
+    (run,) = moves()
+    assert run.data.tags["to_version"] == better and published != better and holder != better

@@ -16,6 +16,9 @@ split (a paired bootstrap over its images where both logged per-image prediction
 values), and a candidate that is not better moves only with ``force=true``. Every move is recorded
 (a run in the ``promotions`` experiment, a tag on both versions).
 
+A pool holds the versions trained with the holder's published flaws (``variant.flaws``; none where
+no version holds the alias): a published-variant model never becomes ``champion`` by ranking.
+
 A version flagged degenerate on validation (tag ``degenerate=true``: one class predicted, or
 confidence pinned at 1/C) is left out of every pool, and a named one is refused, unless
 ``include_degenerate=true``.
@@ -28,7 +31,7 @@ import os
 
 import mlflow
 
-from multiloss import names
+from multiloss import names, variants
 from multiloss.segmentation.evaluate import HOLDOUT_FINGERPRINT_TAG, HOLDOUT_PREFIX
 from multiloss.stages.cli import StageParser, boolean, integer
 from multiloss.tracking import promotions, ranking, registry, store
@@ -127,8 +130,13 @@ def choose_pool(args: argparse.Namespace, holder) -> ranking.Pool:
         why = f"from version {reference.version}, which holds @{args.alias}"
     else:
         why = "; ".join(f"{tag} {how}" for tag, how in sources.items())
+    wanted = variants.tagged_flaws(reference.tags) if reference is not None else ()
+    other_variant = {str(r.version.version): f"variant flaws {','.join(flaws) or 'none'}, not "
+                                             f"{','.join(wanted) or 'none'}"
+                     for r in ranked if (flaws := variants.tagged_flaws(r.version.tags)) != wanted}
+    ranked = [r for r in ranked if str(r.version.version) not in other_variant]
     pool = ranking.make_pool(args.model, args.metric, ranked, criteria, unscored=unscored, reference=why,
-                             rule=args.pool, include_degenerate=args.include_degenerate)
+                             rule=args.pool, include_degenerate=args.include_degenerate, left_out=other_variant)
     if not pool.ranked:
         degenerate = any(ranking.mismatch(r.version, criteria) is None and ranking.degenerate(r.version)
                          for r in ranked)
