@@ -408,3 +408,27 @@ def _lam_grid(tmp_path):
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({"lam": [1]}))
     return grid
+
+
+def test_each_trials_progress_line_names_its_point_its_value_and_the_best_so_far():
+    import optuna
+    from optuna.trial import TrialState
+
+    from multiloss.classification.sweeps.worker import progress
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize")
+    for lam, value in ((1.0, 0.221), (10.0, 1.094)):
+        trial = study.ask()
+        trial.suggest_categorical("lam", [1.0, 2.0, 10.0])
+        study.tell(trial, value)
+    pruned = study.ask({"lam": optuna.distributions.CategoricalDistribution([1.0, 2.0, 10.0])})
+    study.tell(pruned, state=TrialState.PRUNED)
+    lams = [t.params["lam"] for t in study.get_trials()]
+    first = progress(study, 1, TrialState.COMPLETE)
+    assert first == (f"trial 1 complete: lam={lams[1]:g} val_nll 1.094; best so far 0.221 (trial 0, lam={lams[0]:g})")
+    assert progress(study, 2, TrialState.PRUNED).startswith(f"trial 2 pruned: lam={lams[2]:g}; best so far 0.221")
+    empty = optuna.create_study()
+    alone = empty.ask({"lam": optuna.distributions.CategoricalDistribution([1.0])})
+    empty.tell(alone, state=TrialState.PRUNED)
+    assert progress(empty, 0, TrialState.PRUNED) == "trial 0 pruned: lam=1; none complete yet"

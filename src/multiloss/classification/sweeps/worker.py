@@ -30,10 +30,12 @@ import dataclasses
 import mlflow
 import optuna
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from optuna.trial import TrialState
 
 from multiloss import names
 from multiloss.classification.sweeps.storage import open_storage, storage_label
 from multiloss.classification.sweeps.study import (
+    OBJECTIVE,
     PARENT_ATTR,
     Objective,
     SweepSettings,
@@ -59,6 +61,20 @@ class SweepOutcome:
     settings: SweepSettings                      # pinned: the data fingerprint and encoder version every trial used
     summary: dict[str, object] | None = None     # set by the worker that found the study idle
     registered_version: str | None = None
+
+
+def progress(study: optuna.Study, number: int, state: TrialState) -> str:
+    """``trial 3 complete: lam=2 val_nll 0.373; best so far 0.221 (trial 1, lam=1)``."""
+    trials = study.get_trials(deepcopy=False)
+    done = next(t for t in trials if t.number == number)
+    point = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in done.params.items())
+    value = f" {OBJECTIVE} {done.value:.4g}" if done.value is not None else ""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    best = min(complete, key=lambda t: t.value) if complete else None
+    so_far = (f"; best so far {best.value:.4g} (trial {best.number}, "
+              + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items()) + ")"
+              if best is not None else "; none complete yet")
+    return f"trial {number} {state.name.lower()}: {point}{value}{so_far}"
 
 
 def run_sweep(settings: SweepSettings, objective: Objective | None = None) -> SweepOutcome:
@@ -88,7 +104,7 @@ def run_sweep(settings: SweepSettings, objective: Objective | None = None) -> Sw
         while (trial := next_trial(study, storage, settings)) is not None:
             state = run_trial(study, storage, trial, objective, settings, parent_run_id)
             outcome.trials_run.append(trial.number)
-            print(f"sweep: trial {trial.number} {state.name.lower()}", flush=True)
+            print(f"sweep: {progress(study, trial.number, state)}", flush=True)
     if study_idle(study, settings):
         outcome.summary = summarise(study, settings, parent_run_id)
         outcome.registered_version = register_best(study, parent_run_id)
