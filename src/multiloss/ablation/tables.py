@@ -100,7 +100,7 @@ def calibration(found: list[Trained], roles: pd.DataFrame) -> pd.DataFrame:
     scaled = temperature_scaled_cce(found)
     if scaled:
         summary = {"model": TEMPERATURE, "variant": CORRECTED, "seeds": len(scaled),
-                   "degenerate": 0, "temperature": ", ".join(f"{r['temperature']:.2f}" for r in scaled)}
+                   "degenerate": 0, "temperature": "T = " + ", ".join(f"{r['temperature']:.2f}" for r in scaled)}
         for score in SCORES:
             summary[f"{score}_mean"], summary[f"{score}_std"] = mean_std([r[score] for r in scaled])
         rows.append(pd.DataFrame([summary], index=[TEMPERATURE]))
