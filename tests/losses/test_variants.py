@@ -88,7 +88,7 @@ def test_published_ls_focal_smooths_by_sigma_over_two():
 
 def test_ls_cce_has_no_published_flaw():
     loss = classification_loss("ls_cce", variant="published")
-    assert loss.variant.flaws == () and loss.variant.name == "published"
+    assert loss.variant.flaws == () and loss.variant.name == "corrected"      # trained, and tagged, as corrected
     p = tiny_model()(X)
     assert float(loss(Y, p)) == float(classification_loss("ls_cce")(Y, p))
 

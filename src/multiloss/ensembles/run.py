@@ -303,14 +303,11 @@ def move_aliases(settings: EnsembleSettings, version: str, member_versions: list
     if settings.select_on != "val":
         alias = aliases.own_alias("ensemble", names.ENSEMBLE_MODEL, names.TEST_SELECTED, data_print)
         return aliases.set_printing("ensemble", [(names.ENSEMBLE_MODEL, alias, version)])
-    champions = [(names.ENSEMBLE_MODEL, version), (names.CLASSIFIER_MODEL, member_versions[0])]
-    planned = [(model, aliases.own_alias("ensemble", model, names.CHAMPION, data_print), target)
-               for model, target in champions]
+    moved = {}
+    for model, target in ((names.ENSEMBLE_MODEL, version), (names.CLASSIFIER_MODEL, member_versions[0])):
+        moved.update(aliases.take_champion("ensemble", model, target, data_print))
     tops, qualified = aliases.planned_tops("ensemble", names.CLASSIFIER_MODEL, member_versions, data_print)
-    moved = aliases.set_printing("ensemble", planned + tops)
+    moved.update(aliases.set_printing("ensemble", tops))
     aliases.drop_tops_beyond(names.CLASSIFIER_MODEL, len(member_versions), data_print, qualified)
-    for model, alias, _ in planned:
-        if alias == names.CHAMPION:
-            aliases.drop_qualified(model, names.CHAMPION, data_print)
     return moved
 

@@ -7,6 +7,8 @@ instead and says so; ``promote`` with ``force=true`` is the way to move the plai
 
 from __future__ import annotations
 
+import time
+
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
 
@@ -60,6 +62,32 @@ def set_printing(stage: str, planned: list[tuple[str, str, str]]) -> dict[str, s
         moved[f"{model_name}@{alias}"] = target
         if before != target:
             print(f"{stage}: {model_name}@{alias} -> version {target} (was {before or 'unset'})")
+    return moved
+
+
+# How long a stage waits before checking that the plain champion it set is still its own: a stage of
+# other data that read the alias as free just before our move sets it right after, within this.
+RACE_WINDOW_S = 1.0
+
+
+def take_champion(stage: str, model_name: str, target: str, data_print: str) -> dict[str, str]:
+    """``champion`` on ``target``, or its data-qualified name when a version of other data holds it;
+    checked right after and each alias set at once (no plans between the check and the move), so two
+    stages of different data reaching it together end with one plain and one qualified champion,
+    not one lost. Returns ``name@alias`` -> version for every alias set."""
+    alias = own_alias(stage, model_name, names.CHAMPION, data_print)
+    moved = set_printing(stage, [(model_name, alias, target)])
+    if alias != names.CHAMPION:
+        return moved
+    time.sleep(RACE_WINDOW_S)
+    holder = ranking.alias_holder(model_name, names.CHAMPION)
+    if holder is not None and str(holder.version) != str(target) and ranking.other_data(holder, data_print):
+        qualified = names.data_alias(names.CHAMPION, data_print)
+        print(f"{stage}: {model_name}@{names.CHAMPION} was taken meanwhile by version {holder.version} of other data; "
+              f"setting {model_name}@{qualified} instead")
+        moved.update(set_printing(stage, [(model_name, qualified, target)]))
+        return moved
+    drop_qualified(model_name, names.CHAMPION, data_print)
     return moved
 
 
