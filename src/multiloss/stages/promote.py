@@ -153,11 +153,23 @@ def log_pool(pool: ranking.Pool) -> None:
         ranking.log_pool(pool)
 
 
-def main(argv=None) -> str:
-    args = parse_args(argv)
-    check(args)
-    store.configure()
-    holder = ranking.alias_holder(args.model, args.alias)
+def refuse_crossing(args: argparse.Namespace, holder, chosen) -> bool:
+    """Whether the move takes the alias from a version of other data; refused without force."""
+    target = str(chosen.version)
+    crossing = holder is not None and str(holder.version) != target and \
+        ranking.other_data(holder, ranking.data_fingerprint(chosen))
+    if crossing and not args.force:
+        raise SystemExit(
+            f"promote: {args.model}@{args.alias} is held by version {holder.version}, trained on data "
+            f"{ranking.shown(names.DATA_FINGERPRINT_TAG, ranking.data_fingerprint(holder))}; version {target} "
+            f"was trained on other data "
+            f"({ranking.shown(names.DATA_FINGERPRINT_TAG, ranking.data_fingerprint(chosen))}): pass force=true to "
+            f"move it, or choose another alias")
+    return crossing
+
+
+def choose_version(args: argparse.Namespace, holder):
+    """The version to promote, why, and the pool it was ranked in (None for a named version)."""
     pool = None
     if args.version:
         chosen = registry.versions(args.model, only=[args.version])[0]
@@ -175,16 +187,17 @@ def main(argv=None) -> str:
         if flagged := ranking.degenerate(chosen):
             reason += f"; {flagged}, admitted by include_degenerate=true"
         print(f"promote: {pool.describe()}")
+    return chosen, reason, pool
+
+
+def main(argv=None) -> str:
+    args = parse_args(argv)
+    check(args)
+    store.configure()
+    holder = ranking.alias_holder(args.model, args.alias)
+    chosen, reason, pool = choose_version(args, holder)
     target = str(chosen.version)
-    crossing = holder is not None and str(holder.version) != target and \
-        ranking.other_data(holder, ranking.data_fingerprint(chosen))
-    if crossing and not args.force:
-        raise SystemExit(
-            f"promote: {args.model}@{args.alias} is held by version {holder.version}, trained on data "
-            f"{ranking.shown(names.DATA_FINGERPRINT_TAG, ranking.data_fingerprint(holder))}; version {target} "
-            f"was trained on other data "
-            f"({ranking.shown(names.DATA_FINGERPRINT_TAG, ranking.data_fingerprint(chosen))}): pass force=true to "
-            f"move it, or choose another alias")
+    crossing = refuse_crossing(args, holder, chosen)
     comparison = compare_with_holder(args, holder, chosen)
     worse = comparison is not None and not comparison.better()
     if worse and not args.version and comparison.difference == 0 and not crossing:
