@@ -15,6 +15,7 @@ import numpy as np
 import tf_keras
 
 from multiloss import names, variants
+from multiloss.classification.graph import classifier_graph
 from multiloss.classification.scoring import (
     degenerate_tags,
     predictions_frame,
@@ -34,11 +35,10 @@ from multiloss.data.split import (
 from multiloss.losses import CLASSIFICATION_LOSSES, classification_loss
 from multiloss.losses.classification import ClassificationLoss
 from multiloss.metrics.classification import MCC_INTERVAL_LABELS
-from multiloss.models.classifier import build_classifier
 from multiloss.models.unet import check_size
 from multiloss.project import declared_parameters
 from multiloss.tracking import registry, store
-from multiloss.training import distribution_strategy, fit_keeping_best, seed_everything
+from multiloss.training import fit_keeping_best, seed_everything
 
 # The parameters any classification loss takes (each loss takes some of them), in the loss table's order.
 LOSS_PARAMETERS = tuple(dict.fromkeys(name for params in CLASSIFICATION_LOSSES.values() for name in params))
@@ -156,13 +156,16 @@ def balanced_class_weights(labels: np.ndarray) -> dict[int, float]:
 
 def train_classifier(config: ClassifierConfig, *, epoch_hooks: Sequence[EpochHook] = (),
                      extra_metrics: Sequence[tf_keras.metrics.Metric] = (),
-                     data_fingerprint: str | None = None) -> TrainedClassifier:
+                     data_fingerprint: str | None = None, reuse_graph: bool = True) -> TrainedClassifier:
     """Train, keep the lowest-val_loss weights, score val and test, and log it all into the active run.
 
     ``epoch_hooks`` are called as ``hook(epoch, logs)`` after each epoch's validation (after the
     epoch's metrics are logged); an exception they raise (a pruned trial) ends the training there.
     ``extra_metrics`` are compiled in, so their per-epoch values appear in ``logs`` and in the run.
     ``data_fingerprint``: the data's, when the caller computed it (a sweep, once for all its trials).
+    ``reuse_graph``: train this process's shared graph for the encoder's architecture
+    (:mod:`multiloss.classification.graph`); False builds and traces a new one, as every training
+    did before graphs were shared (the benchmark's baseline).
     """
     loss = classification_loss(config.loss, variant=config.variant, **config.loss_params)
     frame = read_kermany(config.data)
@@ -188,18 +191,15 @@ def train_classifier(config: ClassifierConfig, *, epoch_hooks: Sequence[EpochHoo
     mlflow.set_tags({names.STAGE_TAG: "classify", names.LOSS_TAG: config.loss, names.DATA_FINGERPRINT_TAG: data_print,
                      names.MCC_INTERVAL_TAG: MCC_INTERVAL_LABELS[config.ci_method], **variants.tags(loss.variant)})
 
-    strategy = distribution_strategy(config.strategy)
-    batch = config.batch_size * strategy.num_replicas_in_sync
+    graph, unet_weights = classifier_graph(encoder_uri, strategy=config.strategy, bn_momentum=config.bn_momentum,
+                                           momentum=config.momentum, extra_metrics=extra_metrics, reuse=reuse_graph)
+    batch = config.batch_size * graph.strategy.num_replicas_in_sync
     datasets = {name: image_dataset(part["path"], part["label"], img_size=config.img_size, batch_size=batch,
                                     shuffle=name == "train", seed=config.seed,
                                     augment=name == "train" and config.augment == "paper")
                 for name, part in parts.items()}
-    with strategy.scope():
-        unet = registry.load_keras(encoder_uri)
-        model = build_classifier(unet, activity_regularizer=loss.activity_regularizer(),
-                                 bn_momentum=config.bn_momentum)
-        model.compile(optimizer=tf_keras.optimizers.SGD(config.lr, momentum=config.momentum), loss=loss,
-                      metrics=["accuracy", *extra_metrics])
+    graph.reset(loss=loss, lr=config.lr, seed=config.seed, unet_weights=unet_weights)
+    model = graph.model
     weights = balanced_class_weights(labels["train"]) if config.class_weights == "balanced" else None
     hooks = [tf_keras.callbacks.LambdaCallback(on_epoch_end=hook) for hook in epoch_hooks]
     fit = fit_keeping_best(model, datasets["train"], datasets["val"], epochs=config.epochs,
@@ -208,15 +208,16 @@ def train_classifier(config: ClassifierConfig, *, epoch_hooks: Sequence[EpochHoo
     mlflow.log_metrics(fit)
 
     scores = {}
+    # validation and test in one predict call: one pass of the traced predict function
+    probs = np.split(model.predict(datasets["val"].concatenate(datasets["test"]), verbose=0), [len(parts["val"])])
     with tempfile.TemporaryDirectory() as tmp:
         write_split_csv(split, Path(tmp) / "validation_split.csv", root=root)
-        for name in ("val", "test"):
-            probs = model.predict(datasets[name], verbose=0)
-            scores[name] = score_split(labels[name], probs, config.ci_method, seed=config.seed)
+        for name, split_probs in zip(("val", "test"), probs):
+            scores[name] = score_split(labels[name], split_probs, config.ci_method, seed=config.seed)
             mlflow.log_metrics({f"{name}_{k}": v for k, v in scores[name].items()})
-            predictions_frame(parts[name]["path"], labels[name], probs).to_csv(
+            predictions_frame(parts[name]["path"], labels[name], split_probs).to_csv(
                 Path(tmp) / f"{name}_predictions.csv", index=False)
-            split_figures(tmp, name, labels[name], probs, config.loss)
+            split_figures(tmp, name, labels[name], split_probs, config.loss)
         mlflow.log_artifacts(tmp)
     mlflow.set_tags(degenerate_tags(scores["val"]))       # decided on validation only, never on test
     return TrainedClassifier(model, loss, config, fit, scores, data_print, encoder_version)

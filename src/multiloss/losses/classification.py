@@ -9,6 +9,8 @@ variant (:mod:`multiloss.variants`) switches the published behaviour back on, fo
 
 from __future__ import annotations
 
+import dataclasses
+
 import tensorflow as tf
 import tf_keras
 
@@ -39,6 +41,7 @@ _BASE = {"cce": "cce", "focal": "focal", "kld": "kld", "hinge": "hinge", "ls_cce
          "cal_cce": "cce", "cce_entropy": "cce", "cal_neg_entropy": "cce", "cal_kld": "kld",
          "cal_focal": "focal", "cal_hinge": "hinge"}
 _ENTROPY_AS_ACTIVITY_REGULARIZER = {"cce_entropy"}
+BASE_TERMS = ("cce", "focal", "kld", "hinge")
 
 
 def smooth_labels(y_true, sigma: float, classes=None):
@@ -81,6 +84,34 @@ def base_loss(kind: str, y_true, y_pred, gamma: float = 1.0):
     raise ValueError(f"unknown base loss {kind!r}")
 
 
+@dataclasses.dataclass(frozen=True)
+class LossTerms:
+    """A classification loss as numbers: its base term and the weights of its penalties (0: none)."""
+
+    base: str                        # one of BASE_TERMS
+    gamma: float                     # the focal exponent (read by the focal base term only)
+    sigma: float                     # label smoothing (0: none)
+    smoothing_classes: float | None  # smoothing's divisor; None: the class count
+    lam: float                       # calibration penalty weight
+    calibration_gradient: bool       # False: the published constant penalty
+    beta: float                      # entropy penalty weight inside the loss
+    activity_beta: float             # entropy penalty weight as the softmax layer's activity regulariser
+
+
+def per_example_loss(y_true, y_pred, *, base, sigma, smoothing_classes, lam, calibration_gradient, beta):
+    """``base(targets, y_pred) + λ·calibration − β·mean entropy`` per example. The numbers may be
+    Python floats or tensors (a shared graph's variables); a zero weight adds exactly zero, so
+    every loss of the table is this one expression. ``calibration_gradient`` 0 keeps the
+    penalty's value and stops its gradient, 1 lets it through."""
+    y_true = tf.cast(y_true, y_pred.dtype)
+    targets = smooth_labels(y_true, sigma, smoothing_classes)
+    total = base(targets, y_pred)
+    penalty = calibration_penalty(y_true, y_pred)
+    constant = tf.stop_gradient(penalty)
+    total += lam * (constant + calibration_gradient * (penalty - constant))
+    return total - beta * tf.reduce_mean(entropy(y_pred))
+
+
 @tf_keras.saving.register_keras_serializable(package="multiloss")
 class EntropyRegularizer(tf_keras.regularizers.Regularizer):
     """Activity regulariser ``−β·H(p)`` summed over the batch (Keras divides by the batch size)."""
@@ -113,22 +144,23 @@ class ClassificationLoss(tf_keras.losses.Loss):
             return EntropyRegularizer(self.params["beta"])
         return None
 
+    def terms(self) -> LossTerms:
+        """This loss as the numbers of :func:`per_example_loss` (what a shared training graph reads)."""
+        params = self.params
+        return LossTerms(
+            base=_BASE[self.loss], gamma=params.get("gamma", 1.0), sigma=params.get("sigma", 0.0),
+            smoothing_classes=2.0 if self.variant.has("smoothing_half") else None,
+            lam=params.get("lam", 0.0), calibration_gradient=not self.variant.has("calibration_no_gradient"),
+            beta=params["beta"] if "beta" in params and self.loss not in _ENTROPY_AS_ACTIVITY_REGULARIZER else 0.0,
+            activity_beta=self.activity_regularizer().beta if self.activity_regularizer() else 0.0)
+
     def call(self, y_true, y_pred):
         """Per example: the base term plus the batch-level penalties (broadcast), so Keras' batch
         mean is exactly the loss as defined and class weights reweight examples as they should."""
-        y_true = tf.cast(y_true, y_pred.dtype)
-        params = self.params
-        classes = 2.0 if self.variant.has("smoothing_half") else None
-        targets = smooth_labels(y_true, params["sigma"], classes) if "sigma" in params else y_true
-        total = base_loss(_BASE[self.loss], targets, y_pred, params.get("gamma", 1.0))
-        if "lam" in params:
-            penalty = calibration_penalty(y_true, y_pred)
-            if self.variant.has("calibration_no_gradient"):
-                penalty = tf.stop_gradient(penalty)        # a NumPy value: no gradient reaches the weights
-            total += params["lam"] * penalty
-        if "beta" in params and self.loss not in _ENTROPY_AS_ACTIVITY_REGULARIZER:
-            total -= params["beta"] * tf.reduce_mean(entropy(y_pred))
-        return total
+        t = self.terms()
+        return per_example_loss(y_true, y_pred, base=lambda targets, p: base_loss(t.base, targets, p, t.gamma),
+                                sigma=t.sigma, smoothing_classes=t.smoothing_classes, lam=t.lam,
+                                calibration_gradient=float(t.calibration_gradient), beta=t.beta)
 
     def get_config(self):
         return {"loss": self.loss, "name": self.name, "variant": self.variant.name, **self.params}

@@ -10,6 +10,8 @@ from multiloss.models.unet import set_batchnorm_momentum
 
 CUT_LAYER = "block5c_add"
 DEEPEST_CONV = "cls_conv"      # the layer model-level ensembles cut at and Grad-CAM looks at
+SOFTMAX = "cls_softmax"
+HEAD_LAYERS = (DEEPEST_CONV, SOFTMAX)   # the layers with weights on top of the encoder
 
 
 def encoder_from_unet(unet: tf_keras.Model, cut_layer: str = CUT_LAYER) -> tf_keras.Model:
@@ -29,5 +31,5 @@ def build_classifier(unet: tf_keras.Model, *, activity_regularizer=None, bn_mome
     x = tf_keras.layers.Conv2D(512, 3, activation="relu", name=DEEPEST_CONV)(x)
     x = tf_keras.layers.GlobalAveragePooling2D(name="cls_gap")(x)
     out = tf_keras.layers.Dense(n_classes, activation="softmax", activity_regularizer=activity_regularizer,
-                                name="cls_softmax")(x)
+                                name=SOFTMAX)(x)
     return set_batchnorm_momentum(tf_keras.Model(encoder.inputs, out, name="cxr_classifier"), bn_momentum)

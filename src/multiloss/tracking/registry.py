@@ -208,6 +208,18 @@ def _registered_source(uri: str) -> str | None:
     return mlflow.MlflowClient().get_model_version(name, version).source
 
 
+def keras_config_and_weights(uri: str) -> tuple[dict, list[np.ndarray], tf_keras.Model | None]:
+    """A registered or logged Keras model's config and weights, without building it when
+    :func:`models_kept_in_memory` holds it (third item None); else the model is loaded (and kept)
+    and handed back as the third item, so a caller that needs it builds nothing twice."""
+    source = _registered_source(uri) if _kept is not None else None
+    if source is not None and source in _kept:
+        _, config, weights = _kept[source]
+        return config, weights, None
+    model = load_keras(uri)
+    return model.get_config(), model.get_weights(), model
+
+
 def load_keras(uri: str) -> tf_keras.Model:
     """A registered or logged Keras model, e.g. ``models:/cxr-lung-seg@champion`` (see
     :func:`models_kept_in_memory`)."""
