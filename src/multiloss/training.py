@@ -59,9 +59,10 @@ class MlflowEpochLogger(tf_keras.callbacks.Callback):
         metrics = {k: float(v) for k, v in (logs or {}).items() if np.isscalar(v)}
         metrics["lr"] = float(tf_keras.backend.get_value(self.model.optimizer.learning_rate))
         metrics["train_images_per_s"] = self.images_per_epoch / train_seconds
+        metrics["seconds"] = seconds         # the epoch's wall time, its validation included
         self.images_per_second.append(metrics["train_images_per_s"])
         mlflow.log_metrics({f"{names.EPOCH_CURVE_PREFIX}{self.prefix}{k}": v for k, v in metrics.items()}, step=epoch)
-        shown = "  ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        shown = "  ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "seconds")
         print(f"epoch {epoch + 1}/{self.total_epochs} ({seconds:.1f} s): {shown}", flush=True)
 
 

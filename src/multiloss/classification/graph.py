@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 
 import tensorflow as tf
 import tf_keras
@@ -167,6 +168,18 @@ class ClassifierGraph:
                 for name in ("train", "test", "predict")}
 
 
+# "0": every training builds and traces its own graph, as before graphs were shared (to compare
+# the two paths, e.g. bench/classifier_steps.py; a stage, sweep or pipeline started with it set).
+SHARED_GRAPH_ENV = "MULTILOSS_SHARED_GRAPH"
+
+
+def sharing_graphs() -> bool:
+    value = os.environ.get(SHARED_GRAPH_ENV, "1").strip().lower()
+    if value not in ("0", "1", "false", "true"):
+        raise ValueError(f"{SHARED_GRAPH_ENV} must be 1 or 0, got {value!r}")
+    return value in ("1", "true")
+
+
 # This process's graphs, by key: a few EfficientNet-B0 classifiers at most (one per image size and
 # architecture a process trains).
 _graphs: dict[GraphKey, ClassifierGraph] = {}
@@ -178,17 +191,18 @@ def metric_configs(metrics) -> tuple[str, ...]:
 
 
 def classifier_graph(encoder_uri: str, *, strategy: str, bn_momentum: float | None, momentum: float,
-                     extra_metrics=(), reuse: bool = True) -> tuple[ClassifierGraph, list | None]:
+                     extra_metrics=(), reuse: bool | None = None) -> tuple[ClassifierGraph, list | None]:
     """The graph to train on ``encoder_uri``'s U-Net and the U-Net weights to reset it to (None:
     the graph was just built from that U-Net). ``reuse=False`` builds a new graph from a freshly
-    loaded U-Net every time, as each training did before graphs were shared (for comparison).
+    loaded U-Net every time, as each training did before graphs were shared (for comparison);
+    ``None``: :data:`SHARED_GRAPH_ENV` decides.
 
     With ``reuse``, the graph key's metrics are ``extra_metrics``' configs: the metric objects of
     the training that built the graph are the compiled ones, and later trainings read theirs from
     the epoch logs."""
     from multiloss.training import distribution_strategy
 
-    if not reuse:
+    if not (sharing_graphs() if reuse is None else reuse):
         unet = registry.load_keras(encoder_uri)
         key = GraphKey(architecture_digest(unet.get_config()), strategy, bn_momentum, momentum,
                        metric_configs(extra_metrics))

@@ -156,7 +156,7 @@ def balanced_class_weights(labels: np.ndarray) -> dict[int, float]:
 
 def train_classifier(config: ClassifierConfig, *, epoch_hooks: Sequence[EpochHook] = (),
                      extra_metrics: Sequence[tf_keras.metrics.Metric] = (),
-                     data_fingerprint: str | None = None, reuse_graph: bool = True) -> TrainedClassifier:
+                     data_fingerprint: str | None = None, reuse_graph: bool | None = None) -> TrainedClassifier:
     """Train, keep the lowest-val_loss weights, score val and test, and log it all into the active run.
 
     ``epoch_hooks`` are called as ``hook(epoch, logs)`` after each epoch's validation (after the
@@ -165,7 +165,8 @@ def train_classifier(config: ClassifierConfig, *, epoch_hooks: Sequence[EpochHoo
     ``data_fingerprint``: the data's, when the caller computed it (a sweep, once for all its trials).
     ``reuse_graph``: train this process's shared graph for the encoder's architecture
     (:mod:`multiloss.classification.graph`); False builds and traces a new one, as every training
-    did before graphs were shared (the benchmark's baseline).
+    did before graphs were shared (the benchmark's baseline); None: as the environment says
+    (``MULTILOSS_SHARED_GRAPH``, default 1).
     """
     loss = classification_loss(config.loss, variant=config.variant, **config.loss_params)
     frame = read_kermany(config.data)

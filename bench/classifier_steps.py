@@ -1,0 +1,184 @@
+"""Benchmark: classifier trainings with one shared traced graph per process against one graph per
+training (the path before graphs were shared, ``MULTILOSS_SHARED_GRAPH=0``), side by side in one run.
+
+1. ``main`` up to the crop in a fresh home (the demo's data and U-Nets), once for both paths.
+2. The same N classify steps (default: the demo's 12 losses, seed 0, its classify settings) in one
+   fresh process per path, each step split into first epoch, later epochs and fixed costs (the
+   step's wall time minus its epochs: loading, building, predicting, scoring, figures, logging).
+3. The 7-point ``cal_cce`` sweep (its λ grid), one fresh process per path.
+4. ``--demo``: the demo end to end (bench/demo_pipeline.py's launch), each path in its own fresh home.
+
+Paths run one after the other on the same machine; each table gives new ÷ old. Scores are compared
+step by step (same seeds: the two paths train the same networks on the same batches).
+
+    .venv/bin/python bench/classifier_steps.py                    # steps 1-3
+    .venv/bin/python bench/classifier_steps.py --demo             # and the demo end to end both ways
+    .venv/bin/python bench/classifier_steps.py --losses cce,focal --sweep-points 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+import demo_pipeline  # noqa: E402  (bench/demo_pipeline.py: the demo's launcher and memory sampling)
+
+from multiloss import names  # noqa: E402
+
+PATHS = {"per training": "0", "shared": "1"}         # label -> MULTILOSS_SHARED_GRAPH
+DEMO_LOSSES = ("cce,focal,kld,hinge,ls_cce,ls_focal,cal_cce,cce_entropy,cal_neg_entropy,cal_kld,cal_focal,"
+               "cal_hinge")
+
+
+def classify_argv(profile: dict, loss: str, data: str, seed: int) -> list[str]:
+    """The classify stage's arguments as the demo's ``main`` gives them (its profile's classify settings)."""
+    settings = {k: v for k, v in profile["classify"].items() if k != "losses"}
+    argv = ["--loss", loss, "--data", data, "--seed", str(seed)]
+    for key, value in settings.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    return argv
+
+
+def worker(args) -> None:
+    """In a fresh process: the steps of one path, timed; prints one JSON line per step."""
+    import gc
+
+    import mlflow
+    import tf_keras
+    import yaml
+
+    from multiloss import paths
+    from multiloss.stages import classify, sweep
+    from multiloss.tracking import registry, store
+
+    profile = yaml.safe_load((paths.CONFIG_DIR / f"{args.profile}.yaml").read_text())
+    data = str(paths.project_root() / profile["crop"]["out"] / "chest_xray")
+    store.configure()
+    client = mlflow.MlflowClient()
+    with registry.models_kept_in_memory():               # as a pipeline's process does
+        if args.part == "classify":
+            for loss in args.losses.split(","):
+                started = time.perf_counter()
+                classify.main(classify_argv(profile, loss, data, args.seed))
+                wall = time.perf_counter() - started
+                version = registry.versions(names.CLASSIFIER_MODEL)[-1]
+                run = client.get_run(version.run_id)
+                epochs = [m.value for m in client.get_metric_history(run.info.run_id, "epoch/seconds")]
+                print(json.dumps({"loss": loss, "wall": wall, "first_epoch": epochs[0],
+                                  "later_epochs": sum(epochs[1:]), "epochs": len(epochs),
+                                  "val_mcc": run.data.metrics["val_mcc"], "test_mcc": run.data.metrics["test_mcc"],
+                                  "val_loss": run.data.metrics["val_loss"]}), flush=True)
+                tf_keras.backend.clear_session()          # as the pipeline does between steps
+                gc.collect()
+        else:
+            settings = {k: v for k, v in profile["classify"].items() if k not in ("losses",)}
+            argv = ["--loss", "cal_cce", "--data", data, "--seed", str(args.seed),
+                    "--study", f"bench-{os.environ['MULTILOSS_SHARED_GRAPH']}-{time.time_ns()}"]
+            for key, value in settings.items():
+                argv += [f"--{key.replace('_', '-')}", str(value)]
+            started = time.perf_counter()
+            sweep.main(argv)
+            print(json.dumps({"sweep_wall": time.perf_counter() - started}), flush=True)
+
+
+def run_worker(home: Path, shared: str, part: str, args, log: Path) -> list[dict]:
+    env = {**demo_pipeline.STARTING_ENV, "MULTILOSS_HOME": str(home), names_env(): shared}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("MLFLOW_RUN_ID", None)
+    command = [sys.executable, __file__, "--worker", part, "--profile", args.profile, "--losses", args.losses,
+               "--seed", str(args.seed)]
+    with open(log, "w") as out:
+        result = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=out, text=True, cwd=BENCH.parent)
+    if result.returncode:
+        raise SystemExit(f"{part} ({shared}) failed; see {log}")
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+def names_env() -> str:
+    from multiloss.classification.graph import SHARED_GRAPH_ENV
+    return SHARED_GRAPH_ENV
+
+
+def step_table(results: dict[str, list[dict]]) -> str:
+    old, new = results["per training"], results["shared"]
+    lines = ["| loss | path | wall s | first epoch s | later epochs s | fixed s | val MCC | test MCC |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for a, b in zip(old, new):
+        for label, row in (("per training", a), ("shared", b)):
+            fixed = row["wall"] - row["first_epoch"] - row["later_epochs"]
+            lines.append(f"| {row['loss']} | {label} | {row['wall']:.1f} | {row['first_epoch']:.1f} | "
+                         f"{row['later_epochs']:.1f} | {fixed:.1f} | {row['val_mcc']:.4f} | {row['test_mcc']:.4f} |")
+    total = {label: sum(r["wall"] for r in rows) for label, rows in results.items()}
+    later_fixed = [r["wall"] - r["first_epoch"] - r["later_epochs"] for r in new[1:]]
+    same = sum(a["test_mcc"] == b["test_mcc"] and a["val_mcc"] == b["val_mcc"] for a, b in zip(old, new))
+    lines += ["", f"{len(new)} classify steps in one process: per training {total['per training']:.1f} s, "
+                  f"shared {total['shared']:.1f} s, **shared ÷ per training {total['shared'] / total['per training']:.2f}** "
+                  "(target ≤ 0.55)",
+              (f"fixed cost of a later training (shared): mean {sum(later_fixed) / len(later_fixed):.1f} s, "
+               f"max {max(later_fixed):.1f} s (target ≤ 3 s)") if later_fixed else "",
+              f"first epoch: per training mean {sum(r['first_epoch'] for r in old) / len(old):.1f} s; shared "
+              f"{new[0]['first_epoch']:.1f} s for the first step, then mean "
+              + (f"{sum(r['first_epoch'] for r in new[1:]) / len(new[1:]):.1f} s" if new[1:] else "-"),
+              f"scores equal on both paths (val and test MCC): {same} of {len(new)} steps"]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--home", type=Path, help="default: a new folder under bench/out")
+    parser.add_argument("--profile", default="demo")
+    parser.add_argument("--losses", default=DEMO_LOSSES)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sweep-points", type=int, default=7, help="0: skip the sweep (cal_cce's λ grid has 7)")
+    parser.add_argument("--demo", action="store_true", help="also the demo end to end on both paths")
+    parser.add_argument("--worker", choices=("classify", "sweep"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        args.part = args.worker
+        return worker(args)
+
+    (BENCH / "out").mkdir(exist_ok=True)
+    home = args.home or Path(tempfile.mkdtemp(prefix="classifier-steps-", dir=BENCH / "out"))
+    home.mkdir(parents=True, exist_ok=True)
+    loads = [os.getloadavg()[0]]
+    print(f"home {home}; preparing the demo's data and U-Nets (main until=crop) ...", flush=True)
+    demo_pipeline.launch(home, args.profile, ["-P", "until=crop"], home / "prepare.log")
+
+    results = {label: run_worker(home, shared, "classify", args, home / f"classify-{shared}.log")
+               for label, shared in PATHS.items()}
+    print(f"\n## {len(results['shared'])} classify steps, one process per path\n\n{step_table(results)}", flush=True)
+
+    if args.sweep_points:
+        sweeps = {label: run_worker(home, shared, "sweep", args, home / f"sweep-{shared}.log")[-1]["sweep_wall"]
+                  for label, shared in PATHS.items()}
+        print(f"\n## the {args.sweep_points}-point cal_cce sweep\n\n| path | wall s |\n|---|---:|\n"
+              + "\n".join(f"| {label} | {seconds:.1f} |" for label, seconds in sweeps.items())
+              + f"\n\n**shared ÷ per training {sweeps['shared'] / sweeps['per training']:.2f}** (target ≤ 0.55)",
+              flush=True)
+
+    if args.demo:
+        walls = {}
+        for label, shared in PATHS.items():
+            folder = home / f"demo-{shared}"
+            folder.mkdir(exist_ok=True)
+            demo_pipeline.STARTING_ENV[names_env()] = shared      # what launch gives the pipeline
+            walls[label] = demo_pipeline.launch(folder, args.profile, [], folder / "main.log")[0]
+        demo_pipeline.STARTING_ENV.pop(names_env(), None)
+        print("\n## make demo end to end, each path in a fresh home\n\n| path | wall s |\n|---|---:|\n"
+              + "\n".join(f"| {label} | {seconds:.1f} |" for label, seconds in walls.items())
+              + f"\n\n**shared ÷ per training {walls['shared'] / walls['per training']:.2f}** (target ≤ 0.75)",
+              flush=True)
+    loads.append(os.getloadavg()[0])
+    print(f"\nload average before/after: {loads[0]:.2f} / {loads[1]:.2f} on {os.cpu_count()} CPUs", flush=True)
+
+
+if __name__ == "__main__":
+    main()
