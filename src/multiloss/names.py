@@ -78,3 +78,10 @@ FLAWS_TAG = "variant.flaws"
 # named, and left out of pools unless asked for (reason in DEGENERATE_REASON_TAG).
 DEGENERATE_TAG = "degenerate"
 DEGENERATE_REASON_TAG = "degenerate.reason"
+
+# The MLflow UI opens an experiment in the mode its kind tag names: ours are model training (runs,
+# metrics, models), not GenAI (traces, evaluations). A kind the UI only inferred may be replaced.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+INFERRED_EXPERIMENT_KINDS = ("genai_development_inferred", "custom_model_development_inferred", "no_inferred_type")
+

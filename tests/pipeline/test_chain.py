@@ -16,7 +16,7 @@ import yaml
 from multiloss import names
 from multiloss.pipeline import chain, engine
 from multiloss.stages import main as main_stage
-from multiloss.tracking import store
+from multiloss.tracking import store, urls
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {
@@ -164,7 +164,9 @@ def test_killed_pipeline_resumes_where_it_stopped(tmp_path):
     champion = client.get_model_version_by_alias(names.SEGMENTATION_MODEL, "champion")
     assert client.get_run(champion.run_id).info.status == "FINISHED"
     # crop and classify got the exact versions segment_eval chose, not the aliases
-    parent = client.get_run(re.search(r"parent run (\w+)", out).group(1)).data.tags
+    parent_id = re.search(r"parent run (\w+)", out).group(1)
+    assert f"main: in the MLflow UI (`make ui`): {urls.run_url(parent_id)}" in out
+    parent = client.get_run(parent_id).data.tags
     chosen = client.get_run(parent["step.segment_eval"]).data.tags[names.TOP_VERSIONS_TAG]
     assert client.get_run(parent["step.crop"]).data.params["members"] == chosen
     encoder = client.get_run(parent["step.classify.cce.seed0"]).data.params["encoder"]

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import mlflow
 
-from multiloss import paths
+from multiloss import names, paths
 from multiloss.tracking import store
 
 
@@ -50,12 +50,15 @@ def test_stage_run_logs_to_the_named_experiment_and_artifacts_land_in_the_store(
     assert (store.artifact_root() / "data" / run.info.run_id / "artifacts" / "note.txt").read_text() == "hello"
 
 
-def test_stage_run_joins_the_run_mlflow_run_created(monkeypatch):
+def test_stage_run_joins_the_run_mlflow_run_created_and_tags_its_experiment(monkeypatch):
     store.configure()
-    launcher_run = mlflow.MlflowClient().create_run(store.ensure_experiment("sweeps"))
+    client = mlflow.MlflowClient()
+    launched = client.create_experiment("made-by-mlflow-run")              # mlflow run --experiment-name ...
+    launcher_run = client.create_run(launched)
     monkeypatch.setenv("MLFLOW_RUN_ID", launcher_run.info.run_id)
     with store.stage_run("data") as run:
         assert run.info.run_id == launcher_run.info.run_id
+    assert client.get_experiment(launched).tags[names.EXPERIMENT_KIND_TAG] == names.EXPERIMENT_KIND
 
 
 def test_cli(capsys):
@@ -76,3 +79,19 @@ def test_log_params_keeps_what_mlflow_run_logged_and_adds_the_resolved_spelling(
         store.log_params({"out": "/abs/data/synthetic", "seed": 0, "n_seg": 12})
     params = mlflow.MlflowClient().get_run(launcher_run.info.run_id).data.params
     assert params == {"out": "data/synthetic", "resolved.out": "/abs/data/synthetic", "seed": "0", "n_seg": "12"}
+
+
+def test_experiments_open_in_the_uis_model_training_mode_old_ones_too_unless_someone_chose_a_kind():
+    store.configure()
+    client = mlflow.MlflowClient()
+    untagged = client.create_experiment(names.DATA_EXPERIMENT)              # a store from before the tag
+    inferred = client.create_experiment(names.SWEEPS_EXPERIMENT,
+                                        tags={names.EXPERIMENT_KIND_TAG: "genai_development_inferred"})
+    client.create_experiment(names.ABLATION_EXPERIMENT, tags={names.EXPERIMENT_KIND_TAG: "genai_development"})
+    assert store.main(["init"]) == 0
+    ids = store.ensure_experiments()
+    assert ids[names.DATA_EXPERIMENT] == untagged and ids[names.SWEEPS_EXPERIMENT] == inferred
+    kinds = {name: client.get_experiment(i).tags[names.EXPERIMENT_KIND_TAG] for name, i in ids.items()}
+    assert kinds == {**dict.fromkeys(names.EXPERIMENTS, names.EXPERIMENT_KIND),
+                     names.ABLATION_EXPERIMENT: "genai_development"}
+

@@ -14,6 +14,7 @@ import sys
 from multiloss import variants
 from multiloss.pipeline import chain, profiles
 from multiloss.stages.cli import StageParser, boolean, integer, variant
+from multiloss.tracking import urls
 
 
 def seed_list(text: str) -> list[int]:
@@ -88,6 +89,7 @@ def main(argv=None) -> None:
         print(done.report)
     print(f"main: done in {done.seconds:.0f} s: {done.ran} steps ran, {done.reused} reused "
           f"(parent run {done.parent_run_id})", flush=True)
+    print(f"main: in the MLflow UI (`make ui`): {urls.run_url(done.parent_run_id)}", flush=True)
 
 
 if __name__ == "__main__":

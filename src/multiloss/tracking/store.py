@@ -6,8 +6,8 @@ another database), which always wins. ``<repo>`` is ``$MULTILOSS_HOME`` if set, 
 this package was loaded from, else the working directory.
 
     python -m multiloss.tracking            # print the tracking URI
-    python -m multiloss.tracking init       # create the store and the experiments
-    python -m multiloss.tracking ui-command # the `mlflow ui` command line for this store
+    python -m multiloss.tracking init       # create the store and the experiments, print their UI addresses
+    python -m multiloss.tracking ui-command # the `mlflow ui` command line for this store (the address: stderr)
 """
 
 from __future__ import annotations
@@ -52,21 +52,34 @@ def configure() -> str:
     return uri
 
 
+def mark_model_training(experiment) -> None:
+    """Tag ``experiment`` (an Experiment) with our kind, so the UI opens it on its runs, not on
+    GenAI traces; a kind someone chose (not one the UI inferred) is kept."""
+    kind = experiment.tags.get(names.EXPERIMENT_KIND_TAG)
+    if kind is None or kind in names.INFERRED_EXPERIMENT_KINDS:
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, names.EXPERIMENT_KIND_TAG,
+                                                 names.EXPERIMENT_KIND)
+
+
 def ensure_experiment(name: str) -> str:
-    """The id of experiment ``name``, created (artifacts under our store) if missing."""
+    """The id of experiment ``name``, created (artifacts under our store, tagged with our kind) if
+    missing; an existing one gets the kind tag too (:func:`mark_model_training`)."""
     configure()
     client = mlflow.MlflowClient()
     found = client.get_experiment_by_name(name)
     if found is not None:
+        mark_model_training(found)
         return found.experiment_id
     location = (artifact_root() / name).as_uri() if uses_default_store() else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={names.EXPERIMENT_KIND_TAG: names.EXPERIMENT_KIND})
     except mlflow.exceptions.MlflowException:
         # Another process created it between our look-up and create: use theirs.
         found = client.get_experiment_by_name(name)
         if found is None:
             raise
+        mark_model_training(found)
         return found.experiment_id
 
 
@@ -111,6 +124,8 @@ def stage_run(experiment: str, run_name: str | None = None):
     if os.environ.get("MLFLOW_RUN_ID"):
         with mlflow.start_run() as run:
             mlflow.set_tags(process_tags())
+            # the launcher may have made the experiment (``mlflow run --experiment-name``)
+            mark_model_training(mlflow.MlflowClient().get_experiment(run.info.experiment_id))
             yield run
         return
     experiment_id = ensure_experiment(experiment)
@@ -142,20 +157,31 @@ def log_params(params: dict[str, object]) -> None:
         mlflow.log_params(fresh)
 
 
+# Where ``mlflow ui`` (ui_command) serves our store; multiloss.tracking.urls links to it.
+UI_HOST, UI_PORT = "127.0.0.1", 5000
+
+
 def ui_command() -> str:
     return (f"mlflow ui --backend-store-uri {tracking_uri()} "
-            f"--default-artifact-root {artifact_root().as_uri()} --host 127.0.0.1 --port 5000")
+            f"--default-artifact-root {artifact_root().as_uri()} --host {UI_HOST} --port {UI_PORT}")
 
 
 def main(argv: list[str]) -> int:
+    # urls reads this module's URI and UI address: imported here, not at the top
+    from multiloss.tracking import urls
+
     command = argv[0] if argv else "uri"
     if command == "uri":
         print(tracking_uri())
     elif command == "init":
         for name, experiment_id in ensure_experiments().items():
-            print(f"experiment {name!r}: id {experiment_id}")
+            print(f"experiment {name!r}: id {experiment_id}, {urls.ui_url(experiment_id)}")
         print(f"tracking URI: {tracking_uri()}")
     elif command == "ui-command":
+        # stdout is the command (`make ui` runs it); the address to open goes to stderr
+        pipeline = ensure_experiment(names.PIPELINE_EXPERIMENT)
+        print(f"MLflow UI: open {urls.ui_url(pipeline)} (experiment {names.PIPELINE_EXPERIMENT!r}; "
+              "`python -m multiloss.tracking init` lists every experiment's address)", file=sys.stderr)
         print(ui_command())
     else:
         print(f"unknown command {command!r}; use uri, init or ui-command", file=sys.stderr)
