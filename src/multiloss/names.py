@@ -85,3 +85,21 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 INFERRED_EXPERIMENT_KINDS = ("genai_development_inferred", "custom_model_development_inferred", "no_inferred_type")
 
+
+# An ensemble run's metric names are the same in every run, so runs compare on them: an ensemble's
+# scores as ``top3.majority.mcc`` (``top3_5.model_level_weighted.mcc`` for one over the top-3 and top-5
+# model-level ensembles), its curves as ``epoch/top3.model_level.loss``, a member's as
+# ``member.cal_cce.mcc`` (``member.cal_cce_2`` for a second member of one loss). Which version a
+# member is goes in the run's param of that name (``member.cal_cce``), never in a metric name.
+MEMBER_PREFIX = "member"
+
+
+def ensemble_metric_prefix(kind: str, sizes) -> str:
+    """``top3.majority``: the metric prefix of the ensemble of ``kind`` over the top ``sizes``
+    members (several sizes for an ensemble of ensembles: ``top3_5.model_level_weighted``)."""
+    return f"top{'_'.join(str(k) for k in sizes)}.{kind}"
+
+
+def member_metric_prefix(key: str) -> str:
+    """``member.cal_cce``: the metric prefix (and param name) of the member ``key`` (its loss)."""
+    return f"{MEMBER_PREFIX}.{key}"

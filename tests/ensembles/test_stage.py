@@ -3,6 +3,7 @@ which predicts raw images in a fresh process through `mlflow models predict`."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,13 +12,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.utils.environment import _PythonEnv
 
 from multiloss import names, variants
 from multiloss.classification.scoring import PROBABILITY_COLUMNS, read_predictions
 from multiloss.data.synthetic import write_synthetic
 from multiloss.ensembles import build
 from multiloss.stages import classify, crop, ensemble
-from multiloss.tracking import store
+from multiloss.tracking import registry, store
 
 
 @pytest.mark.slow
@@ -57,6 +59,17 @@ def test_ensemble_stage_registers_an_end_to_end_model(tmp_path, monkeypatch, reg
     assert singles["mcnemar_p"].isna().sum() == 1                   # the reference: the best single model
     others = table[table["mcnemar_p"].notna()]
     assert others["mcnemar_p"].between(0, 1).all() and others["bootstrap_p"].between(0, 1).all()
+    # metric names are the same in every run: the members' versions are params, never in a name
+    metrics = set(run.data.metrics)
+    assert not [m for m in metrics if re.search(r"_v\d|top_\d", m)]
+    for version in run.data.params["members"].split(","):
+        loss = client.get_model_version(names.CLASSIFIER_MODEL, version).tags[names.LOSS_TAG]
+        assert run.data.params[f"member.{loss}"] == version and f"member.{loss}.mcc" in metrics
+    for k in (2, 3):
+        assert {f"top{k}.{kind}.mcc" for kind in ("majority", "mean", "weighted", "stacking", "model_level")} <= metrics
+        assert f"{names.EPOCH_CURVE_PREFIX}top{k}.model_level.loss" in metrics
+    assert run.data.metrics["top2_3.model_level_weighted.mcc"] == pytest.approx(
+        table.loc["weighted model-level top-2+3", "mcc"], rel=1e-12)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"ensemble_scores.md", "ensemble_polar.png", "test_confusion.png", "test_roc_pr.png",
             "best_test_predictions.csv"} <= artifacts
@@ -77,6 +90,11 @@ def test_ensemble_stage_registers_an_end_to_end_model(tmp_path, monkeypatch, reg
 
     champion = client.get_model_version_by_alias(names.ENSEMBLE_MODEL, "champion")
     assert champion.tags["ensemble"] == run.data.tags["best_ensemble"]
+    # `mlflow models serve --env-manager uv` builds the served model's environment from our pins
+    served = Path(mlflow.artifacts.download_artifacts(champion.source))
+    assert _PythonEnv.from_yaml(served / "python_env.yaml").dependencies == ["-r requirements.txt"]
+    pins = (served / "requirements.txt").read_text().split()
+    assert pins == registry.pip_requirements()
     assert champion.tags[names.VARIANT_TAG] == "corrected" and champion.tags[names.FLAWS_TAG] == "none"
     top1 = client.get_model_version_by_alias(names.CLASSIFIER_MODEL, "top1")
     assert str(client.get_model_version_by_alias(names.CLASSIFIER_MODEL, "champion").version) == str(top1.version)

@@ -44,6 +44,7 @@ from multiloss.metrics.classification import (
     paired_bootstrap_mcc_difference,
 )
 from multiloss.models.ensemble_heads import ModelLevel, fit_stacking, stacking_predict
+from multiloss.names import ensemble_metric_prefix
 from multiloss.training import fit_keeping_best
 
 # Feature caches above this size train the model-level head through the full model instead.
@@ -339,7 +340,8 @@ def build_all(names: list[str], members: list[tf_keras.Model], frame: pd.DataFra
         levels.append(model_level(names[:k], members[:k], train_paths=train_paths, train_labels=train_labels,
                                   val=top_val, test=top_test, img_size=img_size, epochs=epochs,
                                   batch_size=batch_size, lr=lr, patience=patience, seed=seed,
-                                  metric_prefix=f"{level_slug(k)}.", feature_cache=feature_cache,
+                                  metric_prefix=f"{ensemble_metric_prefix('model_level', [k])}.",
+                                  feature_cache=feature_cache,
                                   freeze_conv=variant.has("head_dense_only")))
     ensembles += levels
     if len(levels) > 1:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,11 +119,6 @@ class Scored:
         return self.table.loc[self.best.name]
 
 
-def slug(name: str) -> str:
-    """A table row's name as a metric prefix: ``model-level top-3`` → ``model_level_top_3``."""
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-
-
 def prepare(settings: EnsembleSettings, data: str | Path) -> EnsembleInputs:
     """The checked inputs of an ensemble run on the cropped dataset ``data``.
 
@@ -183,7 +179,7 @@ def build_and_register(inputs: EnsembleInputs) -> str:
     for position, (r, name) in enumerate(zip(inputs.members.ranked, inputs.members.member_names), start=1):
         print(f"ensemble: member {position}: {name}, {inputs.key} = {r.value:.4f}")
     scored = build_and_score(inputs)
-    log_scores(scored)
+    log_scores(scored, inputs.members)
     log_models_and_figures(scored)
     version = register_best(inputs, scored)
     headline = scored.headline
@@ -222,13 +218,44 @@ def build_and_score(inputs: EnsembleInputs) -> Scored:
     return Scored(models, test, ensembles, levels, table, best, best_level)
 
 
-def log_scores(scored: Scored) -> None:
-    """Each row's scores as ``<row>.<score>``; the best ensemble's as ``test_<score>`` and ``val_mcc``."""
-    for name, row in scored.table.iterrows():
-        mlflow.log_metrics({f"{slug(name)}.{m}": float(row[m]) for m in ROW_METRICS})
+def member_keys(losses: list[str]) -> list[str]:
+    """Each member's name in metric and param names: its loss, ``<loss>_2`` for the second member of
+    a loss already taken (``distinct=none``); never its version, so runs compare."""
+    seen: Counter[str] = Counter()
+    keys = []
+    for loss in losses:
+        key = re.sub(r"[^a-z0-9_]+", "_", loss.lower()).strip("_") or "unknown"
+        seen[key] += 1
+        keys.append(key if seen[key] == 1 else f"{key}_{seen[key]}")
+    return keys
+
+
+def metric_prefixes(scored: Scored, members: Members) -> dict[str, str]:
+    """Each score table row's metric prefix (:func:`multiloss.names.ensemble_metric_prefix`,
+    :func:`multiloss.names.member_metric_prefix`), keyed by the row's name."""
+    losses = [r.version.tags.get(names.LOSS_TAG, "") for r in members.ranked]
+    prefixes = {name: names.member_metric_prefix(key)
+                for name, key in zip(members.member_names, member_keys(losses))}
+    level_sizes = [len(level.members) for level in scored.levels]
+    for entry in scored.ensembles:
+        sizes = level_sizes if entry.kind == "model_level_weighted" else [len(entry.members)]
+        prefixes[entry.name] = names.ensemble_metric_prefix(entry.kind, sizes)
+    if sorted(prefixes) != sorted(scored.table.index) or len(set(prefixes.values())) != len(prefixes):
+        raise ValueError(f"the score table's rows {list(scored.table.index)} do not map one to one onto metric "
+                         f"prefixes {prefixes}")
+    return prefixes
+
+
+def log_scores(scored: Scored, members: Members) -> None:
+    """Each row's scores as ``<prefix>.<score>`` (:func:`metric_prefixes`), each member's version as
+    the param ``member.<loss>``; the best ensemble's scores as ``test_<score>`` and ``val_mcc``.
+    Values are logged as computed: rounding is the table's and the UI's, not the store's."""
+    prefixes = metric_prefixes(scored, members)
+    store.log_params({prefixes[name]: version for name, version in zip(members.member_names, members.versions)})
+    metrics = {f"{prefixes[name]}.{m}": float(row[m]) for name, row in scored.table.iterrows() for m in ROW_METRICS}
     headline = scored.headline
-    mlflow.log_metrics({f"test_{m}": float(headline[m]) for m in HEADLINE_METRICS})
-    mlflow.log_metric("val_mcc", float(headline["val_mcc"]))
+    metrics.update({f"test_{m}": float(headline[m]) for m in HEADLINE_METRICS}, val_mcc=float(headline["val_mcc"]))
+    mlflow.log_metrics(metrics)      # one call: MLflow batches them, a row at a time was a round trip each
 
 
 def log_models_and_figures(scored: Scored) -> None:
