@@ -11,7 +11,7 @@ from mlflow.utils.requirements_utils import _parse_requirements
 from packaging.specifiers import SpecifierSet
 
 from multiloss import paths
-from multiloss.tracking import registry, store
+from multiloss.tracking import registry
 
 REPO = paths.CHECKOUT
 
@@ -39,14 +39,15 @@ def test_the_environment_mlflow_run_builds_with_uv_is_python_env_yaml():
     assert built.to_dict() == _PythonEnv.from_yaml(REPO / "python_env.yaml").to_dict()
 
 
-def test_a_logged_model_carries_a_python_env_of_our_pins():
-    """``mlflow models serve --env-manager uv`` builds a model's environment from its python_env.yaml."""
-    store.configure()
+def test_a_saved_model_carries_a_python_env_of_our_pins(tmp_path):
+    """``mlflow models serve --env-manager uv`` builds a model's environment from its python_env.yaml,
+    which MLflow writes from the pip requirements registry gives every Keras model it logs (saved
+    here without a store, to stay fast; tests/ensembles/test_stage.py reads a registered one's)."""
     image = tf_keras.Input((8, 8, 1))
     model = tf_keras.Model(image, tf_keras.layers.Dense(3, activation="softmax")(tf_keras.layers.Flatten()(image)))
-    with mlflow.start_run(experiment_id=store.ensure_experiment("classification")):
-        info = registry.log_keras(model)
-    local = Path(mlflow.artifacts.download_artifacts(info.model_uri))
+    local = tmp_path / "model"
+    mlflow.tensorflow.save_model(registry.inference_copy(model), str(local),
+                                 pip_requirements=registry.pip_requirements())
     python_env = _PythonEnv.from_yaml(local / "python_env.yaml")
     assert requirements(python_env, local) == registry.pip_requirements()
     ours = _PythonEnv.from_yaml(REPO / "python_env.yaml").python
