@@ -103,3 +103,11 @@ def ensemble_metric_prefix(kind: str, sizes) -> str:
 def member_metric_prefix(key: str) -> str:
     """``member.cal_cce``: the metric prefix (and param name) of the member ``key`` (its loss)."""
     return f"{MEMBER_PREFIX}.{key}"
+
+# Whether a model or run was trained on the built-in synthetic phantoms ("true"/"false"): such a
+# model is no chest X-ray classifier, and its card, its version's tags and its served answers say so.
+SYNTHETIC_TAG = "data.synthetic"
+# MLflow's own tag for a run's description (the UI's "Description" box).
+NOTE_TAG = "mlflow.note.content"
+# The run inputs' contexts (MLflow's Datasets column): which split a logged dataset is.
+DATASET_CONTEXTS = ("train", "validation", "test")

@@ -79,6 +79,20 @@ def test_classify_stage_logs_scores_registers_and_reloads_in_a_fresh_process(tmp
     assert {"val_predictions.csv", "test_predictions.csv", "test_confusion.png", "test_roc_pr.png",
             "test_reliability.png", "validation_split.csv"} <= artifacts
 
+    # What MLflow shows a reader: the three splits as run inputs (digest = the data fingerprint), the
+    # run's description, the version's signature and card, the model's description, the synthetic flag.
+    inputs = {d.tags[0].value: d.dataset for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "validation", "test"}
+    assert {d.digest for d in inputs.values()} == {run.data.tags[names.DATA_FINGERPRINT_TAG][:36]}
+    assert inputs["train"].source and "chest_xray" in inputs["train"].source
+    assert run.data.tags[names.NOTE_TAG].startswith("cal_neg_entropy (corrected) at 32 px")
+    assert run.data.tags[names.SYNTHETIC_TAG] == "true" and version.tags[names.SYNTHETIC_TAG] == "true"
+    signature = mlflow.models.get_model_info(version.source).signature
+    assert signature.inputs.inputs[0].shape == (-1, 32, 32, 3) and signature.outputs.inputs[0].shape == (-1, 3)
+    assert version.description.startswith("**Trained on synthetic phantoms**")
+    assert "test: MCC" in version.description and "wald" in version.description.lower()
+    assert mlflow.MlflowClient().get_registered_model(names.CLASSIFIER_MODEL).description
+
     test_csv = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="test_predictions.csv")
     code = textwrap.dedent(f"""
         import numpy as np, pandas as pd, mlflow

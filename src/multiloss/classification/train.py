@@ -17,11 +17,13 @@ import tf_keras
 from multiloss import names, variants
 from multiloss.classification.graph import classifier_graph
 from multiloss.classification.scoring import (
+    degenerate_from_scores,
     degenerate_tags,
     predictions_frame,
     score_split,
     split_figures,
 )
+from multiloss.data import provenance
 from multiloss.data.classes import CLASSES
 from multiloss.data.datasets import image_dataset, label_indices
 from multiloss.data.fingerprint import kermany_fingerprint
@@ -37,7 +39,7 @@ from multiloss.losses.classification import ClassificationLoss
 from multiloss.metrics.classification import MCC_INTERVAL_LABELS
 from multiloss.models.unet import check_size
 from multiloss.project import declared_parameters
-from multiloss.tracking import registry, store
+from multiloss.tracking import metadata, registry, store
 from multiloss.training import fit_keeping_best, seed_everything
 
 # The parameters any classification loss takes (each loss takes some of them), in the loss table's order.
@@ -109,6 +111,7 @@ class TrainedClassifier:
     scores: dict[str, dict[str, float]]  # split -> score_split result
     data_fingerprint: str
     encoder_version: str
+    synthetic: bool                    # trained on the built-in synthetic phantoms
 
     def registry_tags(self) -> dict[str, object]:
         """The tags every ``cxr-classifier`` version carries: what it was trained on and how, its
@@ -119,7 +122,41 @@ class TrainedClassifier:
                 names.DATA_FINGERPRINT_TAG: self.data_fingerprint, names.IMG_SIZE_TAG: self.config.img_size,
                 "seed": self.config.seed, "encoder_version": self.encoder_version,
                 **{f"{split}_{k}": round(self.scores[split][k], 6) for split in ("val", "test") for k in TAGGED_SCORES},
-                **degenerate_tags(self.scores["val"])}
+                **degenerate_tags(self.scores["val"]), names.SYNTHETIC_TAG: str(self.synthetic).lower()}
+
+    def signature(self):
+        return metadata.image_signature(self.config.img_size, (len(CLASSES),))
+
+    def summary(self) -> str:
+        """One line for the run's description: what was trained, and its headline scores."""
+        val, test = self.scores["val"], self.scores["test"]
+        return (f"{self.config.loss} ({self.loss.variant.name}) at {self.config.img_size} px, seed {self.config.seed}: "
+                f"val MCC {val['mcc']:.3f}, test MCC {test['mcc']:.3f} [{test['mcc_low']:.3f}, {test['mcc_high']:.3f}], "
+                f"test ECE {test['ece']:.3f}; best epoch {self.fit['best_epoch']} of {self.fit['epochs_run']}"
+                + (" (synthetic phantoms)" if self.synthetic else ""))
+
+    def card(self) -> str:
+        """The version's model card (its description in the registry)."""
+        config, val, test = self.config, self.scores["val"], self.scores["test"]
+        params = ", ".join(f"{k} = {v:g}" for k, v in self.loss.params.items()) or "none"
+        interval = MCC_INTERVAL_LABELS[config.ci_method]
+        limits = [f"validated and selected on a patient-level split of the training images ({config.val_fraction:.0%}); "
+                  "the test split was used for nothing but the scores below"]
+        if degenerate_from_scores(val):
+            limits.append(f"degenerate on validation ({degenerate_from_scores(val)}): left out of ensembles")
+        return (metadata.synthetic_warning(self.synthetic)
+                + f"**{config.loss}** classifier, variant **{self.loss.variant.name}**"
+                + (f" (published flaws: {', '.join(self.loss.variant.flaws)})" if self.loss.variant.flaws else "")
+                + f"\n\n- data: `{Path(config.data).resolve()}` (fingerprint `{self.data_fingerprint}`"
+                + (", synthetic" if self.synthetic else "") + ")"
+                + f"\n- input: {config.img_size}×{config.img_size}×3 float32 in [0, 1]; output: probabilities of "
+                + ", ".join(CLASSES)
+                + f"\n- loss parameters: {params}; seed {config.seed}; encoder version {self.encoder_version}; "
+                  f"{config.epochs} epochs max, kept epoch {self.fit['best_epoch']} (lowest validation loss)"
+                + f"\n- validation: MCC {val['mcc']:.4f}, accuracy {val['accuracy']:.4f}, ECE {val['ece']:.4f}"
+                + f"\n- test: MCC {test['mcc']:.4f} [{test['mcc_low']:.4f}, {test['mcc_high']:.4f}] ({interval}), "
+                  f"accuracy {test['accuracy']:.4f}, AUROC {test['auroc_micro']:.4f}, ECE {test['ece']:.4f}"
+                + "\n- limits: " + "; ".join(limits))
 
 
 def pin_encoder(uri: str) -> tuple[str, str]:
@@ -189,8 +226,13 @@ def train_classifier(config: ClassifierConfig, *, epoch_hooks: Sequence[EpochHoo
                          "patience": config.patience, "split_seed": config.split_seed, "strategy": config.strategy,
                          "variant": config.variant,
                          **{f"n_{name}": len(part) for name, part in parts.items()}})
+    synthetic = provenance.is_synthetic(config.data)
     mlflow.set_tags({names.STAGE_TAG: "classify", names.LOSS_TAG: config.loss, names.DATA_FINGERPRINT_TAG: data_print,
-                     names.MCC_INTERVAL_TAG: MCC_INTERVAL_LABELS[config.ci_method], **variants.tags(loss.variant)})
+                     names.MCC_INTERVAL_TAG: MCC_INTERVAL_LABELS[config.ci_method], **variants.tags(loss.variant),
+                     names.SYNTHETIC_TAG: str(synthetic).lower()})
+    metadata.log_splits({context: parts[name][["path", "label"]]
+                         for context, name in zip(names.DATASET_CONTEXTS, ("train", "val", "test"))},
+                        source=str(root), digest=data_print, name=Path(config.data).resolve().name)
 
     graph, unet_weights = classifier_graph(encoder_uri, strategy=config.strategy, bn_momentum=config.bn_momentum,
                                            momentum=config.momentum, extra_metrics=extra_metrics, reuse=reuse_graph)
@@ -221,17 +263,27 @@ def train_classifier(config: ClassifierConfig, *, epoch_hooks: Sequence[EpochHoo
             split_figures(tmp, name, labels[name], split_probs, config.loss)
         mlflow.log_artifacts(tmp)
     mlflow.set_tags(degenerate_tags(scores["val"]))       # decided on validation only, never on test
-    return TrainedClassifier(model, loss, config, fit, scores, data_print, encoder_version)
+    trained = TrainedClassifier(model, loss, config, fit, scores, data_print, encoder_version, synthetic)
+    metadata.describe_run(trained.summary())
+    return trained
 
 
 def log_unregistered(trained: TrainedClassifier) -> str:
     """Log the model into the active run without registering it; returns its model URI (a sweep
     registers only its best trial's model, later, possibly from another worker)."""
-    return registry.log_keras(trained.model).model_uri
+    return registry.log_keras(trained.model, signature=trained.signature()).model_uri
 
 
-def register_logged(model_uri: str, tags: dict[str, object]):
-    """Register a logged model as a new ``cxr-classifier`` version and tag it."""
+def register(trained: TrainedClassifier):
+    """Log and register ``trained`` as a new ``cxr-classifier`` version, tagged, with its card."""
+    return registry.log_and_register(trained.model, names.CLASSIFIER_MODEL, trained.registry_tags(),
+                                     signature=trained.signature(), card=trained.card())
+
+
+def register_logged(model_uri: str, tags: dict[str, object], card: str | None = None):
+    """Register a logged model as a new ``cxr-classifier`` version, tag it and give it ``card``."""
     version = str(mlflow.register_model(model_uri, names.CLASSIFIER_MODEL, await_registration_for=300).version)
     registry.tag_version(names.CLASSIFIER_MODEL, version, tags)
+    if card is not None:
+        metadata.describe_version(names.CLASSIFIER_MODEL, version, card)
     return mlflow.MlflowClient().get_model_version(names.CLASSIFIER_MODEL, version)

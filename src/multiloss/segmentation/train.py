@@ -18,6 +18,7 @@ import pandas as pd
 import tf_keras
 
 from multiloss import names
+from multiloss.data import provenance
 from multiloss.data.datasets import mask_dataset
 from multiloss.data.fingerprint import mask_set_fingerprint
 from multiloss.data.readers import read_mask_set
@@ -30,7 +31,7 @@ from multiloss.metrics.segmentation import (
 )
 from multiloss.models.unet import build_unet
 from multiloss.plots import mask_overlays
-from multiloss.tracking import store
+from multiloss.tracking import metadata, store
 from multiloss.training import distribution_strategy, fit_keeping_best, seed_everything
 
 LOSS_PARAMETERS = ("alpha", "beta", "gamma")
@@ -94,6 +95,7 @@ class TrainedUNet:
     fit: dict[str, float]              # best_epoch, best_val_loss, epochs_run, train_images_per_s
     scores: pd.Series                  # mean validation scores of the best weights (dice, ...)
     data_fingerprint: str
+    synthetic: bool                    # trained on the built-in synthetic phantoms
 
     def registry_tags(self) -> dict[str, object]:
         """The tags every ``cxr-lung-seg`` version carries."""
@@ -101,7 +103,33 @@ class TrainedUNet:
         return {names.LOSS_TAG: config.loss, **loss_param_keys(self.prepared.loss),
                 names.DATA_FINGERPRINT_TAG: self.data_fingerprint, names.IMG_SIZE_TAG: config.img_size,
                 "seed": config.seed, "val_loss": round(self.fit["best_val_loss"], 6),
-                "val_dice": round(float(self.scores["dice"]), 6)}
+                "val_dice": round(float(self.scores["dice"]), 6), names.SYNTHETIC_TAG: str(self.synthetic).lower()}
+
+    def signature(self):
+        size = self.prepared.config.img_size
+        return metadata.image_signature(size, (size, size, 1))
+
+    def summary(self) -> str:
+        """One line for the run's description."""
+        config = self.prepared.config
+        return (f"U-Net, loss {config.loss}, at {config.img_size} px, seed {config.seed}: validation Dice "
+                f"{float(self.scores['dice']):.3f}, lung IoU {float(self.scores['lung_iou']):.3f}; best epoch "
+                f"{self.fit['best_epoch']} of {self.fit['epochs_run']}" + (" (synthetic phantoms)" if self.synthetic else ""))
+
+    def card(self) -> str:
+        """The version's model card."""
+        config = self.prepared.config
+        params = ", ".join(f"{k} = {v:g}" for k, v in self.prepared.loss.params.items()) or "none"
+        return (metadata.synthetic_warning(self.synthetic)
+                + f"Lung U-Net, loss **{config.loss}** ({params})"
+                + f"\n\n- data: `{Path(config.data).resolve()}` (fingerprint `{self.data_fingerprint}`"
+                + (", synthetic" if self.synthetic else "") + f"); {len(self.prepared.train)} training and "
+                  f"{len(self.prepared.val)} validation image/mask pairs"
+                + f"\n- input: {config.img_size}×{config.img_size}×3 float32 in [0, 1]; output: lung probability per pixel"
+                + f"\n- seed {config.seed}; {config.epochs} epochs max, kept epoch {self.fit['best_epoch']} "
+                  "(lowest validation loss)"
+                + "\n- validation: " + ", ".join(f"{k} {float(v):.4f}" for k, v in self.scores.items())
+                + "\n- limits: scored on its own validation split; segment_eval scores it on held-out images")
 
 
 def loss_param_keys(loss) -> dict[str, object]:
@@ -150,7 +178,10 @@ def train_unet(prepared: PreparedTraining) -> TrainedUNet:
                       Path(tmp) / "val_predictions.png")
         pairs.assign(masks=[";".join(m) for m in pairs["masks"]]).to_csv(Path(tmp) / "split.csv", index=False)
         mlflow.log_artifacts(tmp)
-    return TrainedUNet(model, prepared, fit, scores, data_print)
+    trained = TrainedUNet(model, prepared, fit, scores, data_print, provenance.is_synthetic(config.data))
+    mlflow.set_tag(names.SYNTHETIC_TAG, str(trained.synthetic).lower())
+    metadata.describe_run(trained.summary())
+    return trained
 
 
 def _log_settings(prepared: PreparedTraining, data_print: str) -> None:
@@ -161,3 +192,9 @@ def _log_settings(prepared: PreparedTraining, data_print: str) -> None:
     store.log_params({**params, "data": str(Path(config.data).resolve()), "n_train": len(prepared.train),
                       "n_val": len(prepared.val), **loss_param_keys(prepared.loss)})
     mlflow.set_tags({names.STAGE_TAG: "segment", names.LOSS_TAG: config.loss, names.DATA_FINGERPRINT_TAG: data_print})
+    metadata.log_splits({"train": _pair_rows(prepared.train), "validation": _pair_rows(prepared.val)},
+                        source=str(Path(config.data).resolve()), digest=data_print, name=Path(config.data).resolve().name)
+
+
+def _pair_rows(pairs: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"image": pairs["image"].astype(str), "masks": [";".join(map(str, m)) for m in pairs["masks"]]})

@@ -11,13 +11,14 @@ from multiloss.classification.train import (
     LOSS_PARAMETERS,
     ClassifierConfig,
     pin_encoder,
+    register,
     train_classifier,
 )
 from multiloss.data.readers import read_kermany
 from multiloss.losses import CLASSIFICATION_LOSSES
 from multiloss.metrics.classification import CI_METHODS
 from multiloss.stages.cli import StageParser, integer, optional_float, unet_size
-from multiloss.tracking import registry, store
+from multiloss.tracking import store
 from multiloss.training import STRATEGIES
 
 # The training arguments: the fields of ClassifierConfig that are stage parameters (MLproject
@@ -101,7 +102,7 @@ def main(argv=None) -> None:
     suffix = "" if args.variant == variants.CORRECTED else f"-{args.variant}"
     with store.stage_run(names.CLASSIFICATION_EXPERIMENT, run_name=f"classify-{args.loss}{suffix}"):
         trained = train_classifier(config)
-        version = registry.log_and_register(trained.model, names.CLASSIFIER_MODEL, trained.registry_tags())
+        version = register(trained)
     headline = trained.scores
     print(f"classify: registered {names.CLASSIFIER_MODEL} version {version.version} (loss {args.loss}, "
           f"variant {trained.loss.variant.name}; "

@@ -40,7 +40,8 @@ def main(argv=None) -> None:
     prepared = train.prepare(train.UNetConfig.from_parameters(vars(args)))   # fails before a run opens
     with store.stage_run(names.SEGMENTATION_EXPERIMENT, run_name=f"segment-{args.loss}"):
         trained = train.train_unet(prepared)
-        version = registry.log_and_register(trained.model, names.SEGMENTATION_MODEL, trained.registry_tags())
+        version = registry.log_and_register(trained.model, names.SEGMENTATION_MODEL, trained.registry_tags(),
+                                            signature=trained.signature(), card=trained.card())
         print(f"segment: registered {names.SEGMENTATION_MODEL} version {version.version} "
               f"(loss {args.loss}, val Dice {trained.scores['dice']:.4f})")
 

@@ -18,6 +18,7 @@ import tf_keras
 from mlflow.entities.model_registry import ModelVersion
 
 from multiloss.paths import CHECKOUT
+from multiloss.tracking import metadata
 
 
 def pip_requirements() -> list[str]:
@@ -57,24 +58,31 @@ def inference_copy(model: tf_keras.Model) -> tf_keras.Model:
     return copy
 
 
-def log_keras(model: tf_keras.Model, name: str = "model", *, keep_in_memory: bool = False):
+def log_keras(model: tf_keras.Model, name: str = "model", *, keep_in_memory: bool = False, signature=None):
     """Log the inference copy of ``model`` into the active run, unregistered; returns MLflow's
     ModelInfo, whose ``model_uri`` (``models:/m-<id>``) loads it back. ``keep_in_memory``: also
-    within :func:`models_kept_in_memory` (not for a sweep's every trial: ~16 MB each)."""
+    within :func:`models_kept_in_memory` (not for a sweep's every trial: ~16 MB each).
+    ``signature``: what serving checks requests against (:func:`metadata.image_signature`). No
+    input example: MLflow would load the model back and predict it while logging."""
     logged = inference_copy(model)
-    info = mlflow.tensorflow.log_model(logged, name=name, pip_requirements=pip_requirements())
+    info = mlflow.tensorflow.log_model(logged, name=name, pip_requirements=pip_requirements(), signature=signature)
     if keep_in_memory and _kept is not None:
         _keep(info.model_uri, logged)
     return info
 
 
-def log_and_register(model: tf_keras.Model, registered_name: str, tags: dict[str, object]) -> ModelVersion:
-    """Log ``model`` into the active run, register it as a new version, tag the version."""
+def log_and_register(model: tf_keras.Model, registered_name: str, tags: dict[str, object], *,
+                     signature=None, card: str | None = None) -> ModelVersion:
+    """Log ``model`` into the active run, register it as a new version, tag the version and give
+    it ``card`` as its description (see :func:`log_keras` for ``signature``)."""
     logged = inference_copy(model)
     info = mlflow.tensorflow.log_model(logged, name="model", registered_model_name=registered_name,
-                                       pip_requirements=pip_requirements(), await_registration_for=300)
+                                       pip_requirements=pip_requirements(), await_registration_for=300,
+                                       signature=signature)
     version = str(info.registered_model_version)
     tag_version(registered_name, version, tags)
+    if card is not None:
+        metadata.describe_version(registered_name, version, card)
     registered = mlflow.MlflowClient().get_model_version(registered_name, version)
     if _kept is not None:
         _keep(registered.source, logged)

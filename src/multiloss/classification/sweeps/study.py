@@ -58,6 +58,7 @@ CONFIG_ATTR = "sweep.config"
 READY_ATTR = "sweep.ready"
 MODEL_URI_ATTR = "model_uri"
 TAGS_ATTR = "registry_tags"
+CARD_ATTR = "model_card"
 
 # Parameters whose values may differ between workers of one study (paths and devices are per machine;
 # the data's fingerprint stands for the data in the study's identity).
@@ -396,6 +397,7 @@ def classifier_objective(settings: SweepSettings) -> Objective:
             if improves_on_finished(trial.study, value):
                 trial.set_user_attr(MODEL_URI_ATTR, train.log_unregistered(trained))
                 trial.set_user_attr(TAGS_ATTR, {k: str(v) for k, v in trained.registry_tags().items()})
+                trial.set_user_attr(CARD_ATTR, trained.card())
             return value
         finally:
             tf_keras.backend.clear_session()   # one worker trains many models

@@ -19,6 +19,7 @@ from optuna.trial import TrialState  # noqa: E402
 from multiloss import names  # noqa: E402
 from multiloss.classification.sweeps.storage import RETRY_ATTR, RUN_ID_ATTR  # noqa: E402
 from multiloss.classification.sweeps.study import (  # noqa: E402
+    CARD_ATTR,
     MODEL_URI_ATTR,
     OBJECTIVE,
     TAGS_ATTR,
@@ -120,6 +121,7 @@ def register_best(study: optuna.Study, parent_run_id: str) -> str | None:
 
     version = register_logged(model_uri, {**best.user_attrs.get(TAGS_ATTR, {}), "sweep_study": study.study_name,
                                           "sweep_trial": best.number, "sweep_run_id": parent_run_id,
-                                          "sweep_objective": OBJECTIVE, "sweep_value": f"{best.value:.6g}"})
+                                          "sweep_objective": OBJECTIVE, "sweep_value": f"{best.value:.6g}"},
+                             card=best.user_attrs.get(CARD_ATTR))
     print(f"sweep: registered {names.CLASSIFIER_MODEL} version {version.version} (trial {best.number})", flush=True)
     return str(version.version)
