@@ -148,7 +148,7 @@ def test_signature_declares_on_error_and_the_answer(served):
     signature = model.metadata.signature
     assert signature.inputs is None          # MLflow would drop unknown columns before we could name them
     assert [(p.name, p.default) for p in signature.params.params] == [("on_error", "raise")]
-    assert signature.outputs.input_names() == ["path", "row", *PROBABILITY_COLUMNS, "predicted", "error"]
+    assert signature.outputs.input_names() == ["path", "row", *PROBABILITY_COLUMNS, "predicted", "synthetic", "error"]
 
 
 def test_base64_bytes_are_predicted_as_the_same_files_would_be(served):

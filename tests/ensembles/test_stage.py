@@ -118,6 +118,13 @@ def test_ensemble_stage_registers_an_end_to_end_model(tmp_path, monkeypatch, reg
     assert set(served["path"]) == set(raw)
     order = [raw[p] for p in served["path"]]
     np.testing.assert_allclose(served[PROBABILITY_COLUMNS].to_numpy(float), expected[order], atol=1e-4)
+    # trained on phantoms: every answer, the version's tags and card, and the run's description say so
+    assert served["synthetic"].tolist() == [True] * len(served)
+    champion = client.get_model_version_by_alias(names.ENSEMBLE_MODEL, "champion")
+    assert champion.tags[names.SYNTHETIC_TAG] == "true"
+    assert champion.description.startswith("**Trained on synthetic phantoms**") and "test: MCC" in champion.description
+    assert client.get_registered_model(names.ENSEMBLE_MODEL).description
+    assert "chosen on val" in client.get_run(champion.run_id).data.tags[names.NOTE_TAG]
 
     # the published variant: stacking fitted once per K on the members' training predictions (no
     # folds, neither validation nor test images), weights on test, and only test_selected moves

@@ -164,3 +164,44 @@ def test_promote_and_sweep_on_one_data_set_keep_to_it(on_server, tmp_path, capsy
                     "--patience", "1", "--ci-method", "wald"])
         out = capsys.readouterr().out
         assert "sweep: created study" in out and "this worker ran 1 trial(s)" in out, out[-2000:]
+
+
+@pytest.mark.slow
+def test_what_a_reader_sees_in_mlflow_after_a_tiny_pipeline(on_server):
+    """Signatures, dataset inputs, descriptions, the synthetic flag (tags, card, served answer),
+    stable ensemble metric names, and the report and scores on the pipeline's own run."""
+    import re
+
+    import numpy as np
+    import pandas as pd
+
+    client, home, parents = on_server
+    for model in (names.SEGMENTATION_MODEL, names.CLASSIFIER_MODEL, names.ENSEMBLE_MODEL):
+        assert client.get_registered_model(model).description, model
+        for version in registry.versions(model):
+            assert mlflow.models.get_model_info(f"models:/{model}/{version.version}").signature is not None
+            assert version.description and version.description.startswith("**Trained on synthetic phantoms**")
+            assert version.tags[names.SYNTHETIC_TAG] == "true"
+    for parent in parents.values():
+        ran = steps(client, parent)
+        parent_run = client.get_run(parent)
+        assert "report.md" in {a.path for a in client.list_artifacts(parent)}
+        assert {"ensemble.test_mcc", "segment_eval.champion_dice_mean"} <= set(parent_run.data.metrics)
+        assert "steps ran" in parent_run.data.tags[names.NOTE_TAG]
+        for name, run in ran.items():
+            for tag in ("mlflow.source.name", "mlflow.source.type", "mlflow.user"):
+                assert run.data.tags.get(tag) == parent_run.data.tags[tag], (name, tag)
+            if name.startswith(("classify.", "segment.", "ensemble")):
+                assert run.data.tags[names.NOTE_TAG], name
+            if name.startswith(("classify.", "segment.")):
+                contexts = {d.tags[0].value for d in run.inputs.dataset_inputs}
+                want = {"train", "validation", "test"} if name.startswith("classify.") else {"train", "validation"}
+                assert contexts == want, name
+        metrics = set(ran["ensemble"].data.metrics)
+        assert not [m for m in metrics if re.search(r"_v\d|top_\d", m)]
+        assert {"top2.majority.mcc", "member.cce.mcc", "member.focal.mcc"} <= metrics
+
+    champion = mlflow.pyfunc.load_model(f"models:/{names.ENSEMBLE_MODEL}@{names.CHAMPION}")
+    image = next((home / "data" / "a" / "chest_xray" / "test").rglob("*.jpeg"))
+    answer = champion.predict(pd.DataFrame({"path": [str(image)]}))
+    assert answer["synthetic"].tolist() == [True] and np.isfinite(answer["p_normal"]).all()

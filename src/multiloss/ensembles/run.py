@@ -26,6 +26,7 @@ import tf_keras
 from multiloss import names, variants
 from multiloss.classification.scoring import predictions_frame, split_figures
 from multiloss.classification.train import TAGGED_SCORES
+from multiloss.data import provenance
 from multiloss.data.fingerprint import kermany_fingerprint
 from multiloss.data.readers import read_kermany
 from multiloss.ensembles import serving
@@ -47,7 +48,7 @@ from multiloss.metrics.classification import classification_scores
 from multiloss.plots import polar_scores
 from multiloss.report.tables import markdown_table, write_table
 from multiloss.segmentation.cropped_dataset import read_crop_summary
-from multiloss.tracking import aliases, ranking, registry, store
+from multiloss.tracking import aliases, metadata, ranking, registry, store
 from multiloss.training import seed_everything
 
 CROP_KEYS = ("members", "seg_size", "img_size", "margin")      # crop.json entries the served model repeats
@@ -291,8 +292,10 @@ def register_best(inputs: EnsembleInputs, scored: Scored) -> str:
     best, members = scored.best, inputs.members
     segmenters = [registry.load_keras(uri) for uri in inputs.segmenter_uris]
     parts, combiner = serving_parts(best, scored.members)
+    synthetic = provenance.is_synthetic(inputs.data)
     info = serving.log_pipeline(segmenters=segmenters, parts=parts, combiner=combiner,
-                                config=serving.pipeline_config(inputs.crop, members.img_size, inputs.frame["path"]),
+                                config=serving.pipeline_config(inputs.crop, members.img_size, inputs.frame["path"],
+                                                               synthetic),
                                 weights=best.weights, stacker=best.stacker, name="model",
                                 registered_model_name=names.ENSEMBLE_MODEL,
                                 pip_requirements=registry.pip_requirements())
@@ -305,8 +308,32 @@ def register_best(inputs: EnsembleInputs, scored: Scored) -> str:
         **variants.tags(inputs.settings.variant),
         names.DATA_FINGERPRINT_TAG: inputs.data_print, names.IMG_SIZE_TAG: members.img_size,
         "val_mcc": round(float(headline["val_mcc"]), 6),
-        **{f"test_{m}": round(float(headline[m]), 6) for m in TAGGED_SCORES}})
+        **{f"test_{m}": round(float(headline[m]), 6) for m in TAGGED_SCORES}, names.SYNTHETIC_TAG: str(synthetic).lower()})
+    metadata.describe_version(names.ENSEMBLE_MODEL, version, ensemble_card(inputs, scored, in_best, synthetic))
+    mlflow.set_tag(names.SYNTHETIC_TAG, str(synthetic).lower())
+    metadata.describe_run(f"{best.name} ({best.kind}, {len(best.members)} members {', '.join(in_best)}) chosen on "
+                          f"{inputs.settings.select_on}: test MCC {headline['mcc']:.3f} [{headline['mcc_low']:.3f}, "
+                          f"{headline['mcc_high']:.3f}], val MCC {headline['val_mcc']:.3f}"
+                          + (" (synthetic phantoms)" if synthetic else ""))
     return version
+
+
+def ensemble_card(inputs: EnsembleInputs, scored: Scored, member_versions: list[str], synthetic: bool) -> str:
+    """The ``cxr-ensemble`` version's model card."""
+    best, headline, settings = scored.best, scored.headline, inputs.settings
+    return (metadata.synthetic_warning(synthetic)
+            + f"**{best.name}**: {best.kind} of {names.CLASSIFIER_MODEL} versions {', '.join(member_versions)}, "
+              f"variant **{settings.variant.name}**"
+            + f"\n\n- data: `{inputs.data}` (fingerprint `{inputs.data_print}`" + (", synthetic" if synthetic else "")
+            + f"); lungs cropped by {names.SEGMENTATION_MODEL} {', '.join(inputs.crop['members'])} inside the model"
+            + f"\n- input: a raw chest X-ray (base64 bytes, pixels, or a path under MULTILOSS_SERVE_ROOTS); "
+              f"classifiers at {inputs.members.img_size} px; output: the three probabilities, the predicted class, "
+              "and `synthetic`"
+            + f"\n- chosen on {settings.select_on} by {inputs.score} among {len(scored.table)} rows"
+            + f"\n- test: MCC {headline['mcc']:.4f} [{headline['mcc_low']:.4f}, {headline['mcc_high']:.4f}], "
+              f"accuracy {headline['accuracy']:.4f}, AUROC {headline['auroc_micro']:.4f}, ECE {headline['ece']:.4f}; "
+              f"validation MCC {headline['val_mcc']:.4f}"
+            + "\n- limits: the crop and classifiers saw only this data set's images; the test split chose nothing")
 
 
 def move_aliases(settings: EnsembleSettings, version: str, member_versions: list[str],

@@ -61,6 +61,7 @@ INPUT_COLUMNS = (BYTES_COLUMN, PATH_COLUMN, ARRAY_COLUMN)
 ROOTS_ENV = "MULTILOSS_SERVE_ROOTS"   # folders (os.pathsep-separated) a served model may read paths under
 ON_ERROR_PARAM, ON_ERROR_CHOICES = "on_error", ("raise", "skip")
 ERROR_COLUMN = "error"
+SYNTHETIC_COLUMN = "synthetic"           # true: trained on the built-in phantoms, not chest X-rays
 SHOWN_ERRORS = 5    # bad images named in one 400 answer
 
 # What a base64 image may be: the formats a REST client sends, not every decoder OpenCV carries.
@@ -294,15 +295,17 @@ def _array_to_gray(image: np.ndarray, source: str) -> np.ndarray:
     return to_gray8(image, source)
 
 
-def pipeline_config(crop_summary: dict, cls_size: int, cropped_paths) -> dict:
+def pipeline_config(crop_summary: dict, cls_size: int, cropped_paths, synthetic: bool = False) -> dict:
     """What the pyfunc needs to repeat the crop stage on raw images.
 
-    The crop's sizes and margin (from ``crop.json``), the classifiers' size, and the codec for
-    array inputs (the cropped files' most common suffix; a file input uses its own)."""
+    The crop's sizes and margin (from ``crop.json``), the classifiers' size, the codec for
+    array inputs (the cropped files' most common suffix; a file input uses its own), and whether
+    its models were trained on synthetic phantoms (every answer then says so)."""
     suffixes = Counter(Path(p).suffix.lower() for p in cropped_paths)
     return {"seg_size": int(crop_summary["seg_size"]), "crop_size": int(crop_summary["img_size"]),
             "margin": float(crop_summary["margin"]), "cls_size": int(cls_size),
-            "codec": suffixes.most_common(1)[0][0] if suffixes else "", "classes": list(CLASSES)}
+            "codec": suffixes.most_common(1)[0][0] if suffixes else "", "classes": list(CLASSES),
+            "synthetic": bool(synthetic)}
 
 
 def crop_inputs(originals: list[np.ndarray], segmenters: list, config: dict, codecs: list | None = None,
@@ -343,7 +346,8 @@ def pipeline_signature() -> ModelSignature:
     accepted columns are :data:`INPUT_COLUMNS`, checked by :func:`request_items`."""
     outputs = Schema([ColSpec("string", "path", required=False), ColSpec("long", "row"),
                       *[ColSpec("double", c) for c in PROBABILITY_COLUMNS],
-                      ColSpec("string", "predicted", required=False), ColSpec("string", ERROR_COLUMN, required=False)])
+                      ColSpec("string", "predicted", required=False), ColSpec("boolean", SYNTHETIC_COLUMN),
+                      ColSpec("string", ERROR_COLUMN, required=False)])
     return ModelSignature(inputs=None, outputs=outputs,
                           params=ParamSchema([ParamSpec(ON_ERROR_PARAM, "string", ON_ERROR_CHOICES[0])]))
 
@@ -429,6 +433,8 @@ class EnsemblePipeline(mlflow.pyfunc.PythonModel):
         frame.insert(0, "row", [item.row for item in items])
         frame.insert(0, "path", text([item.path for item in items]))
         frame["predicted"] = text([None if item.error else CLASSES[int(np.argmax(p))] for item, p in zip(items, probs)])
+        # a model trained on phantoms answers every request, and says so in every row
+        frame[SYNTHETIC_COLUMN] = bool(self.config.get("synthetic", False))
         if on_error == "skip":
             frame[ERROR_COLUMN] = text([item.error for item in items])
         return frame

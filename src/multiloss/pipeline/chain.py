@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import mlflow
+from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from multiloss import names, variants
@@ -59,7 +60,33 @@ def run_pipeline(profile: dict, run_name: str, params: dict[str, object], *, dat
         pipeline = Pipeline(parent, fresh=fresh, workers=workers)
         runs = run_chain(pipeline, profile, data, seeds, until, variant)
         ran, reused, seconds = log_counts(pipeline, parent, started)
-        return Finished(parent, ran, reused, seconds, report_text(runs.get("report")))
+        report = report_text(runs.get("report"))
+        publish_results(parent, runs, report, ran, reused)
+        return Finished(parent, ran, reused, seconds, report)
+
+
+# The steps' final scores a pipeline's own run repeats (step -> its metrics), as <step>.<metric>.
+HEADLINE_METRICS = {"segment_eval": ("champion_dice_mean",),
+                    "ensemble": ("test_mcc", "test_mcc_low", "test_mcc_high", "test_accuracy", "test_ece", "val_mcc")}
+
+
+def publish_results(parent: str, runs: dict[str, str | None], report: str, ran: int, reused: int) -> None:
+    """Put the report (``report.md``), the headline scores and a description on the pipeline's own
+    run, so the run a reader opens first answers what the pipeline found, without its children."""
+    client = mlflow.MlflowClient()
+    metrics = {}
+    for step, keys in HEADLINE_METRICS.items():
+        if runs.get(step):
+            logged = client.get_run(runs[step]).data.metrics
+            metrics.update({f"{step}.{key}": logged[key] for key in keys if key in logged})
+    if metrics:
+        client.log_batch(parent, metrics=[mlflow.entities.Metric(k, v, int(time.time() * 1000), 0)
+                                          for k, v in metrics.items()])
+    if report:
+        client.log_text(parent, report, "report.md")
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.endswith(("mcc", "dice_mean")))
+    client.set_tag(parent, names.NOTE_TAG, f"{ran} steps ran, {reused} reused" + (f"; {shown}" if shown else "")
+                   + ("; the report is this run's report.md" if report else ""))
 
 
 @contextlib.contextmanager
@@ -74,7 +101,9 @@ def parent_run(experiment: str, run_name: str, stage: str, params: dict[str, obj
     client = mlflow.MlflowClient()
     recovery.end_dead_pipelines()
     launched = os.environ.pop("MLFLOW_RUN_ID", None)      # steps set it for their own runs
-    parent = launched or client.create_run(store.ensure_experiment(experiment), run_name=stage).info.run_id
+    # MLflow's own source, user and git tags, as mlflow.start_run would set: the steps repeat them
+    parent = launched or client.create_run(store.ensure_experiment(experiment), run_name=stage,
+                                           tags=resolve_tags()).info.run_id
     client.set_tag(parent, MLFLOW_RUN_NAME, run_name)
     client.set_tag(parent, names.STAGE_TAG, stage)
     for key, value in store.process_tags().items():

@@ -28,7 +28,17 @@ from pathlib import Path
 
 import mlflow
 import yaml
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_PROJECT_ENTRY_POINT
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_GIT_BRANCH,
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_GIT_REPO_URL,
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_PROJECT_ENTRY_POINT,
+    MLFLOW_PROJECT_ENV,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+    MLFLOW_USER,
+)
 
 from multiloss import names, paths, project
 from multiloss.pipeline import recovery, reuse
@@ -103,6 +113,12 @@ class Launch:
     params: dict[str, str]
     code: str
     input_fingerprint: str
+    source_tags: tuple[tuple[str, str], ...] = ()
+
+
+# The launcher's tags a step's run repeats, so the UI shows each child's source and git commit.
+SOURCE_TAGS = (MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_GIT_COMMIT, MLFLOW_GIT_BRANCH, MLFLOW_GIT_REPO_URL,
+               MLFLOW_USER, MLFLOW_PROJECT_ENV)
 
 
 def launch(job: Launch) -> str:
@@ -110,7 +126,7 @@ def launch(job: Launch) -> str:
     run ends KILLED on an interrupt, FAILED if the stage failed before its run began."""
     client = mlflow.MlflowClient()
     run = client.create_run(job.experiment_id, run_name=job.name, tags={
-        MLFLOW_PARENT_RUN_ID: job.parent_run_id, MLFLOW_PROJECT_ENTRY_POINT: job.entry_point, names.STEP_TAG: job.name,
+        **dict(job.source_tags), MLFLOW_PARENT_RUN_ID: job.parent_run_id, MLFLOW_PROJECT_ENTRY_POINT: job.entry_point, names.STEP_TAG: job.name,
         names.CODE_VERSION_TAG: job.code, names.INPUT_FINGERPRINT_TAG: job.input_fingerprint,
         names.PROCESS_TAG: _process_label()})
     run_id = run.info.run_id
@@ -179,7 +195,9 @@ class Pipeline:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.client = mlflow.MlflowClient()
         self.parent_run_id = parent_run_id
-        self.experiment_id = self.client.get_run(parent_run_id).info.experiment_id
+        parent = self.client.get_run(parent_run_id)
+        self.experiment_id = parent.info.experiment_id
+        self.source_tags = tuple((k, v) for k, v in parent.data.tags.items() if k in SOURCE_TAGS)
         self.fresh = fresh
         self.workers = workers
         self.entry_points = entry_points(project_file)
@@ -221,7 +239,7 @@ class Pipeline:
                     outcomes[index] = (found.info.run_id, "reused", params)
                     continue
             jobs[index] = Launch(self.experiment_id, self.parent_run_id, step.name, step.entry_point, spec, params,
-                                 code, step.input_fingerprint)
+                                 code, step.input_fingerprint, self.source_tags)
         ran: dict[int, str] = {}
         errors: dict[int, BaseException] = {}
         try:
