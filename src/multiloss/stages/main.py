@@ -8,6 +8,7 @@ and redoes only what did not finish.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -49,6 +50,8 @@ def parser() -> StageParser:
     parser.parameter("workers", type=integer("workers", 0),
                      help="steps run at once (the U-Nets, the classifiers), this process and workers - 1 "
                           "worker processes; 0: the profile's (1 where it sets none)")
+    parser.parameter("system_metrics", type=boolean("system_metrics"),
+                     help="true: every step's run also logs CPU, memory and GPU use (system/<host>/<process>/...)")
     parser.parameter("variant", type=variant,
                      help="corrected, published, or flaws of the published code to reproduce: "
                           + ", ".join(variants.BY_NAME) + "; each classifier gets those acting on its loss")
@@ -77,7 +80,10 @@ def main(argv=None) -> None:
     except ValueError as err:
         raise SystemExit(f"main: parameter data: {err}") from None
     signal.signal(signal.SIGTERM, _interrupt)
+    if args.system_metrics:            # MLflow's switch, read by every step's run (workers inherit it)
+        os.environ["MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"] = "true"
     params = {**vars(args), "seeds": ",".join(map(str, args.seeds)), "fresh": str(args.fresh).lower(),
+              "system_metrics": str(args.system_metrics).lower(),
               "workers": workers, "variant": args.variant.name}
     try:
         done = chain.run_pipeline(profile, f"main-{args.profile}", params, data=args.data, seeds=args.seeds,

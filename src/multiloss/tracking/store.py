@@ -112,6 +112,15 @@ def process_tags(pid: int | None = None) -> dict[str, str]:
             names.PID_START_TAG: process_start(pid)}
 
 
+def node_id() -> str:
+    """``host/main``, ``host/worker 1``: whose system metrics these are, when a pipeline's workers
+    on one machine log theirs beside each other (the metrics are then ``system/<node id>/...``)."""
+    import multiprocessing
+
+    name = multiprocessing.current_process().name
+    return f"{socket.gethostname()}/{'main' if name == 'MainProcess' else name}"
+
+
 @contextlib.contextmanager
 def stage_run(experiment: str, run_name: str | None = None):
     """The MLflow run of one stage.
@@ -119,8 +128,12 @@ def stage_run(experiment: str, run_name: str | None = None):
     Launched by ``mlflow run``, the launcher has already created the run (``MLFLOW_RUN_ID``) in the
     experiment it was told; we log into that one. Run directly, we start a run in ``experiment``.
     Either way the run carries its process, so a clean-up can end it if the process dies unannounced.
+    With ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=true`` (``main``'s ``system_metrics``) the run also
+    logs the machine's CPU, memory and GPU use, under this process's node id (:func:`node_id`).
     """
     configure()
+    if os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").lower() in ("true", "1"):
+        mlflow.system_metrics.set_system_metrics_node_id(node_id())
     if os.environ.get("MLFLOW_RUN_ID"):
         with mlflow.start_run() as run:
             mlflow.set_tags(process_tags())
