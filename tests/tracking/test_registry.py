@@ -162,3 +162,17 @@ def test_a_logged_model_is_kept_only_when_asked_and_loads_back_by_its_uri(disk_l
         np.testing.assert_allclose(registry.load_keras(other_uri).predict(x, verbose=0), other.predict(x, verbose=0),
                                    atol=1e-6)
         assert disk_loads == [other_uri]
+
+
+def test_the_inference_copy_of_a_model_trained_again_is_made_once_and_has_its_current_weights():
+    inputs = tf_keras.Input((4,))
+    outputs = tf_keras.layers.Dense(3, activation="softmax", activity_regularizer="l2")(inputs)
+    model = tf_keras.Model(inputs, outputs)
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    first = registry.inference_copy(model)
+    assert first.optimizer is None and first.layers[-1].activity_regularizer is None
+    np.testing.assert_array_equal(first.get_weights()[0], model.get_weights()[0])
+    model.set_weights([w + 1 for w in model.get_weights()])          # trained again
+    second = registry.inference_copy(model)
+    assert second is first
+    np.testing.assert_array_equal(second.get_weights()[0], model.get_weights()[0])
