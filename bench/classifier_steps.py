@@ -2,9 +2,11 @@
 training (the path before graphs were shared, ``MULTILOSS_SHARED_GRAPH=0``), side by side in one run.
 
 1. ``main`` up to the crop in a fresh home (the demo's data and U-Nets), once for both paths.
-2. The same N classify steps (default: the demo's 12 losses, seed 0, its classify settings) in one
-   fresh process per path, each step split into first epoch, later epochs and fixed costs (the
-   step's wall time minus its epochs: loading, building, predicting, scoring, figures, logging).
+2. The same N classify steps (default: the demo's 12 losses, seed 0, its classify settings) on both
+   paths in ONE fresh process, interleaved (loss 1 old then new, loss 2 new then old, ...) so that
+   other load on the machine falls on both alike; each step split into first epoch, later epochs
+   and fixed costs (the step's wall time minus its epochs: loading, building, predicting, scoring,
+   figures, logging), and the shared graphs' trace count after it.
 3. The 7-point ``cal_cce`` sweep (its λ grid), one fresh process per path.
 4. ``--demo``: the demo end to end (bench/demo_pipeline.py's launch), each path in its own fresh home.
 
@@ -56,6 +58,7 @@ def worker(args) -> None:
     import yaml
 
     from multiloss import paths
+    from multiloss.classification import graph
     from multiloss.stages import classify, sweep
     from multiloss.tracking import registry, store
 
@@ -65,19 +68,23 @@ def worker(args) -> None:
     client = mlflow.MlflowClient()
     with registry.models_kept_in_memory():               # as a pipeline's process does
         if args.part == "classify":
-            for loss in args.losses.split(","):
-                started = time.perf_counter()
-                classify.main(classify_argv(profile, loss, data, args.seed))
-                wall = time.perf_counter() - started
-                version = registry.versions(names.CLASSIFIER_MODEL)[-1]
-                run = client.get_run(version.run_id)
-                epochs = [m.value for m in client.get_metric_history(run.info.run_id, "epoch/seconds")]
-                print(json.dumps({"loss": loss, "wall": wall, "first_epoch": epochs[0],
-                                  "later_epochs": sum(epochs[1:]), "epochs": len(epochs),
-                                  "val_mcc": run.data.metrics["val_mcc"], "test_mcc": run.data.metrics["test_mcc"],
-                                  "val_loss": run.data.metrics["val_loss"]}), flush=True)
-                tf_keras.backend.clear_session()          # as the pipeline does between steps
-                gc.collect()
+            for number, loss in enumerate(args.losses.split(",")):
+                order = list(PATHS.items()) if number % 2 == 0 else list(PATHS.items())[::-1]
+                for label, shared in order:
+                    os.environ[graph.SHARED_GRAPH_ENV] = shared
+                    started = time.perf_counter()
+                    classify.main(classify_argv(profile, loss, data, args.seed))
+                    wall = time.perf_counter() - started
+                    version = registry.versions(names.CLASSIFIER_MODEL)[-1]
+                    run = client.get_run(version.run_id)
+                    epochs = [m.value for m in client.get_metric_history(run.info.run_id, "epoch/seconds")]
+                    print(json.dumps({"path": label, "loss": loss, "wall": wall, "first_epoch": epochs[0],
+                                      "later_epochs": sum(epochs[1:]), "epochs": len(epochs),
+                                      "traces": graph.tracing_counts()["train"],
+                                      "val_mcc": run.data.metrics["val_mcc"], "test_mcc": run.data.metrics["test_mcc"],
+                                      "val_loss": run.data.metrics["val_loss"]}), flush=True)
+                    tf_keras.backend.clear_session()          # as the pipeline does between steps
+                    gc.collect()
         else:
             settings = {k: v for k, v in profile["classify"].items() if k not in ("losses",)}
             argv = ["--loss", "cal_cce", "--data", data, "--seed", str(args.seed),
@@ -89,8 +96,9 @@ def worker(args) -> None:
             print(json.dumps({"sweep_wall": time.perf_counter() - started}), flush=True)
 
 
-def run_worker(home: Path, shared: str, part: str, args, log: Path) -> list[dict]:
-    env = {**demo_pipeline.STARTING_ENV, "MULTILOSS_HOME": str(home), names_env(): shared}
+def run_worker(home: Path, shared: str | None, part: str, args, log: Path) -> list[dict]:
+    """``part`` in a fresh process; ``shared``: the path, or None (the part interleaves both)."""
+    env = {**demo_pipeline.STARTING_ENV, "MULTILOSS_HOME": str(home), **({names_env(): shared} if shared else {})}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("MLFLOW_RUN_ID", None)
     command = [sys.executable, __file__, "--worker", part, "--profile", args.profile, "--losses", args.losses,
@@ -107,15 +115,16 @@ def names_env() -> str:
     return SHARED_GRAPH_ENV
 
 
-def step_table(results: dict[str, list[dict]]) -> str:
+def step_table(rows: list[dict]) -> str:
+    results = {label: [r for r in rows if r["path"] == label] for label in PATHS}
     old, new = results["per training"], results["shared"]
-    lines = ["| loss | path | wall s | first epoch s | later epochs s | fixed s | val MCC | test MCC |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for a, b in zip(old, new):
-        for label, row in (("per training", a), ("shared", b)):
-            fixed = row["wall"] - row["first_epoch"] - row["later_epochs"]
-            lines.append(f"| {row['loss']} | {label} | {row['wall']:.1f} | {row['first_epoch']:.1f} | "
-                         f"{row['later_epochs']:.1f} | {fixed:.1f} | {row['val_mcc']:.4f} | {row['test_mcc']:.4f} |")
+    lines = ["| loss | path | wall s | first epoch s | later epochs s | fixed s | shared traces | val MCC | test MCC |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        fixed = row["wall"] - row["first_epoch"] - row["later_epochs"]
+        lines.append(f"| {row['loss']} | {row['path']} | {row['wall']:.1f} | {row['first_epoch']:.1f} | "
+                     f"{row['later_epochs']:.1f} | {fixed:.1f} | {row['traces']} | {row['val_mcc']:.4f} | "
+                     f"{row['test_mcc']:.4f} |")
     total = {label: sum(r["wall"] for r in rows) for label, rows in results.items()}
     later_fixed = [r["wall"] - r["first_epoch"] - r["later_epochs"] for r in new[1:]]
     same = sum(a["test_mcc"] == b["test_mcc"] and a["val_mcc"] == b["val_mcc"] for a, b in zip(old, new))
@@ -152,9 +161,9 @@ def main(argv=None) -> None:
     print(f"home {home}; preparing the demo's data and U-Nets (main until=crop) ...", flush=True)
     demo_pipeline.launch(home, args.profile, ["-P", "until=crop"], home / "prepare.log")
 
-    results = {label: run_worker(home, shared, "classify", args, home / f"classify-{shared}.log")
-               for label, shared in PATHS.items()}
-    print(f"\n## {len(results['shared'])} classify steps, one process per path\n\n{step_table(results)}", flush=True)
+    rows = run_worker(home, None, "classify", args, home / "classify.log")
+    print(f"\n## {len(rows) // 2} classify steps on each path, interleaved in one process\n\n{step_table(rows)}",
+          flush=True)
 
     if args.sweep_points:
         sweeps = {label: run_worker(home, shared, "sweep", args, home / f"sweep-{shared}.log")[-1]["sweep_wall"]

@@ -217,6 +217,15 @@ def classifier_graph(encoder_uri: str, *, strategy: str, bn_momentum: float | No
     return graph, weights
 
 
+def tracing_counts() -> dict[str, int]:
+    """Traces of this process's shared graphs so far, summed by function (train, test, predict)."""
+    totals = {"train": 0, "test": 0, "predict": 0}
+    for graph in _graphs.values():
+        for name, count in graph.tracing_counts().items():
+            totals[name] += count
+    return totals
+
+
 def forget_graphs() -> None:
     """Drop this process's graphs (their memory goes with the next collection)."""
     _graphs.clear()
