@@ -3,6 +3,8 @@ a run used (its Datasets), run descriptions, registered models' descriptions and
 
 from __future__ import annotations
 
+import warnings
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -45,8 +47,10 @@ def log_splits(parts: dict[str, pd.DataFrame], *, source: str, digest: str, name
     for context, frame in parts.items():
         if context not in names.DATASET_CONTEXTS:
             raise ValueError(f"unknown dataset context {context!r}; use one of {names.DATASET_CONTEXTS}")
-        dataset = mlflow.data.from_pandas(frame.reset_index(drop=True), source=source, name=f"{name}-{context}",
-                                          digest=digest[:36])
+        with warnings.catch_warnings():     # MLflow registers its local-folder source twice, and says so
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            dataset = mlflow.data.from_pandas(frame.reset_index(drop=True), source=source, name=f"{name}-{context}",
+                                              digest=digest[:36])
         mlflow.log_input(dataset, context=context)
 
 
