@@ -12,7 +12,7 @@ PROFILE ?= demo
 MAIN_PARAMS ?=
 RUN = mlflow run . --env-manager local
 
-.PHONY: install demo pipeline ablation test test-fast ui bench bench-demo
+.PHONY: install demo pipeline ablation test test-fast ui bench bench-demo team-server team-server-stop
 
 $(STAMP): pyproject.toml requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -63,3 +63,15 @@ bench: install
 ## bench-demo: wall time per step and peak memory of the demo pipeline in a fresh store, then its rerun
 bench-demo: install
 	$(BIN)/python bench/demo_pipeline.py
+
+# The team stack's MLflow port (PostgreSQL takes a free one); its files are under mlruns/team/.
+TEAM_PORT ?= 5000
+
+## team-server: PostgreSQL + MLflow with basic auth on 127.0.0.1:$(TEAM_PORT) for a small lab, data under
+## mlruns/team/ (export MLFLOW_AUTH_ADMIN_PASSWORD first: the admin user's, refused when unset)
+team-server: install
+	$(BIN)/python -m multiloss.team start --port $(TEAM_PORT)
+
+## team-server-stop: stop what team-server started (the data stays)
+team-server-stop: install
+	$(BIN)/python -m multiloss.team stop

@@ -9,6 +9,7 @@ which also ends its MLflow run KILLED.
 
 from __future__ import annotations
 
+import random
 import re
 import threading
 import time
@@ -17,7 +18,9 @@ from pathlib import Path
 
 import mlflow
 import optuna
+import sqlalchemy.exc
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
@@ -25,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from multiloss import paths
 
 MAX_RETRIES = 3
+RDB_OPEN_ATTEMPTS = 5
 # Trial attributes the storage's machinery reads and writes.
 RUN_ID_ATTR = "mlflow_run_id"
 HEARTBEAT_ATTR = "sweep.heartbeat"
@@ -91,13 +95,30 @@ class RetryStaleTrial:
         print(f"sweep: trial {trial.number} of {study.study_name} lost its worker; requeued", flush=True)
 
 
+def open_rdb_storage(url: str, heartbeat: int) -> _CachedStorage:
+    """RDBStorage in the cache Optuna wraps it in for a study, so that the worker claiming trials and
+    the study running them share one object: claimed through a bare RDBStorage, a trial is unknown
+    to the study's cache and its first parameter fails (KeyError).
+
+    Opening is tried again on a clash: workers started together on an empty database all create
+    Optuna's tables, and all but one get a duplicate-object error from PostgreSQL (the next try
+    finds the tables)."""
+    for attempt in range(1, RDB_OPEN_ATTEMPTS + 1):
+        try:
+            return _CachedStorage(RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                                             heartbeat_stale_trial_callback=RetryStaleTrial()))
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == RDB_OPEN_ATTEMPTS:
+                raise
+            time.sleep(random.uniform(0.2, 0.5) * attempt)
+
+
 def open_storage(spec: str, heartbeat: int = 60):
     """``""``: the journal file under the tracking store; a URL with ``://``: an RDB (PostgreSQL,
     MySQL, SQLite); anything else: a journal file at that path. Heartbeats every ``heartbeat`` s,
     stale after twice that."""
     if "://" in spec:
-        return RDBStorage(spec, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                          heartbeat_stale_trial_callback=RetryStaleTrial())
+        return open_rdb_storage(spec, heartbeat)
     path = Path(spec) if spec else default_journal_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     return HeartbeatJournalStorage(JournalFileBackend(str(path)), heartbeat, 2 * heartbeat, RetryStaleTrial())
