@@ -16,10 +16,12 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 
 _PR_SET_PDEATHSIG = 1       # linux/prctl.h
+_ENVIRON = threading.Lock()  # one worker's variables in os.environ at a time
 
 
 class WorkerError(RuntimeError):
@@ -31,15 +33,28 @@ class WorkerDied(RuntimeError):
 
 
 class Worker:
-    """One spawned process: :meth:`call` runs a module-level function there and returns its result."""
+    """One spawned process: :meth:`call` runs a module-level function there and returns its result.
 
-    def __init__(self, number: int, setup: Callable[[], None] | None = None):
+    ``env``: variables the process starts with, beside ours (its GPU: :mod:`multiloss.team.gpus`),
+    there before it imports anything, since CUDA reads its devices once."""
+
+    def __init__(self, number: int, setup: Callable[[], None] | None = None, env: dict[str, str] | None = None):
         context = multiprocessing.get_context("spawn")
         self.number = number
         self._conn, child_end = context.Pipe()
         self.process = context.Process(target=_serve, args=(child_end, number, os.getpid(), setup),
                                        name=f"worker {number}")
-        self.process.start()
+        with _ENVIRON:      # spawn passes this process's environment: ours, the worker's on top, for the start
+            saved = {key: os.environ.get(key) for key in env or {}}
+            os.environ.update(env or {})
+            try:
+                self.process.start()
+            finally:
+                for key, value in saved.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
         child_end.close()
 
     def call(self, function: Callable, *args):
