@@ -12,7 +12,7 @@ PROFILE ?= demo
 MAIN_PARAMS ?=
 RUN = mlflow run . --env-manager local
 
-.PHONY: install demo pipeline ablation test test-fast ui bench bench-demo team-server team-server-stop
+.PHONY: install demo pipeline ablation test test-fast ui bench bench-demo team-server team-server-stop sweep-dashboard
 
 $(STAMP): pyproject.toml requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -75,3 +75,12 @@ team-server: install
 ## team-server-stop: stop what team-server started (the data stays)
 team-server-stop: install
 	$(BIN)/python -m multiloss.team stop
+
+# The sweeps' Optuna storage for sweep-dashboard: empty = the journal under mlruns/optuna/, a
+# journal file path, an RDB URL, or `team` for the team server's database.
+SWEEP_STORAGE ?=
+DASHBOARD_PORT ?= 8080
+
+## sweep-dashboard: optuna-dashboard on the sweeps' storage, at http://127.0.0.1:$(DASHBOARD_PORT)
+sweep-dashboard: install
+	$(BIN)/python -m multiloss.team.dashboard --storage "$(SWEEP_STORAGE)" --port $(DASHBOARD_PORT)
