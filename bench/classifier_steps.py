@@ -54,7 +54,6 @@ def worker(args) -> None:
     import gc
 
     import mlflow
-    import tf_keras
     import yaml
 
     from multiloss import paths
@@ -83,7 +82,7 @@ def worker(args) -> None:
                                       "traces": graph.tracing_counts()["train"],
                                       "val_mcc": run.data.metrics["val_mcc"], "test_mcc": run.data.metrics["test_mcc"],
                                       "val_loss": run.data.metrics["val_loss"]}), flush=True)
-                    tf_keras.backend.clear_session()          # as the pipeline does between steps
+                    graph.clear_session()          # as the pipeline does between steps
                     gc.collect()
         else:
             settings = {k: v for k, v in profile["classify"].items() if k not in ("losses",)}

@@ -122,3 +122,20 @@ def test_a_training_after_three_others_is_the_one_a_fresh_process_trains_and_tra
         np.testing.assert_array_equal(ours, theirs)
     assert not np.allclose(in_process[-1], weights[-2][-1], atol=1e-3)   # another training ends elsewhere
     graph.forget_graphs()
+
+
+@pytest.mark.parametrize("holding_graphs", [False, True])
+def test_clear_session_resets_keras_and_keeps_the_kernel_cache_only_while_graphs_are_shared(holding_graphs,
+                                                                                            monkeypatch):
+    from tensorflow.python.eager import context
+    from tf_keras.src import backend
+
+    cleared = []
+    monkeypatch.setattr(type(context.context()), "clear_kernel_cache", lambda self: cleared.append(True))
+    monkeypatch.setattr(graph, "_graphs", {"a shared graph": object()} if holding_graphs else {})
+    backend.get_uid("probe")
+    graph.clear_session()
+    assert backend.get_uid("probe") == 1                       # Keras' state was reset either way
+    # kept while a graph is shared: clearing it makes the next training instantiate its graph again
+    assert cleared == ([] if holding_graphs else [True])
+    assert "clear_kernel_cache" not in vars(context.context())  # nothing of the patch is left

@@ -226,6 +226,24 @@ def tracing_counts() -> dict[str, int]:
     return totals
 
 
+def clear_session() -> None:
+    """``tf_keras.backend.clear_session()`` (free the last models' Keras state, reset layer names)
+    but, while this process holds shared graphs, without clearing TensorFlow's eager kernel cache:
+    that cache holds the traced functions' instantiated, optimised graphs, and clearing it made the
+    next training's first step instantiate and optimise its whole graph again (seconds, each time)."""
+    if not _graphs:
+        tf_keras.backend.clear_session()
+        return
+    from tensorflow.python.eager import context
+
+    eager = context.context()
+    eager.clear_kernel_cache = lambda: None        # the one step of clear_session skipped
+    try:
+        tf_keras.backend.clear_session()
+    finally:
+        del eager.clear_kernel_cache               # the class's method again
+
+
 def forget_graphs() -> None:
     """Drop this process's graphs (their memory goes with the next collection)."""
     _graphs.clear()

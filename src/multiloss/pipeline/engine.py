@@ -356,7 +356,7 @@ def _clear_keras() -> None:
     """Free the last step's models, then freeze what survives (TensorFlow, the models kept in
     memory, ~1M objects) out of the collector's reach: each later full collection, in this step's
     tracing and at its end, then scans only the new objects."""
-    import tf_keras
-    tf_keras.backend.clear_session()
+    from multiloss.classification import graph
+    graph.clear_session()
     gc.collect()
     gc.freeze()

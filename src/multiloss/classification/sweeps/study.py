@@ -381,7 +381,7 @@ def classifier_objective(settings: SweepSettings) -> Objective:
     to be registered and the others cost no disk."""
     import tf_keras
 
-    from multiloss.classification import train
+    from multiloss.classification import graph, train
 
     def objective(trial: optuna.Trial, params: dict[str, float], report: Report) -> float:
         config = train.ClassifierConfig.from_defaults(settings.loss, loss_params=params, **settings.training)
@@ -400,6 +400,6 @@ def classifier_objective(settings: SweepSettings) -> Objective:
                 trial.set_user_attr(CARD_ATTR, trained.card())
             return value
         finally:
-            tf_keras.backend.clear_session()   # one worker trains many models
+            graph.clear_session()   # one worker trains many models (its shared graph stays usable)
 
     return objective
