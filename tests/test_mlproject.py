@@ -41,3 +41,26 @@ def test_unet_sizes_must_be_multiples_of_32(capsys):
             module.parse_args([*args, "--img-size", "48"])
         assert "img_size must be a multiple of 32" in capsys.readouterr().err
         assert module.parse_args([*args, "--img-size", "64.0"]).img_size == 64
+
+
+def test_data_defaults_read_what_the_demo_writes_and_outputs_stay_out_of_its_folders():
+    """A stage run after `make demo` needs no data parameter; a synth or crop with default `out` and
+    other parameters would be refused by, or replace, the demo's data, so those default elsewhere."""
+    from multiloss.data import layout
+
+    demo = yaml.safe_load((REPO / "experiments" / "demo.yaml").read_text())
+    synthetic, cropped = demo["synth"]["out"], demo["crop"]["out"]
+
+    def default(entry: str, name: str) -> str:
+        return PROJECT["entry_points"][entry]["parameters"][name]["default"]
+
+    assert default("segment", "data") == f"{synthetic}/{layout.LUNGS}"
+    assert default("segment_eval", "data") == f"{synthetic}/{layout.HOLDOUT}"
+    assert default("crop", "data") == f"{synthetic}/{layout.KERMANY}"
+    for entry in ("classify", "sweep", "ensemble"):
+        assert default(entry, "data") == cropped, entry
+    assert default("gradcam", "images") == cropped
+    demo_folder = Path(synthetic).parent
+    for entry in ("synth", "crop"):
+        out = Path(default(entry, "out"))
+        assert demo_folder != out and demo_folder not in out.parents, entry
