@@ -1,11 +1,14 @@
 """The team stack for the ``team`` tests: one real PostgreSQL and one MLflow server with basic auth
-on it, started once per test process by the code ``make team-server`` runs (:class:`TeamServer`),
+on it, started once for the test run by the code ``make team-server`` runs (:class:`TeamServer`),
 in a throw-away folder, and stopped at the end. Users: ``admin``; ``editor`` with EDIT and
 ``reader`` with READ on every experiment and registered model of the suite (which the admin
 created), as ``python -m multiloss.team grant`` gives them."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import secrets
 import shutil
@@ -55,27 +58,68 @@ class Team:
         return mlflow.server.get_app_client("basic-auth", tracking_uri=self.url)
 
 
-@pytest.fixture(scope="session")
-def team():
-    # Under /tmp, searchable by others: as root, PostgreSQL runs as nobody and must reach its folder.
-    folder = Path(tempfile.mkdtemp(prefix="multiloss-team-"))
-    folder.chmod(0o711)
+def _start(folder: Path) -> Team:
     stack = TeamServer(folder / "team")
     passwords = {ADMIN_USER: "admin-" + secrets.token_urlsafe(12)}
     passwords.update({user: f"{user}-" + secrets.token_urlsafe(12) for user in USERS})
+    url = stack.start(passwords[ADMIN_USER], port=free_port(), workers=1, durable=False)
+    team = Team(stack, url, passwords)
+    with pytest.MonkeyPatch.context() as patch:
+        team.use(patch, ADMIN_USER)
+        client = team.admin_client()
+        for user, permission in USERS.items():
+            client.create_user(user, passwords[user])
+            grant(user, permission)
+    return team
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="session")
+def team(worker_id):
+    """One stack for the whole run: the test processes of ``pytest -n`` share it (the first to need it
+    starts it, the last to finish stops it), a stack start being ~15 s of two cores."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"{os.getpid()}-{secrets.token_hex(4)}"
+    # Under /tmp, searchable by others: as root, PostgreSQL runs as nobody and must reach its folder.
+    folder = Path(tempfile.gettempdir()) / f"multiloss-team-{run}"
+    folder.mkdir(exist_ok=True)
+    folder.chmod(0o711)
+    lock, users, saved = folder / "lock", folder / "users", folder / "passwords.json"
+    with _locked(lock):
+        if saved.is_file() and TeamServer(folder / "team").server_pid() is not None:
+            team = Team(TeamServer(folder / "team"), "", json.loads(saved.read_text()))
+            team.url = team.stack.tracking_uri
+        else:
+            try:
+                team = _start(folder)
+            except BaseException:
+                TeamServer(folder / "team").stop()
+                raise
+            saved.touch(mode=0o600)
+            saved.write_text(json.dumps(team.passwords))
+        users.mkdir(exist_ok=True)
+        (users / worker_id).touch()
     try:
-        url = stack.start(passwords[ADMIN_USER], port=free_port(), workers=1, durable=False)
-        team = Team(stack, url, passwords)
-        with pytest.MonkeyPatch.context() as patch:
-            team.use(patch, ADMIN_USER)
-            client = team.admin_client()
-            for user, permission in USERS.items():
-                client.create_user(user, passwords[user])
-                grant(user, permission)
         yield team
     finally:
-        stack.stop()
-        shutil.rmtree(folder, ignore_errors=True)
+        with _locked(lock):
+            (users / worker_id).unlink(missing_ok=True)
+            last = not any(users.iterdir())
+            if last:
+                team.stack.stop()
+                shutil.rmtree(folder / "team", ignore_errors=True)
+                shutil.rmtree(users, ignore_errors=True)
+                saved.unlink(missing_ok=True)
+        if last:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
