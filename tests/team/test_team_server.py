@@ -224,3 +224,15 @@ def test_the_cli_tells_the_stack_it_runs(team):
     assert team.stack.postgres.databases() == ["mlflow", "mlflow_auth", "optuna", "postgres"]
     assert oct(team.stack.secrets_file.stat().st_mode & 0o777) == "0o600"
     assert oct(team.stack.auth_config.stat().st_mode & 0o777) == "0o600"
+
+
+def test_starting_a_running_stack_again_keeps_it_and_names_what_does_not_fit(team, capsys):
+    port = int(team.url.rsplit(":", 1)[1])
+    pid = team.stack.server_pid()
+    assert team.stack.start(team.passwords["admin"], port=port) == team.url
+    assert capsys.readouterr().err == ""
+    assert team.stack.start("not-the-admins-password") == team.url
+    assert f"{ADMIN_PASSWORD_ENV} is not the 'admin' user's password on this server (HTTP 401)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=f"already runs on port {port}, not {port + 1}; stop it first"):
+        team.stack.start(team.passwords["admin"], port=port + 1)
+    assert team.stack.server_pid() == pid and team.stack.tracking_uri == team.url

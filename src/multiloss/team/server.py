@@ -141,6 +141,10 @@ class TeamServer:
         self.folder.mkdir(parents=True, exist_ok=True)
         stored = self.secrets() if self.secrets_file.is_file() else {
             "db_password": secrets.token_urlsafe(24), "flask_secret_key": secrets.token_hex(32)}
+        running = self.server_pid() is not None
+        if running and port is not None and port != stored["mlflow_port"]:
+            raise ValueError(f"the team server already runs on port {stored['mlflow_port']}, not {port}; stop it "
+                             "first (make team-server-stop) to move it")
         stored["mlflow_port"] = port or stored.get("mlflow_port") or DEFAULT_PORT
         self._save_secrets(stored)
 
@@ -148,7 +152,7 @@ class TeamServer:
         self.postgres.create_role(DB_ROLE, stored["db_password"])
         for database in (TRACKING_DB, AUTH_DB, OPTUNA_DB):
             self.postgres.create_database(database, owner=DB_ROLE)
-        if self.server_pid() is None:
+        if not running:
             self._start_mlflow(admin_password, stored, workers)
         self._check_admin(admin_password)
         return self.tracking_uri
