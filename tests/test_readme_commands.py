@@ -17,6 +17,7 @@ import os
 import re
 import resource
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -93,6 +94,9 @@ EXPECTED = {
         "promote: cxr-ensemble@champion -> version 1 ",
     ("Grad-CAM", "mlflow run . -e gradcam --env-manager local"): "gradcam: 6 maps of models:/cxr-classifier@champion",
 }
+
+# A command still running after this long is a server or a hang (the slowest here takes about a minute).
+COMMAND_TIMEOUT = 300
 
 # What `mlflow run .` reads from the checkout; the rest of the folder is the home (data/, mlruns/).
 PROJECT_FILES = ("MLproject", "conda.yaml", "python_env.yaml", "requirements.txt", "pyproject.toml", "src",
@@ -208,11 +212,22 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_in_session(script: str, cwd: Path, env: dict[str, str], env_file: Path) -> subprocess.CompletedProcess:
-    """``script`` in bash with ``env``; what it exports (``set -a``: every assignment) is written to
-    ``env_file`` for the next command, as one terminal session carries it."""
+def run_in_session(script: str, cwd: Path, env: dict[str, str], env_file: Path) -> tuple[int | None, str]:
+    """``script`` in bash with ``env``: its exit status (None: still running after COMMAND_TIMEOUT s,
+    then killed with all it started) and output. What it exports (``set -a``: every assignment) is
+    written to ``env_file`` for the next command, as one terminal session carries it."""
     wrapped = f"set -ea\n{script}\nenv -0 > {shlex.quote(str(env_file))}\n"
-    return subprocess.run(["bash", "-c", wrapped], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    shell = subprocess.Popen(["bash", "-c", wrapped], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output = shell.communicate(timeout=COMMAND_TIMEOUT)[0]
+        return shell.returncode, output
+    except subprocess.TimeoutExpired:
+        os.killpg(shell.pid, signal.SIGKILL)
+        try:
+            return None, shell.communicate(timeout=10)[0]
+        except subprocess.TimeoutExpired:                    # something of another session holds the pipe
+            return None, ""
 
 
 @pytest.mark.slow
@@ -247,9 +262,10 @@ def test_every_readme_command_runs_as_printed_after_a_tiny_demo(tmp_path, record
         tiny = [extra for key, extra in TINY.items() if command.matches(key)]
         script = with_tiny_settings(command, tiny[0]) if tiny else command.text
         begun, cpu = time.monotonic(), children_cpu()
-        result = run_in_session(script, home, env, env_file)
-        output = result.stdout + result.stderr
-        assert result.returncode == 0, f"README.md:{command.line} failed:\n{script}\n{output[-4000:]}"
+        status, output = run_in_session(script, home, env, env_file)
+        assert status is not None, (f"README.md:{command.line} still ran after {COMMAND_TIMEOUT} s (a server? "
+                                    f"then list it in SKIPPED):\n{script}\n{output[-3000:]}")
+        assert status == 0, f"README.md:{command.line} failed:\n{script}\n{output[-4000:]}"
         durations.append((f"README.md:{command.line} {command.flat[:70]}", time.monotonic() - begun,
                           children_cpu() - cpu))
         for key, said in EXPECTED.items():
