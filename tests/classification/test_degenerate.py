@@ -114,7 +114,8 @@ def test_registry_tags_decide_on_validation_never_on_test():
     def tags(val, test):
         trained = TrainedClassifier(model=None, loss=classification_loss("cce"),
                                     config=ClassifierConfig.from_defaults("cce", "d"), fit={},
-                                    scores={"val": val, "test": test}, data_fingerprint="f" * 64, encoder_version="1")
+                                    scores={"val": val, "test": test}, data_fingerprint="f" * 64, encoder_version="1",
+                                    synthetic=True)
         return trained.registry_tags()
 
     on_test_only = tags(healthy, collapsed)

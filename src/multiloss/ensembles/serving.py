@@ -463,7 +463,11 @@ def log_pipeline(*, segmenters: list, parts: list, combiner: str, config: dict, 
         full_config = {**config, "combiner": combiner, "n_segmenters": len(segmenters), "n_parts": len(parts),
                        "weights": None if weights is None else [float(w) for w in weights]}
         Path(artifacts["config"]).write_text(json.dumps(full_config, indent=2))
-        package = Path(__file__).resolve().parents[1]     # the whole multiloss package: the pickle needs it
+        # Only this folder: bundling the whole package would put a copy of multiloss first on sys.path
+        # of every process that loads the model (MLflow prepends code paths), and processes it
+        # spawns then import that copy, which has no MLproject. So the model needs multiloss
+        # installed where it is served (--env-manager local), not a uv environment of pins alone.
+        package = Path(__file__).resolve().parent
         # no input example: MLflow would load every model and predict it while logging
         return mlflow.pyfunc.log_model(name=name, python_model=EnsemblePipeline(), artifacts=artifacts,
                                        code_paths=[str(package)], registered_model_name=registered_model_name,
