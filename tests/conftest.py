@@ -151,3 +151,19 @@ def register_classifier():
         return _register(names.CLASSIFIER_MODEL, model or (lambda: build_classifier(build_unet())),
                          names.CLASSIFICATION_EXPERIMENT, run_name, seed, tags, aliases)
     return register
+
+
+def tiny_ensemble_models(size: int = 16):
+    """One untrained 1x1-conv segmenter and two untrained pooled-softmax classifiers at ``size``:
+    the parts of a served ensemble whose serving, not quality, a test checks."""
+    import tf_keras
+
+    image = tf_keras.Input((size, size, 3))
+    segmenter = tf_keras.Model(image, tf_keras.layers.Conv2D(1, 1, activation="sigmoid")(image))
+    classifiers = []
+    for seed in (0, 1):
+        tf_keras.utils.set_random_seed(seed)
+        image = tf_keras.Input((size, size, 3))
+        pooled = tf_keras.layers.GlobalAveragePooling2D()(image)
+        classifiers.append(tf_keras.Model(image, tf_keras.layers.Dense(3, activation="softmax")(pooled)))
+    return [segmenter], classifiers

@@ -40,3 +40,15 @@ def test_replacing_folder_swaps_in_a_whole_folder_or_leaves_the_old_one(tmp_path
     with replacing_folder(target) as tmp:
         (tmp / "new.txt").write_text("new")
     assert [p.name for p in tmp_path.iterdir()] == ["dataset"] and sorted(p.name for p in target.iterdir()) == ["new.txt"]
+
+
+def test_private_json_is_owner_only_and_whole(tmp_path):
+    import json
+    import stat
+
+    from multiloss.files import write_private_json
+
+    target = tmp_path / "secrets.json"
+    write_private_json(target, {"password": "x"})
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert json.loads(target.read_text()) == {"password": "x"} and [p.name for p in tmp_path.iterdir()] == ["secrets.json"]

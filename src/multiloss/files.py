@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -41,3 +42,12 @@ def replacing_folder(path: str | os.PathLike, *, before_swap=None):
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_private_json(path: str | os.PathLike, values: dict) -> None:
+    """``values`` as JSON at ``path``, readable by its owner only from the first byte (passwords),
+    all or nothing."""
+    with replacing(path) as tmp:
+        tmp.touch(mode=0o600)
+        tmp.chmod(0o600)               # touch's mode is masked by the umask
+        tmp.write_text(json.dumps(values, indent=1))

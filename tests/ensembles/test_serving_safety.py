@@ -26,6 +26,7 @@ from multiloss.classification.scoring import PROBABILITY_COLUMNS
 from multiloss.data.imageio import read_gray
 from multiloss.ensembles import serving
 from multiloss.tracking import store
+from tests.conftest import tiny_ensemble_models
 
 SERVING_FLAG = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"   # set by mlflow's scoring_server.init in its process
 
@@ -40,23 +41,13 @@ class Served:
 
 
 def _tiny_pipeline_uri() -> str:
-    import tf_keras
 
-    def segmenter():
-        image = tf_keras.Input((16, 16, 3))
-        return tf_keras.Model(image, tf_keras.layers.Conv2D(1, 1, activation="sigmoid")(image))
-
-    def classifier(seed):
-        tf_keras.utils.set_random_seed(seed)
-        image = tf_keras.Input((16, 16, 3))
-        pooled = tf_keras.layers.GlobalAveragePooling2D()(image)
-        return tf_keras.Model(image, tf_keras.layers.Dense(3, activation="softmax")(pooled))
-
+    segmenters, classifiers = tiny_ensemble_models()
     config = {"seg_size": 16, "crop_size": 16, "margin": 0.05, "cls_size": 16, "codec": ".png",
               "classes": ["normal", "bacterial", "viral"]}
     with store.stage_run("ensembles", run_name="tiny served pipeline"):
         # fixed requirements: inferring them would load every model in a subprocess
-        info = serving.log_pipeline(segmenters=[segmenter()], parts=[classifier(0), classifier(1)],
+        info = serving.log_pipeline(segmenters=segmenters, parts=classifiers,
                                     combiner="mean", config=config, pip_requirements=["mlflow"])
     return info.model_uri
 

@@ -28,6 +28,7 @@ from mlflow.exceptions import MlflowException
 from multiloss import names
 from multiloss.team.postgres import free_port
 from multiloss.team.server import ADMIN_PASSWORD_ENV
+from tests.conftest import tiny_ensemble_models
 from tests.pipeline.test_chain import TINY
 
 pytestmark = pytest.mark.team
@@ -113,25 +114,15 @@ def test_an_editor_runs_main_over_http_a_rerun_reuses_every_step_and_a_reader_ch
 def tiny_ensemble_version() -> str:
     """A ``cxr-ensemble`` version (the suite's serving pyfunc) with tiny untrained members, logged
     and registered over HTTP, with the champion alias: what is tested is the serving, not the model."""
-    import tf_keras
 
     from multiloss.ensembles import serving
     from multiloss.tracking import registry, store
 
-    def segmenter():
-        image = tf_keras.Input((16, 16, 3))
-        return tf_keras.Model(image, tf_keras.layers.Conv2D(1, 1, activation="sigmoid")(image))
-
-    def classifier(seed):
-        tf_keras.utils.set_random_seed(seed)
-        image = tf_keras.Input((16, 16, 3))
-        pooled = tf_keras.layers.GlobalAveragePooling2D()(image)
-        return tf_keras.Model(image, tf_keras.layers.Dense(3, activation="softmax")(pooled))
-
+    segmenters, classifiers = tiny_ensemble_models()
     config = serving.pipeline_config({"seg_size": 16, "img_size": 16, "margin": 0.02}, 16, ["scan.png"],
                                      synthetic=True)
     with store.stage_run(names.ENSEMBLES_EXPERIMENT, run_name="tiny served ensemble"):
-        info = serving.log_pipeline(segmenters=[segmenter()], parts=[classifier(0), classifier(1)], combiner="mean",
+        info = serving.log_pipeline(segmenters=segmenters, parts=classifiers, combiner="mean",
                                     config=config, registered_model_name=names.ENSEMBLE_MODEL,
                                     pip_requirements=["mlflow"])
     version = str(info.registered_model_version)

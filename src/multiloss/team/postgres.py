@@ -25,6 +25,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from multiloss.files import write_private_json
+
 BIN_ENV = "MULTILOSS_POSTGRES_BIN"      # another installation's bin/ folder, instead of the wheel's
 HOST = "127.0.0.1"
 SUPERUSER = "postgres"
@@ -162,11 +164,7 @@ class Postgres:
         return self
 
     def _write_settings(self, settings: dict) -> None:
-        fresh = self.settings_file.with_suffix(".tmp")
-        fresh.touch(mode=0o600)
-        fresh.chmod(0o600)
-        fresh.write_text(json.dumps(settings, indent=1))
-        fresh.replace(self.settings_file)
+        write_private_json(self.settings_file, settings)
 
     # --- running ----------------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from base64 import b64encode
 from pathlib import Path
 
 from multiloss import names, paths
+from multiloss.files import write_private_json
 from multiloss.team.postgres import HOST, Postgres
 
 ADMIN_PASSWORD_ENV = "MLFLOW_AUTH_ADMIN_PASSWORD"     # MLflow's own: the admin's password on first start
@@ -94,11 +95,7 @@ class TeamServer:
         return json.loads(self.secrets_file.read_text())
 
     def _save_secrets(self, values: dict) -> None:
-        fresh = self.secrets_file.with_suffix(".tmp")
-        fresh.touch(mode=0o600)
-        fresh.chmod(0o600)
-        fresh.write_text(json.dumps(values, indent=1))
-        fresh.replace(self.secrets_file)
+        write_private_json(self.secrets_file, values)
 
     @property
     def tracking_uri(self) -> str:
