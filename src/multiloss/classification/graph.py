@@ -157,7 +157,7 @@ class ClassifierGraph:
             variable.assign(tf.zeros_like(variable))
         optimizer.learning_rate.assign(lr)
         self.loss.set(loss)
-        self.regularizer.beta.assign(loss.terms().activity_beta)
+        self.regularizer.beta.assign(loss.terms().activity_beta)      # the softmax layer's share
         self.trainings += 1
 
     def tracing_counts(self) -> dict[str, int]:

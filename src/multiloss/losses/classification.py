@@ -146,13 +146,13 @@ class ClassificationLoss(tf_keras.losses.Loss):
 
     def terms(self) -> LossTerms:
         """This loss as the numbers of :func:`per_example_loss` (what a shared training graph reads)."""
-        params = self.params
+        params, regularizer = self.params, self.activity_regularizer()
         return LossTerms(
             base=_BASE[self.loss], gamma=params.get("gamma", 1.0), sigma=params.get("sigma", 0.0),
             smoothing_classes=2.0 if self.variant.has("smoothing_half") else None,
             lam=params.get("lam", 0.0), calibration_gradient=not self.variant.has("calibration_no_gradient"),
             beta=params["beta"] if "beta" in params and self.loss not in _ENTROPY_AS_ACTIVITY_REGULARIZER else 0.0,
-            activity_beta=self.activity_regularizer().beta if self.activity_regularizer() else 0.0)
+            activity_beta=regularizer.beta if regularizer else 0.0)
 
     def call(self, y_true, y_pred):
         """Per example: the base term plus the batch-level penalties (broadcast), so Keras' batch
