@@ -303,6 +303,7 @@ def test_non_empty_out_is_refused_and_kept(tmp_path):
     ({"size": 4096}, "size", "4096"),
     ({"seed": -1}, "seed", "-1"),
     ({"n_cls": 2.5}, "n_cls", "2.5"),
+    ({"image_sizes": "full"}, "image_sizes", "full"),
 ])
 def test_bad_parameters_are_named(tmp_path, kwargs, name, value):
     params = {"n_seg": 1, "n_cls": 2, "size": 32, "seed": 0} | kwargs
@@ -353,3 +354,29 @@ def test_ensure_synthetic_reuses_identical_output_only(tmp_path):
     with pytest.raises(ValueError, match="incomplete"):
         synthetic.ensure_synthetic(out, **params)
     assert {p for p in out.rglob("*") if p.is_file()} < set(before)
+
+
+def test_real_image_sizes_write_each_dataset_at_its_pixel_size(tmp_path):
+    """Rendered at 64 px, written at Montgomery's 4020 x 4892, the pair set's 2048 x 2048 and a
+    per-image Kermany size; each mask has its image's shape and is the rendered mask scaled up."""
+    out = tmp_path / "real"
+    params = {"n_seg": 1, "n_cls": 2, "size": 64, "seed": 3}
+    summary = write_synthetic(out, **params, image_sizes="real")
+    assert summary["params"] == params | {"image_sizes": "real"}
+    holdout = sorted((out / "MontgomerySet" / "CXR_png").glob("*.png"))
+    for image in holdout:
+        for path in (image, *(out / "MontgomerySet" / "ManualMask" / side / image.name
+                              for side in ("leftMask", "rightMask"))):
+            assert cv2.imread(str(path), cv2.IMREAD_GRAYSCALE).shape == (4892, 4020), path
+    pair = cv2.imread(str(out / "lungs" / "images" / "lung_0001.png"), cv2.IMREAD_GRAYSCALE)
+    mask = cv2.imread(str(out / "lungs" / "masks" / "lung_0001_mask.png"), cv2.IMREAD_GRAYSCALE)
+    assert pair.shape == mask.shape == (2048, 2048) and set(np.unique(mask)) == {0, 255}
+    rendered = synthetic.render_phantom(64, CLASSES[1], np.random.default_rng([3, 1, 1]))
+    assert np.array_equal(cv2.resize(mask, (64, 64), interpolation=cv2.INTER_NEAREST) > 0, rendered.lung_mask)
+    shapes = {cv2.imread(str(p), cv2.IMREAD_GRAYSCALE).shape for p in (out / "chest_xray").rglob("*.jpeg")}
+    low, high = synthetic.KERMANY_LONG_SIDE
+    assert len(shapes) > 1 and all(low <= max(s) <= high and min(s) >= 0.6 * max(s) - 1 for s in shapes)
+    square = write_synthetic(tmp_path / "square", **params)
+    assert square["params"] == params          # square manifests keep their earlier form
+    with pytest.raises(ValueError, match="image_sizes"):
+        synthetic.ensure_synthetic(out, **params)

@@ -37,11 +37,23 @@ from multiloss.files import replacing, replacing_folder
 
 GENERATOR_VERSION = 1
 MIN_SIZE, MAX_SIZE = 32, 2048
+
+# ``image_sizes``: ``square`` writes every image at the rendering size; ``real`` renders at that
+# size and resizes each file to its dataset's real pixel size, so readers, crop and serving meet
+# the memory and decode costs of the real data. Kermany's radiographs vary per image (long side
+# about 1,000-3,000 px, landscape and portrait); Montgomery's are 4020 x 4892 (width x height);
+# the lung-mask pair set is written 2048 x 2048, the size of the common public lung-mask sets.
+SQUARE, REAL = "square", "real"
+IMAGE_SIZES = (SQUARE, REAL)
+KERMANY_LONG_SIDE = (1000, 3000)
+KERMANY_ASPECT = (0.6, 1.0)          # short side / long side
+MONTGOMERY_SIZE = (4020, 4892)       # (width, height)
+PAIR_SIZE = (2048, 2048)
 _SUBPIXEL = 4  # cv2 fixed-point bits: polygons keep sub-pixel accuracy at small sizes
 _JPEG_QUALITY = 95
 
 # Stream ids in the per-image seed [seed, stream, index]; one per kind of output.
-_STREAM_CLS, _STREAM_SEG, _STREAM_HOLDOUT, _STREAM_PLAN = 0, 1, 2, 3
+_STREAM_CLS, _STREAM_SEG, _STREAM_HOLDOUT, _STREAM_PLAN, _STREAM_SIZE = 0, 1, 2, 3, 4
 
 
 @dataclass(frozen=True, eq=False)
@@ -441,19 +453,60 @@ def _jobs(n_seg: int, n_cls: int, seed: int) -> tuple[list[tuple], dict, int]:
     return jobs, counts, n_holdout
 
 
-def _run_job(root: Path, size: int, seed: int, job: tuple) -> None:
+def file_size(stream: int, index: int, seed: int, image_sizes: str, size: int) -> tuple[int, int]:
+    """(width, height) of one written file: the rendering size, or its dataset's real size (a
+    Kermany size is drawn from its own generator, so rendering draws nothing different)."""
+    if image_sizes == SQUARE:
+        return size, size
+    if stream == _STREAM_HOLDOUT:
+        return MONTGOMERY_SIZE
+    if stream == _STREAM_SEG:
+        return PAIR_SIZE
+    rng = np.random.default_rng([seed, _STREAM_SIZE, index])
+    long_side = int(rng.integers(KERMANY_LONG_SIDE[0], KERMANY_LONG_SIDE[1] + 1))
+    short_side = int(round(long_side * _uniform(rng, *KERMANY_ASPECT)))
+    return (long_side, short_side) if rng.integers(2) else (short_side, long_side)
+
+
+def _resized(image: np.ndarray, width: int, height: int, mask: bool = False) -> np.ndarray:
+    if image.shape == (height, width):
+        return image
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_NEAREST if mask else cv2.INTER_CUBIC)
+
+
+def _run_job(root: Path, size: int, seed: int, image_sizes: str, job: tuple) -> None:
     stream, index, label, image_path, *mask_paths = job
     phantom = render_phantom(size, label, np.random.default_rng([seed, stream, index]))
-    _write_image(root / image_path, phantom.image)
+    width, height = file_size(stream, index, seed, image_sizes, size)
+    _write_image(root / image_path, _resized(phantom.image, width, height))
+
+    def write_mask(path: str, mask: np.ndarray) -> None:
+        _write_image(root / path, _resized(mask.astype(np.uint8) * 255, width, height, mask=True))
     if stream == _STREAM_SEG:
-        _write_image(root / mask_paths[0], phantom.lung_mask.astype(np.uint8) * 255)
+        write_mask(mask_paths[0], phantom.lung_mask)
     elif stream == _STREAM_HOLDOUT:
-        _write_image(root / mask_paths[0], phantom.left_lung.astype(np.uint8) * 255)
-        _write_image(root / mask_paths[1], phantom.right_lung.astype(np.uint8) * 255)
+        write_mask(mask_paths[0], phantom.left_lung)
+        write_mask(mask_paths[1], phantom.right_lung)
 
 
-def write_synthetic(out: str | os.PathLike, *, n_seg: int, n_cls: int, size: int, seed: int) -> dict:
+def _check_image_sizes(image_sizes: str) -> str:
+    if image_sizes not in IMAGE_SIZES:
+        raise ValueError(f"image_sizes must be one of {', '.join(IMAGE_SIZES)}, got {image_sizes!r}")
+    return image_sizes
+
+
+def _params(n_seg: int, n_cls: int, size: int, seed: int, image_sizes: str) -> dict:
+    """The manifest's parameters; ``image_sizes`` only when not square, so earlier manifests match."""
+    params = {"n_seg": n_seg, "n_cls": n_cls, "size": size, "seed": seed}
+    return params if image_sizes == SQUARE else {**params, "image_sizes": image_sizes}
+
+
+def write_synthetic(out: str | os.PathLike, *, n_seg: int, n_cls: int, size: int, seed: int,
+                    image_sizes: str = SQUARE) -> dict:
     """Write the synthetic Kermany, pair and Montgomery sets under ``out``, all or nothing.
+
+    Phantoms are rendered at ``size``; ``image_sizes`` says at which pixel sizes they are written
+    (see :data:`IMAGE_SIZES`).
 
     ``out`` must not exist or be empty. Files are built in a hidden sibling folder that is renamed
     to ``out`` at the end, so a failure never leaves a half-written dataset (or touches ``out``).
@@ -463,17 +516,18 @@ def write_synthetic(out: str | os.PathLike, *, n_seg: int, n_cls: int, size: int
     n_cls = _check_count("n_cls", n_cls, 2)
     seed = _check_count("seed", seed, 0)
     size = _check_size(size)
+    image_sizes = _check_image_sizes(image_sizes)
     out = Path(out)
     _check_out_free(out)
     jobs, counts, n_holdout = _jobs(n_seg, n_cls, seed)
-    summary = {"params": {"n_seg": n_seg, "n_cls": n_cls, "size": size, "seed": seed},
+    summary = {"params": _params(n_seg, n_cls, size, seed, image_sizes),
                "counts": counts, "n_seg": n_seg, "n_holdout": n_holdout,
                "generator_version": GENERATOR_VERSION}
 
     with replacing_folder(out, before_swap=lambda: _check_out_free(out)) as tmp:
         workers = min(8, os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_run_job, tmp, size, seed, job) for job in jobs]
+            futures = [pool.submit(_run_job, tmp, size, seed, image_sizes, job) for job in jobs]
             try:
                 for future in futures:
                     future.result()
@@ -486,7 +540,7 @@ def write_synthetic(out: str | os.PathLike, *, n_seg: int, n_cls: int, size: int
 
 
 def ensure_synthetic(out: str | os.PathLike, *, n_seg: int, n_cls: int, size: int,
-                     seed: int) -> tuple[dict, bool]:
+                     seed: int, image_sizes: str = SQUARE) -> tuple[dict, bool]:
     """(summary, reused): reuse ``out`` if an identical complete synth wrote it, else write it.
 
     Re-running a pipeline must not regenerate (and re-timestamp) its data, yet must never mix two
@@ -495,13 +549,14 @@ def ensure_synthetic(out: str | os.PathLike, *, n_seg: int, n_cls: int, size: in
     out = Path(out)
     manifest = out / "synth.json"
     if not manifest.is_file():
-        return write_synthetic(out, n_seg=n_seg, n_cls=n_cls, size=size, seed=seed), False
+        return write_synthetic(out, n_seg=n_seg, n_cls=n_cls, size=size, seed=seed,
+                               image_sizes=image_sizes), False
     try:
         summary = json.loads(manifest.read_text())
         params, version = summary["params"], summary["generator_version"]
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"out {out}: unreadable synthetic manifest {manifest} ({err})") from err
-    wanted = {"n_seg": n_seg, "n_cls": n_cls, "size": size, "seed": seed}
+    wanted = _params(n_seg, n_cls, size, seed, _check_image_sizes(image_sizes))
     if params != wanted or version != GENERATOR_VERSION:
         raise ValueError(f"out {out} holds synthetic data written with {params} (generator "
                          f"version {version}), not {wanted} (version {GENERATOR_VERSION}); "

@@ -26,6 +26,9 @@ def parser() -> StageParser:
     parser.parameter("n_cls", type=integer("n_cls", 2))
     parser.parameter("size", type=integer("size", 32, 2048))
     parser.parameter("seed", type=integer("seed", 0))
+    parser.parameter("image_sizes", choices=synthetic.IMAGE_SIZES,
+                     help="square: every file size x size; real: rendered at size, written at each "
+                          "dataset's real pixel sizes (Kermany about 1,000-3,000 px a side, Montgomery 4020 x 4892)")
     return parser
 
 
@@ -46,7 +49,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     out = Path(args.out).resolve()
     check_out(out)
-    params = {"n_seg": args.n_seg, "n_cls": args.n_cls, "size": args.size, "seed": args.seed}
+    params = {"n_seg": args.n_seg, "n_cls": args.n_cls, "size": args.size, "seed": args.seed,
+              "image_sizes": args.image_sizes}
     with store.stage_run(names.DATA_EXPERIMENT, run_name="synth"):
         store.log_params({**params, "out": str(out)})
         manifest, reused = synthetic.ensure_synthetic(out, **params)
