@@ -139,6 +139,8 @@ def test_killed_pipeline_resumes_where_it_stopped(tmp_path):
     """SIGKILL, then SIGTERM, then a run to the end: each start redoes only what did not finish."""
     profile = tmp_path / "tiny.yaml"
     profile.write_text(yaml.safe_dump(TINY))
+    out = run(profile, "--until", "synth")               # until the first stage: that stage only
+    assert "1 steps ran, 0 reused" in out and "segment." not in out
     first = launch(profile, "--until", "crop", hold="segment_eval")
     _, held_first = wait_for_hold(first)
     os.killpg(first.pid, signal.SIGKILL)                 # no chance to clean up

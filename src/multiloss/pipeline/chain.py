@@ -168,6 +168,8 @@ def _run_chain(pipeline: Pipeline, profile: dict, data: str, seeds: list[int], u
         synth = {**profile["synth"], "out": root}
         pipeline.step("synth", "synth", synth, output_intact=_tag_matches(
             lambda: fingerprint(read_kermany(root / layout["kermany"])["path"], root=root)))
+    if stop_after("synth"):
+        return runs
     lungs, holdout, kermany = (root / layout[k] for k in ("lungs", "holdout", "kermany"))
 
     segment = stage_settings(profile, "segment")
