@@ -80,6 +80,12 @@ class Item:
     image: np.ndarray | None = None
     codec: str | None = None
     error: str | None = None
+    file: str | None = None   # a file's real path: decoded when its chunk is predicted, not before
+
+    def pixels(self) -> np.ndarray:
+        """Its 8-bit grayscale pixels; a file is read now (DataError or OSError if it cannot be), so
+        that a folder of full-resolution X-rays is held one chunk at a time, never whole."""
+        return self.image if self.file is None else read_gray(self.file)
 
 
 def path_roots() -> tuple[str, ...] | None:
@@ -186,10 +192,19 @@ def _path_items(row: int, entry, roots: tuple[str, ...] | None) -> list[Item]:
 
 
 def _read_file(row: int, name: str, real: str) -> Item:
-    try:
-        return Item(row, name, read_gray(real), Path(name).suffix.lower())
-    except (DataError, OSError, ValueError) as err:
-        return Item(row, name, error=f"row {row}: {err}")
+    return Item(row, name, codec=Path(name).suffix.lower(), file=real)
+
+
+def _load(items: list[Item]) -> list[np.ndarray | None]:
+    """The pixels of ``items``; an image that cannot be read gets its reason and None."""
+    pixels = []
+    for item in items:
+        try:
+            pixels.append(item.pixels())
+        except (DataError, OSError, ValueError) as err:
+            item.error = f"row {item.row}: {err}"
+            pixels.append(None)
+    return pixels
 
 
 def _array_item(row: int, value) -> Item:
@@ -270,11 +285,12 @@ def expand_inputs(model_input, roots: tuple[str, ...] | None = None) -> tuple[li
     crop with its source's suffix), of base64 bytes their format's; an array's is None (the model's
     default)."""
     items = request_items(model_input, roots)
+    pixels = _load([item for item in items if not item.error])
     bad = next((item for item in items if item.error), None)
     if bad is not None:
         raise DataError(bad.error)
     return ([item.path if item.path is not None else str(item.row) for item in items],
-            [item.image for item in items], [item.codec for item in items])
+            pixels, [item.codec for item in items])
 
 
 def _array_to_gray(image: np.ndarray, source: str) -> np.ndarray:
@@ -421,9 +437,18 @@ class EnsemblePipeline(mlflow.pyfunc.PythonModel):
             raise bad_request(_bad_rows_message(bad, len(items)))
         good = [k for k, item in enumerate(items) if not item.error]
         probs = np.full((len(items), len(CLASSES)), np.nan)
-        if good:
+        for start in range(0, len(good), CHUNK):     # files are read a chunk at a time
+            chunk = good[start:start + CHUNK]
+            pixels = _load([items[k] for k in chunk])
+            unreadable = [items[k] for k in chunk if items[k].error]
+            if unreadable and on_error == "raise":
+                raise bad_request(_bad_rows_message(unreadable, len(items)))
+            readable = [(k, p) for k, p in zip(chunk, pixels) if p is not None]
+            if not readable:
+                continue
             try:
-                probs[good] = self.predict_arrays([items[k].image for k in good], [items[k].codec for k in good])
+                probs[[k for k, _ in readable]] = self.predict_arrays([p for _, p in readable],
+                                                                      [items[k].codec for k, _ in readable])
             except Exception as err:
                 _log.exception("cxr-ensemble failed on a request of %d images", len(good))
                 raise MlflowException(f"the model failed while predicting ({type(err).__name__}); the server's "
