@@ -1,5 +1,7 @@
 """tf.data pipelines and the paper's augmentation: values, shapes, and image/mask alignment."""
 
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -121,3 +123,42 @@ def test_image_augmentation_changes_images_each_epoch_and_keeps_labels(tmp_path)
     assert x1.shape == (4, 32, 32, 3) and not np.allclose(x1.numpy(), x2.numpy())
     plain = next(iter(image_dataset(paths, img_size=32, batch_size=4, augment=True, seed=3)))
     assert plain.shape == (4, 32, 32, 3)
+
+
+def test_a_set_past_the_memory_limit_is_cached_in_a_file_and_reads_back_alike(tmp_path, monkeypatch):
+    """Memory must not grow with the data set: past MEMORY_CACHE_BYTES the decoded images go to a
+    file, which a later dataset of the same images and size reads back without decoding, even
+    after an epoch that stopped early."""
+    from multiloss.data import datasets
+
+    paths = [write_gray(tmp_path / f"x{i}.png", size=(20, 30), seed=i) for i in range(6)]
+    in_memory = np.concatenate([b[0] for b in image_dataset(paths, img_size=16, batch_size=4)])
+    monkeypatch.setattr(datasets, "MEMORY_CACHE_BYTES", 5 * 16 * 16)        # five images fit, six do not
+    assert datasets.cache_target(5, (16, 16), ["image", paths[:5]]) == ""
+    target = datasets.cache_target(6, (16, 16), ["image", paths])
+    assert target and target != datasets.cache_target(6, (24, 24), ["image", paths])
+
+    decoded = []
+    real_read = datasets.read_gray
+    monkeypatch.setattr(datasets, "read_gray", lambda path: decoded.append(path) or real_read(path))
+    first = image_dataset(paths, img_size=16, batch_size=4)
+    next(iter(first))                                    # an epoch cut short leaves no half cache behind
+    full = np.concatenate([b[0] for b in first])
+    assert any(name.endswith(".index") for name in os.listdir(os.path.dirname(target)))
+    decoded.clear()
+    again = np.concatenate([b[0] for b in image_dataset(paths, img_size=16, batch_size=4)])
+    assert decoded == []                                 # read back from the file, not decoded again
+    np.testing.assert_array_equal(full, in_memory)
+    np.testing.assert_array_equal(again, in_memory)
+
+
+def test_the_shuffle_buffer_is_bounded_in_bytes_and_still_yields_every_image_once(tmp_path, monkeypatch):
+    from multiloss.data import datasets
+
+    paths = [write_gray(tmp_path / f"x{i}.png", size=(8, 8), value=i * 10) for i in range(12)]
+    assert datasets.shuffle_buffer(12, (8, 8)) == 12
+    monkeypatch.setattr(datasets, "SHUFFLE_BUFFER_BYTES", 3 * 8 * 8)
+    assert datasets.shuffle_buffer(12, (8, 8)) == 3 and datasets.shuffle_buffer(12, (2, 8, 8)) == 1
+    ds = image_dataset(paths, img_size=8, batch_size=12, shuffle=True, seed=5, channels=1)
+    order = np.rint(next(iter(ds)).numpy()[:, 0, 0, 0] * 255).astype(int).tolist()
+    assert sorted(order) == [i * 10 for i in range(12)] and order != sorted(order)

@@ -4,10 +4,20 @@ Decoding goes through :mod:`multiloss.data.imageio` (the one place that converts
 RGBA files), in parallel; decoded, resized 8-bit images are cached, so from the second epoch on the
 model, not the loader, sets the pace. Shuffling and augmentation come after the cache and change
 every epoch; prefetch overlaps loading with training.
+
+Memory does not grow with the data set: a set whose decoded images pass ``MEMORY_CACHE_BYTES`` is
+cached in a file instead (in this process's scratch folder, shared by every dataset of the same
+images and size, so later trainings in the process read it back without decoding), and the
+shuffle buffer holds at most ``SHUFFLE_BUFFER_BYTES`` of images.
 """
 
 from __future__ import annotations
 
+import atexit
+import hashlib
+import os
+import shutil
+import tempfile
 from typing import Sequence
 
 import cv2
@@ -19,6 +29,9 @@ from multiloss.data.classes import CLASSES
 from multiloss.data.imageio import DataError, read_gray, read_mask
 
 AUTOTUNE = tf.data.AUTOTUNE
+MEMORY_CACHE_BYTES = 2 ** 30     # decoded images held in memory per dataset; past it, a file cache
+SHUFFLE_BUFFER_BYTES = 2 ** 29   # images in a shuffle buffer; a smaller set is shuffled whole
+_scratch: list[str] = []         # this process's folder of file caches, removed at exit
 
 
 def load_image(path: str, img_size: int) -> np.ndarray:
@@ -54,15 +67,37 @@ def one_hot(labels: Sequence[str]) -> np.ndarray:
     return np.eye(len(CLASSES), dtype=np.float32)[label_indices(labels)]
 
 
-def _decoded(n: int, load, out_shape, cache: bool | str) -> tf.data.Dataset:
-    """Element i of a dataset of n decoded uint8 arrays, decoded in parallel by ``load(i)``."""
+def _scratch_folder() -> str:
+    if not _scratch:
+        _scratch.append(tempfile.mkdtemp(prefix=f"multiloss-cache-{os.getpid()}-"))
+        atexit.register(shutil.rmtree, _scratch[0], True)
+    return _scratch[0]
+
+
+def cache_target(n: int, out_shape, identity: Sequence) -> str:
+    """Where a dataset of ``n`` uint8 arrays shaped ``out_shape`` is cached: '' (memory) while it
+    fits in MEMORY_CACHE_BYTES, else a file named by ``identity`` (what was decoded, at what size)."""
+    if n * int(np.prod(out_shape)) <= MEMORY_CACHE_BYTES:
+        return ""
+    digest = hashlib.sha256(repr([*identity, tuple(out_shape)]).encode()).hexdigest()[:20]
+    return os.path.join(_scratch_folder(), digest)
+
+
+def shuffle_buffer(n: int, out_shape) -> int:
+    """Elements a shuffle buffer holds: all ``n`` when they fit in SHUFFLE_BUFFER_BYTES."""
+    return max(1, min(n, SHUFFLE_BUFFER_BYTES // int(np.prod(out_shape))))
+
+
+def _decoded(n: int, load, out_shape, cache: bool | str, identity: Sequence = ()) -> tf.data.Dataset:
+    """Element i of a dataset of n decoded uint8 arrays, decoded in parallel by ``load(i)``;
+    ``cache`` True: in memory or, past MEMORY_CACHE_BYTES, in a file named by ``identity``."""
     def load_tf(i):
         pixels = tf.numpy_function(lambda j: load(int(j)), [i], tf.uint8, stateful=False)
         return tf.ensure_shape(pixels, out_shape)
 
     ds = tf.data.Dataset.range(n).map(load_tf, num_parallel_calls=AUTOTUNE, deterministic=True)
     if cache:
-        ds = ds.cache("" if cache is True else str(cache))
+        ds = ds.cache(cache_target(n, out_shape, identity) if cache is True else str(cache))
     return ds
 
 
@@ -87,13 +122,14 @@ def image_dataset(paths: Sequence[str], labels: Sequence[str] | None = None, *, 
     paths = [str(p) for p in paths]
     if not paths:
         raise DataError("image_dataset: no images given")
-    ds = _decoded(len(paths), lambda i: load_image(paths[i], img_size), (img_size, img_size), cache)
+    size = (img_size, img_size)
+    ds = _decoded(len(paths), lambda i: load_image(paths[i], img_size), size, cache, ("image", paths))
     if labels is not None:
         if len(labels) != len(paths):
             raise ValueError(f"image_dataset: {len(paths)} paths but {len(labels)} labels")
         ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensor_slices(one_hot(list(labels))))
     if shuffle:
-        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(shuffle_buffer(len(paths), size), seed=seed, reshuffle_each_iteration=True)
     if labels is None:
         ds = ds.map(lambda x: (_to_float(x, channels),), num_parallel_calls=AUTOTUNE)
     else:
@@ -127,9 +163,9 @@ def mask_dataset(image_paths: Sequence[str], mask_paths: Sequence, *, img_size: 
     def load_pair(i: int) -> np.ndarray:
         return np.stack([load_image(image_paths[i], img_size), load_mask(mask_paths[i], img_size)])
 
-    ds = _decoded(len(image_paths), load_pair, (2, *size), cache)
+    ds = _decoded(len(image_paths), load_pair, (2, *size), cache, ("pair", image_paths, [str(m) for m in mask_paths]))
     if shuffle:
-        ds = ds.shuffle(len(image_paths), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(shuffle_buffer(len(image_paths), (2, *size)), seed=seed, reshuffle_each_iteration=True)
 
     def split(pair):
         return _to_float(pair[0], channels), tf.cast(pair[1], tf.float32)[..., tf.newaxis]
