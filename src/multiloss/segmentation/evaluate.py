@@ -107,13 +107,6 @@ def choose_pool(candidates: list[ModelVersion], *, img_size: int, rule: str = SA
     return Pool(rule, img_size, pool, left_out, reference)
 
 
-def score_table(truth: np.ndarray, predictions: dict[str, np.ndarray]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """Mean ± std of each score per named prediction (boolean masks), and the per-image tables."""
-    per_image = {name: segmentation_scores(truth, masks) for name, masks in predictions.items()}
-    summary = pd.DataFrame({name: summarize(table) for name, table in per_image.items()}).T
-    return summary, per_image
-
-
 def rank(summary: pd.DataFrame) -> list[str]:
     """Row names best first."""
     return summary.sort_values(list(RANK_ON), ascending=False).index.tolist()
@@ -156,33 +149,56 @@ def _print_now(line: str) -> None:
     print(line, flush=True)
 
 
-def holdout_arrays(pairs: pd.DataFrame, img_size: int, batch_size: int = PREDICT_BATCH) -> tuple[np.ndarray, np.ndarray]:
-    """The holdout images (N, H, W, 3) and their boolean lung masks (N, H, W) at ``img_size``."""
-    batches = list(mask_dataset(pairs["image"], pairs["masks"], img_size=img_size,
-                                batch_size=batch_size, cache=False).as_numpy_iterator())
-    images = np.concatenate([b[0] for b in batches])
-    truth = np.concatenate([b[1] for b in batches])[..., 0] > 0.5
-    return images, truth
+HOLDOUT_CHUNK = 32     # holdout images in memory at a time (with their masks and predictions)
+
+
+def holdout_chunks(pairs: pd.DataFrame, img_size: int, chunk: int = HOLDOUT_CHUNK):
+    """The holdout as (images (n, H, W, 3), boolean lung masks (n, H, W)) at ``img_size``, ``chunk``
+    pairs at a time: full-resolution originals are read one chunk at a time, never held whole."""
+    for images, masks in mask_dataset(pairs["image"], pairs["masks"], img_size=img_size,
+                                      batch_size=chunk, cache=False).as_numpy_iterator():
+        yield images, masks[..., 0] > 0.5
+
+
+def per_image_scores(models: dict[str, list], pairs: pd.DataFrame, img_size: int, *,
+                     batch_size: int = PREDICT_BATCH, chunk: int = HOLDOUT_CHUNK) -> dict[str, pd.DataFrame]:
+    """Per-image scores of each named prediction: the AND of its models' masks (one model: that
+    model alone), computed chunk by chunk, so memory does not grow with the holdout."""
+    tables: dict[str, list[pd.DataFrame]] = {name: [] for name in models}
+    for images, truth in holdout_chunks(pairs, img_size, chunk):
+        probabilities: dict[int, np.ndarray] = {}
+        for name, members in models.items():
+            for model in members:
+                if id(model) not in probabilities:
+                    probabilities[id(model)] = predict_probabilities(model, images, batch_size)
+            masks = and_ensemble([probabilities[id(m)] for m in members])
+            tables[name].append(segmentation_scores(truth, masks))
+    return {name: pd.concat(parts, ignore_index=True) for name, parts in tables.items()}
+
+
+def _summary(per_image: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    return pd.DataFrame({name: summarize(table) for name, table in per_image.items()}).T
 
 
 def rank_versions(versions: list[ModelVersion], pairs: pd.DataFrame, *, top_k: int, img_size: int,
                   batch_size: int = PREDICT_BATCH, progress=None) -> HoldoutRanking:
-    """Score each version alone on the holdout ``pairs``, rank them, and score the AND of the top K."""
+    """Score each version alone on the holdout ``pairs``, rank them, and score the AND of the top K.
+
+    Two passes over the holdout, each a chunk at a time: every version alone, then the AND of the
+    top K (which is known only after the first)."""
     progress = progress or _print_now
-    images, truth = holdout_arrays(pairs, img_size, batch_size)
-    probabilities, by_label = {}, {}
+    models, by_label = {}, {}
     for version in versions:
         label = f"v{version.version} {version.tags.get(names.LOSS_TAG, '?')}"
         by_label[label] = version
-        model = registry.load_keras(registry.version_uri(names.SEGMENTATION_MODEL, version.version))
-        probabilities[label] = predict_probabilities(model, images, batch_size)
-        progress(f"segment_eval: scored {label}")
-
-    singles, _ = score_table(truth, {label: p > 0.5 for label, p in probabilities.items()})
+        models[label] = [registry.load_keras(registry.version_uri(names.SEGMENTATION_MODEL, version.version))]
+    singles = _summary(per_image_scores(models, pairs, img_size, batch_size=batch_size))
+    progress(f"segment_eval: scored {', '.join(models)}")
     order = rank(singles)
     top = order[:top_k]
     ensemble = f"AND top-{len(top)}"
-    anded, _ = score_table(truth, {ensemble: and_ensemble([probabilities[label] for label in top])})
+    anded = _summary(per_image_scores({ensemble: [models[label][0] for label in top]}, pairs, img_size,
+                                      batch_size=batch_size))
     table = pd.concat([singles.loc[order], anded])
     table.index.name = "model"
     return HoldoutRanking(table, order, top, by_label, ensemble, img_size)
