@@ -85,10 +85,13 @@ def create_training_variables(model: tf_keras.Model, element_spec) -> None:
     model.compute_loss(x, y, y_pred)
     model.compute_metrics(x, y, y_pred, None)
     model.reset_metrics()
-    if hasattr(model.optimizer, "build"):
-        model.optimizer.build(model.trainable_variables)
+    optimizer = model.optimizer
+    if isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
+        optimizer = optimizer.inner_optimizer               # mixed_float16: its slots are the inner one's
+    if hasattr(optimizer, "build"):
+        optimizer.build(model.trainable_variables)
     else:                                                   # tf_keras.optimizers.legacy
-        model.optimizer._create_all_weights(model.trainable_variables)
+        optimizer._create_all_weights(model.trainable_variables)
 
 
 class KeepBestWeights(tf_keras.callbacks.Callback):

@@ -67,6 +67,8 @@ def test_classify_stage_logs_scores_registers_and_reloads_in_a_fresh_process(tmp
     assert version.tags["loss_lam"] == "10.0" and version.tags["encoder_version"] == str(unet_version.version)
     run = mlflow.MlflowClient().get_run(version.run_id)
     assert run.data.params["encoder"] == f"models:/{names.SEGMENTATION_MODEL}/{unet_version.version}"   # pinned once
+    assert run.data.params["precision"] == "float32" and run.data.params["jit_compile"] == "false"
+    assert version.tags["precision"] == "float32" and version.tags["jit_compile"] == "false"
     metrics = run.data.metrics
     for split in ("val", "test"):
         for key in ("accuracy", "auroc_micro", "auroc_macro", "auprc_micro", "auprc_macro", "precision", "recall",

@@ -24,6 +24,7 @@ def test_segment_eval_and_crop_chain(tmp_path):
     assert [v.tags["loss"] for v in found] == ["bce", "tversky"]
     assert found[1].tags["loss_alpha"] == "0.6" and found[1].tags["loss_beta"] == "0.3"
     assert {"data_fingerprint", "img_size", "val_loss", "val_dice"} <= set(found[0].tags)
+    assert found[0].tags["precision"] == "float32" and found[0].tags["jit_compile"] == "false"
     run = client.get_run(found[0].run_id)
     assert len(client.get_metric_history(run.info.run_id, "epoch/val_loss")) == 1
     assert "val_predictions.png" in {a.path for a in client.list_artifacts(run.info.run_id)}

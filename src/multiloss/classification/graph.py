@@ -30,6 +30,7 @@ from multiloss.losses.classification import (
     entropy,
     per_example_loss,
 )
+from multiloss.models import precision
 from multiloss.models.classifier import HEAD_LAYERS, build_classifier
 from multiloss.tracking import registry
 
@@ -109,6 +110,8 @@ class GraphKey:
     bn_momentum: float | None      # a layer attribute the trace reads as a constant
     momentum: float                # SGD's, likewise
     metrics: tuple[str, ...]       # the extra compiled metrics' configs
+    precision: str                 # the layers' dtype policy (models.precision), fixed when they are made
+    jit_compile: bool              # XLA: compiled into the traced functions
 
 
 @dataclasses.dataclass
@@ -128,17 +131,23 @@ class ClassifierGraph:
               extra_metrics=()) -> ClassifierGraph:
         with strategy.scope():
             loss, regularizer = RuntimeLoss(), RuntimeEntropyRegularizer()
-            model = build_classifier(unet, activity_regularizer=regularizer, bn_momentum=key.bn_momentum)
+            # the encoder rebuilt under the training's policy (a registered U-Net is float32), the
+            # head made under it (its softmax in float32); the global policy is restored after
+            unet = precision.cast(unet, key.precision)
+            with precision.policy(key.precision):
+                model = build_classifier(unet, activity_regularizer=regularizer, bn_momentum=key.bn_momentum)
             dropout = seed_dropout_from_variables(model)
-            model.compile(optimizer=tf_keras.optimizers.SGD(0.01, momentum=key.momentum), loss=loss,
-                          metrics=["accuracy", *extra_metrics])
+            sgd = tf_keras.optimizers.SGD(0.01, momentum=key.momentum)
+            model.compile(optimizer=precision.optimizer(sgd, key.precision), loss=loss,
+                          metrics=["accuracy", *extra_metrics], jit_compile=key.jit_compile)
         return cls(model, unet, loss, regularizer, strategy, dropout)
 
     def reset(self, *, loss: ClassificationLoss, lr: float, seed: int, unet_weights=None) -> None:
         """Make the model what a fresh build would be for this training: the U-Net's weights
         (``None``: those it has, on a graph just built from it) with their BatchNorm statistics,
         a head drawn from ``seed`` (each layer's own initializer, seeded), dropout masks drawn
-        from ``seed``, zero optimizer slots and step count, learning rate ``lr``, and ``loss``'s terms."""
+        from ``seed``, zero optimizer slots and step count, learning rate ``lr``, and ``loss``'s terms.
+        Under mixed_float16 the optimizer's loss scale goes back to its initial value (not zero)."""
         if unet_weights is not None:
             self.unet.set_weights(unet_weights)
         for number, name in enumerate(HEAD_LAYERS):
@@ -153,8 +162,9 @@ class ClassifierGraph:
             generator._generator.reset_from_seed(seed * len(self.dropout) + number)
         optimizer = self.model.optimizer
         slots = optimizer.variables
-        for variable in slots() if callable(slots) else slots:
+        for variable in slots() if callable(slots) else slots:     # a LossScaleOptimizer's: the inner one's
             variable.assign(tf.zeros_like(variable))
+        precision.reset_loss_scale(optimizer)
         optimizer.learning_rate.assign(lr)
         self.loss.set(loss)
         self.regularizer.beta.assign(loss.terms().activity_beta)      # the softmax layer's share
@@ -191,7 +201,8 @@ def metric_configs(metrics) -> tuple[str, ...]:
 
 
 def classifier_graph(encoder_uri: str, *, strategy: str, bn_momentum: float | None, momentum: float,
-                     extra_metrics=(), reuse: bool | None = None) -> tuple[ClassifierGraph, list | None]:
+                     precision: str, jit_compile: bool, extra_metrics=(),
+                     reuse: bool | None = None) -> tuple[ClassifierGraph, list | None]:
     """The graph to train on ``encoder_uri``'s U-Net and the U-Net weights to reset it to (None:
     the graph was just built from that U-Net). ``reuse=False`` builds a new graph from a freshly
     loaded U-Net every time, as each training did before graphs were shared (for comparison);
@@ -205,10 +216,11 @@ def classifier_graph(encoder_uri: str, *, strategy: str, bn_momentum: float | No
     if not (sharing_graphs() if reuse is None else reuse):
         unet = registry.load_keras(encoder_uri)
         key = GraphKey(architecture_digest(unet.get_config()), strategy, bn_momentum, momentum,
-                       metric_configs(extra_metrics))
+                       metric_configs(extra_metrics), precision, jit_compile)
         return ClassifierGraph.build(unet, key, distribution_strategy(strategy), extra_metrics), None
     config, weights, loaded = registry.keras_config_and_weights(encoder_uri)
-    key = GraphKey(architecture_digest(config), strategy, bn_momentum, momentum, metric_configs(extra_metrics))
+    key = GraphKey(architecture_digest(config), strategy, bn_momentum, momentum, metric_configs(extra_metrics),
+                   precision, jit_compile)
     graph = _graphs.get(key)
     if graph is None:
         unet = loaded or registry.load_keras(encoder_uri)

@@ -37,6 +37,7 @@ from multiloss.data.split import (
 from multiloss.losses import CLASSIFICATION_LOSSES, classification_loss
 from multiloss.losses.classification import ClassificationLoss
 from multiloss.metrics.classification import MCC_INTERVAL_LABELS
+from multiloss.models import precision
 from multiloss.models.unet import check_size
 from multiloss.project import declared_parameters
 from multiloss.tracking import metadata, registry, store
@@ -79,9 +80,13 @@ class ClassifierConfig:
     val_fraction: float = VAL_FRACTION
     split_seed: int = SPLIT_SEED
     strategy: str
+    precision: str                 # a training policy (models.precision); the registered model is float32
+    jit_compile: bool              # XLA, refused where TensorFlow sees no GPU
 
     def __post_init__(self):
         check_size("img_size", self.img_size)     # the encoder halves it five times
+        precision.check_precision(self.precision)
+        precision.check_jit_compile(self.jit_compile)
 
     @classmethod
     def from_defaults(cls, loss: str, data: str, **overrides) -> ClassifierConfig:
@@ -90,6 +95,8 @@ class ClassifierConfig:
         def read(text: str, hint):
             if hint is int:
                 return int(float(text))            # MLproject floats: "20" or "20.0"
+            if hint is bool:
+                return text.strip().lower() in ("true", "1", "yes")
             if hint == float | None:
                 return None if text.strip().lower() in ("", "none", "default") else float(text)
             return hint(text)
@@ -121,6 +128,7 @@ class TrainedClassifier:
                 **variants.tags(self.loss.variant),
                 names.DATA_FINGERPRINT_TAG: self.data_fingerprint, names.IMG_SIZE_TAG: self.config.img_size,
                 "seed": self.config.seed, "encoder_version": self.encoder_version,
+                "precision": self.config.precision, "jit_compile": str(self.config.jit_compile).lower(),
                 **{f"{split}_{k}": round(self.scores[split][k], 6) for split in ("val", "test") for k in TAGGED_SCORES},
                 **degenerate_tags(self.scores["val"]), names.SYNTHETIC_TAG: str(self.synthetic).lower()}
 
@@ -153,6 +161,8 @@ class TrainedClassifier:
                 + ", ".join(CLASSES)
                 + f"\n- loss parameters: {params}; seed {config.seed}; encoder version {self.encoder_version}; "
                   f"{config.epochs} epochs max, kept epoch {self.fit['best_epoch']} (lowest validation loss)"
+                + f"\n- trained in {precision.describe(config.precision, config.jit_compile)}; the registered "
+                  "model computes in float32"
                 + f"\n- validation: MCC {val['mcc']:.4f}, accuracy {val['accuracy']:.4f}, ECE {val['ece']:.4f}"
                 + f"\n- test: MCC {test['mcc']:.4f} [{test['mcc_low']:.4f}, {test['mcc_high']:.4f}] ({interval}), "
                   f"accuracy {test['accuracy']:.4f}, AUROC {test['auroc_micro']:.4f}, ECE {test['ece']:.4f}"
@@ -224,6 +234,7 @@ def train_classifier(config: ClassifierConfig, *, epoch_hooks: Sequence[EpochHoo
                          "seed": config.seed, "augment": config.augment, "class_weights": config.class_weights,
                          "ci_method": config.ci_method, "bn_momentum": config.bn_momentum,
                          "patience": config.patience, "split_seed": config.split_seed, "strategy": config.strategy,
+                         "precision": config.precision, "jit_compile": str(config.jit_compile).lower(),
                          "variant": config.variant,
                          **{f"n_{name}": len(part) for name, part in parts.items()}})
     synthetic = provenance.is_synthetic(config.data)
@@ -235,7 +246,8 @@ def train_classifier(config: ClassifierConfig, *, epoch_hooks: Sequence[EpochHoo
                         source=str(root), digest=data_print, name=Path(config.data).resolve().name)
 
     graph, unet_weights = classifier_graph(encoder_uri, strategy=config.strategy, bn_momentum=config.bn_momentum,
-                                           momentum=config.momentum, extra_metrics=extra_metrics, reuse=reuse_graph)
+                                           momentum=config.momentum, precision=config.precision,
+                                           jit_compile=config.jit_compile, extra_metrics=extra_metrics, reuse=reuse_graph)
     batch = config.batch_size * graph.strategy.num_replicas_in_sync
     datasets = {name: image_dataset(part["path"], part["label"], img_size=config.img_size, batch_size=batch,
                                     shuffle=name == "train", seed=config.seed,

@@ -25,11 +25,13 @@ def encoder_from_unet(unet: tf_keras.Model, cut_layer: str = CUT_LAYER) -> tf_ke
 
 def build_classifier(unet: tf_keras.Model, *, activity_regularizer=None, bn_momentum: float | None = None,
                      n_classes: int = len(CLASSES)) -> tf_keras.Model:
-    """Encoder + head; ``activity_regularizer`` goes on the softmax layer (the cce_entropy loss)."""
+    """Encoder + head; ``activity_regularizer`` goes on the softmax layer (the cce_entropy loss).
+    The head's other layers compute under Keras' global policy (see :mod:`multiloss.models.precision`),
+    the softmax layer in float32 under every policy, so the probabilities and the losses are float32."""
     encoder = encoder_from_unet(unet)
     x = tf_keras.layers.ZeroPadding2D(name="cls_zeropad")(encoder.output)
     x = tf_keras.layers.Conv2D(512, 3, activation="relu", name=DEEPEST_CONV)(x)
     x = tf_keras.layers.GlobalAveragePooling2D(name="cls_gap")(x)
     out = tf_keras.layers.Dense(n_classes, activation="softmax", activity_regularizer=activity_regularizer,
-                                name=SOFTMAX)(x)
+                                dtype="float32", name=SOFTMAX)(x)
     return set_batchnorm_momentum(tf_keras.Model(encoder.inputs, out, name="cxr_classifier"), bn_momentum)

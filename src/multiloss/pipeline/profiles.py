@@ -57,8 +57,27 @@ def workers(profile: dict, given: int, name: str) -> int:
 
 
 def stage_settings(profile: dict, stage: str) -> dict:
-    """The parameters the profile gives one stage (its losses are the chain's to spread over steps)."""
-    return {k: v for k, v in (profile.get(stage) or {}).items() if k != "losses"}
+    """The parameters the profile gives one stage (its losses are the chain's to spread over steps);
+    a YAML boolean as MLproject's string parameters spell it (``false``)."""
+    return {k: str(v).lower() if isinstance(v, bool) else v
+            for k, v in (profile.get(stage) or {}).items() if k != "losses"}
+
+
+TRAINING_STAGES = ("segment", "classify", "sweep")
+
+
+def check_training_options(profile: dict, name: str) -> None:
+    """Refuse, before any run, a training ``precision`` the suite does not know or a
+    ``jit_compile: true`` where TensorFlow sees no GPU; the error names the profile and the key."""
+    from multiloss.models import precision
+
+    for stage in TRAINING_STAGES:
+        settings = stage_settings(profile, stage)
+        if "precision" in settings:
+            precision.check_precision(str(settings["precision"]), f"profile {name}: {stage}.precision")
+        if "jit_compile" in settings:
+            precision.check_jit_compile(str(settings["jit_compile"]).strip().lower() in ("true", "1", "yes"),
+                                        f"profile {name}: {stage}.jit_compile")
 
 
 def data_layout(profile: dict, synthetic: bool) -> dict[str, str]:

@@ -29,6 +29,7 @@ from multiloss.metrics.segmentation import (
     lung_iou,
     segmentation_scores,
 )
+from multiloss.models import precision
 from multiloss.models.unet import build_unet
 from multiloss.plots import mask_overlays
 from multiloss.tracking import metadata, store
@@ -59,8 +60,14 @@ class UNetConfig:
     bn_momentum: float | None
     patience: int
     strategy: str
+    precision: str                 # a training policy (models.precision); the registered model is float32
+    jit_compile: bool              # XLA, refused where TensorFlow sees no GPU
     val_fraction: float = VAL_FRACTION
     split_seed: int = SPLIT_SEED
+
+    def __post_init__(self):
+        precision.check_precision(self.precision)
+        precision.check_jit_compile(self.jit_compile)
 
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, object]) -> UNetConfig:
@@ -102,7 +109,8 @@ class TrainedUNet:
         config = self.prepared.config
         return {names.LOSS_TAG: config.loss, **loss_param_keys(self.prepared.loss),
                 names.DATA_FINGERPRINT_TAG: self.data_fingerprint, names.IMG_SIZE_TAG: config.img_size,
-                "seed": config.seed, "val_loss": round(self.fit["best_val_loss"], 6),
+                "seed": config.seed, "precision": config.precision, "jit_compile": str(config.jit_compile).lower(),
+                "val_loss": round(self.fit["best_val_loss"], 6),
                 "val_dice": round(float(self.scores["dice"]), 6), names.SYNTHETIC_TAG: str(self.synthetic).lower()}
 
     def signature(self):
@@ -126,6 +134,8 @@ class TrainedUNet:
                 + (", synthetic" if self.synthetic else "") + f"); {len(self.prepared.train)} training and "
                   f"{len(self.prepared.val)} validation image/mask pairs"
                 + f"\n- input: {config.img_size}×{config.img_size}×3 float32 in [0, 1]; output: lung probability per pixel"
+                + f"\n- trained in {precision.describe(config.precision, config.jit_compile)}; the registered "
+                  "model computes in float32"
                 + f"\n- seed {config.seed}; {config.epochs} epochs max, kept epoch {self.fit['best_epoch']} "
                   "(lowest validation loss)"
                 + "\n- validation: " + ", ".join(f"{k} {float(v):.4f}" for k, v in self.scores.items())
@@ -145,6 +155,17 @@ def prepare(config: UNetConfig) -> PreparedTraining:
     return PreparedTraining(config, loss, pairs)
 
 
+def compiled_unet(config: UNetConfig, loss: tf_keras.losses.Loss) -> tf_keras.Model:
+    """A fresh U-Net compiled as a training compiles it (call it in the strategy's scope): its
+    layers compute under the training's policy (the sigmoid output in float32; only this build
+    reads the global policy, which is restored after it), with XLA if ``jit_compile``."""
+    model = precision.cast(build_unet(config.encoder_weights, config.bn_momentum), config.precision)
+    # legacy Adam: the same updates, about half the first epoch's graph build
+    model.compile(optimizer=precision.optimizer(tf_keras.optimizers.legacy.Adam(config.lr), config.precision),
+                  loss=loss, metrics=[dice_coefficient, lung_iou], jit_compile=config.jit_compile)
+    return model
+
+
 def train_unet(prepared: PreparedTraining) -> TrainedUNet:
     """Train, keep the lowest-val_loss weights, score them on the validation split, and log it all
     into the active run (params, tags, per-epoch metrics, ``val_predictions.png``, ``split.csv``)."""
@@ -160,10 +181,7 @@ def train_unet(prepared: PreparedTraining) -> TrainedUNet:
                             shuffle=True, augment=True, seed=config.seed)
     val_ds = mask_dataset(val["image"], val["masks"], img_size=config.img_size, batch_size=batch)
     with strategy.scope():
-        model = build_unet(config.encoder_weights, config.bn_momentum)
-        # legacy Adam: the same updates, about half the first epoch's graph build
-        model.compile(optimizer=tf_keras.optimizers.legacy.Adam(config.lr), loss=loss,
-                      metrics=[dice_coefficient, lung_iou])
+        model = compiled_unet(config, loss)
     fit = fit_keeping_best(model, train_ds, val_ds, epochs=config.epochs, images_per_epoch=len(train),
                            patience=config.patience)
     mlflow.log_metrics(dict(fit))
@@ -188,8 +206,9 @@ def _log_settings(prepared: PreparedTraining, data_print: str) -> None:
     config = prepared.config
     params = {name: getattr(config, name) for name in (
         "loss", "data", "img_size", "epochs", "batch_size", "lr", "seed", "encoder_weights", "bn_momentum",
-        "patience", "strategy", "split_seed")}
-    store.log_params({**params, "data": str(Path(config.data).resolve()), "n_train": len(prepared.train),
+        "patience", "strategy", "precision", "jit_compile", "split_seed")}
+    store.log_params({**params, "data": str(Path(config.data).resolve()),
+                      "jit_compile": str(config.jit_compile).lower(), "n_train": len(prepared.train),
                       "n_val": len(prepared.val), **loss_param_keys(prepared.loss)})
     mlflow.set_tags({names.STAGE_TAG: "segment", names.LOSS_TAG: config.loss, names.DATA_FINGERPRINT_TAG: data_print})
     metadata.log_splits({"train": _pair_rows(prepared.train), "validation": _pair_rows(prepared.val)},

@@ -17,7 +17,14 @@ from multiloss.classification.train import (
 from multiloss.data.readers import read_kermany
 from multiloss.losses import CLASSIFICATION_LOSSES
 from multiloss.metrics.classification import CI_METHODS
-from multiloss.stages.cli import StageParser, integer, optional_float, unet_size
+from multiloss.models.precision import POLICIES
+from multiloss.stages.cli import (
+    StageParser,
+    integer,
+    jit_compile,
+    optional_float,
+    unet_size,
+)
 from multiloss.tracking import store
 from multiloss.training import STRATEGIES
 
@@ -41,6 +48,9 @@ _READ = {
     "bn_momentum": {"type": optional_float("bn_momentum")},
     "patience": {"type": integer("patience", 1)},
     "strategy": {"choices": STRATEGIES},
+    "precision": {"choices": POLICIES, "help": "training dtype policy: mixed_bfloat16 on Ampere+ GPUs, mixed_float16 "
+                                              "on older ones; the registered model is float32"},
+    "jit_compile": {"type": jit_compile("jit_compile"), "help": "XLA; true only where a GPU is visible"},
     "variant": {"help": "corrected, published, or flaws of the published code to reproduce (comma-separated): "
                         + ", ".join(f.name for f in variants.FLAWS if f.scope == variants.LOSS)},
 }

@@ -45,6 +45,21 @@ def boolean(name: str):
     return parse
 
 
+def jit_compile(name: str = "jit_compile"):
+    """A boolean XLA switch, true refused where TensorFlow sees no GPU (SPEC §2), before any run."""
+    as_boolean = boolean(name)
+
+    def parse(text: str) -> bool:
+        from multiloss.models.precision import check_jit_compile
+
+        try:
+            return check_jit_compile(as_boolean(text), f"parameter {name}")
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    parse.__name__ = name
+    return parse
+
+
 def variant(text: str):
     """A variant of the published code (:mod:`multiloss.variants`); the error names the parameter
     and the known flaws."""

@@ -76,6 +76,10 @@ def main(argv=None) -> None:
     except ValueError as err:
         raise SystemExit(f"main: {err}") from None
     try:
+        profiles.check_training_options(profile, args.profile)
+    except ValueError as err:
+        raise SystemExit(f"main: {err}") from None
+    try:
         chain.data_root(profile, args.data)
     except ValueError as err:
         raise SystemExit(f"main: parameter data: {err}") from None

@@ -6,8 +6,15 @@ import argparse
 
 from multiloss import names
 from multiloss.losses import SEGMENTATION_LOSSES
+from multiloss.models.precision import POLICIES
 from multiloss.segmentation import train
-from multiloss.stages.cli import StageParser, integer, optional_float, unet_size
+from multiloss.stages.cli import (
+    StageParser,
+    integer,
+    jit_compile,
+    optional_float,
+    unet_size,
+)
 from multiloss.tracking import registry, store
 from multiloss.training import STRATEGIES
 
@@ -28,6 +35,9 @@ def parser() -> StageParser:
                      help="BatchNorm momentum (empty: the architecture's 0.99; 0.9 suits short CPU runs)")
     parser.parameter("patience", type=integer("patience", 1))
     parser.parameter("strategy", choices=STRATEGIES)
+    parser.parameter("precision", choices=POLICIES,
+                     help="training dtype policy: mixed_bfloat16 on Ampere+ GPUs, mixed_float16 on older ones")
+    parser.parameter("jit_compile", type=jit_compile("jit_compile"), help="XLA; true only where a GPU is visible")
     return parser
 
 

@@ -37,6 +37,8 @@ def _without_training_terms(layer: tf_keras.layers.Layer) -> tf_keras.layers.Lay
     config = layer.get_config()
     if config.get("activity_regularizer") is not None:
         config["activity_regularizer"] = None     # a training-only penalty (cce_entropy)
+    if "dtype" in config:
+        config["dtype"] = "float32"               # a mixed training policy is not the model's (models.precision)
     return layer.__class__.from_config(config)
 
 
@@ -44,6 +46,7 @@ def _has_training_terms(model: tf_keras.Model) -> bool:
     if getattr(model, "optimizer", None) is not None:
         return True
     return any(getattr(layer, "activity_regularizer", None) is not None
+               or getattr(layer, "compute_dtype", "float32") != "float32"
                or (isinstance(layer, tf_keras.Model) and _has_training_terms(layer)) for layer in model.layers)
 
 
@@ -53,11 +56,12 @@ _copies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def inference_copy(model: tf_keras.Model) -> tf_keras.Model:
-    """An uncompiled copy with the same weights: no optimizer state, no loss or regulariser to
-    deserialize, so serving it needs none of our code. A model that has none of these already
-    (one loaded from the registry, an ensemble of such) is returned as it is: cloning a U-Net
-    is not free. The copy of a model is made once and given the model's current weights at each
-    call, so save what one call returns before the next."""
+    """An uncompiled float32 copy with the same weights: no optimizer state, no loss or regulariser
+    to deserialize, so serving it needs none of our code, and no mixed training policy (every layer
+    computes in float32). A model that has none of these already (one loaded from the registry, an
+    ensemble of such) is returned as it is: cloning a U-Net is not free. The copy of a model is
+    made once and given the model's current weights at each call, so save what one call returns
+    before the next."""
     if not _has_training_terms(model):
         return model
     copy = _copies.get(model)
@@ -99,10 +103,18 @@ def log_and_register(model: tf_keras.Model, registered_name: str, tags: dict[str
 
 
 def tag_version(registered_name: str, version: str, tags: dict[str, object]) -> None:
-    """Set ``tags`` on one version, each value as text (the registry stores strings)."""
+    """Set ``tags`` on one version, each value as text (the registry stores strings). A float is stored
+    in full (its ``repr``, which reads back to the same number): values are rounded only in display."""
     client = mlflow.MlflowClient()
     for key, value in tags.items():
-        client.set_model_version_tag(registered_name, str(version), key, str(value))
+        client.set_model_version_tag(registered_name, str(version), key, tag_text(value))
+
+
+def tag_text(value: object) -> str:
+    """A tag's stored text: ``repr(float(value))`` for a Python or NumPy float, ``str`` otherwise."""
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value))
+    return str(value)
 
 
 def untag_version(registered_name: str, version: str, keys) -> None:
