@@ -187,7 +187,10 @@ def gradcam(model: tf_keras.Model, images, layer: str | None = None, class_index
     for start in range(0, len(images), batch_size):
         batch = tf.constant(images[start:start + batch_size])
         with contextlib.ExitStack() as stack:
-            tape = stack.enter_context(tf.GradientTape())
+            # only what follows the watched layer is recorded: watching the model's variables would
+            # keep every activation of the forward pass (of every member of an ensemble) until the
+            # gradient, which at 512 px runs out of memory
+            tape = stack.enter_context(tf.GradientTape(watch_accessed_variables=False))
             features = stack.enter_context(_caught(target, "output", tape))
             head_inputs = stack.enter_context(_caught(head, "input")) if logits_from else []
             outputs = model(batch, training=False)
