@@ -59,6 +59,13 @@ def test_champion_loads_in_a_fresh_process_predicts_the_same_and_carries_tags(re
         registry.versions(names.SEGMENTATION_MODEL, only=["7"])
 
 
+def test_a_float_tag_is_stored_in_full_and_reads_back_to_the_same_number():
+    for value in (0.1234567891234, 1 / 3, np.float64(2 / 3), np.float32(0.1), 1e-12):
+        text = registry.tag_text(value)
+        assert float(text) == float(value) and "np." not in text
+    assert registry.tag_text(True) == "True" and registry.tag_text(64) == "64" and registry.tag_text("cce") == "cce"
+
+
 def test_pip_requirements_are_our_pins():
     pins = registry.pip_requirements()
     assert "tensorflow==2.21.0" in pins and "mlflow==3.17.2" in pins and "tf-keras==2.21.0" in pins

@@ -307,8 +307,8 @@ def register_best(inputs: EnsembleInputs, scored: Scored) -> str:
         "segmenters": ",".join(inputs.crop["members"]), names.SELECT_ON_TAG: inputs.settings.select_on,
         **variants.tags(inputs.settings.variant),
         names.DATA_FINGERPRINT_TAG: inputs.data_print, names.IMG_SIZE_TAG: members.img_size,
-        "val_mcc": round(float(headline["val_mcc"]), 6),
-        **{f"test_{m}": round(float(headline[m]), 6) for m in TAGGED_SCORES}, names.SYNTHETIC_TAG: str(synthetic).lower()})
+        "val_mcc": float(headline["val_mcc"]),
+        **{f"test_{m}": float(headline[m]) for m in TAGGED_SCORES}, names.SYNTHETIC_TAG: str(synthetic).lower()})
     metadata.describe_version(names.ENSEMBLE_MODEL, version, ensemble_card(inputs, scored, in_best, synthetic))
     mlflow.set_tag(names.SYNTHETIC_TAG, str(synthetic).lower())
     metadata.describe_run(f"{best.name} ({best.kind}, {len(best.members)} members {', '.join(in_best)}) chosen on "
