@@ -23,6 +23,7 @@ from multiloss.classification.sweeps.storage import (
 )
 from multiloss.team.dashboard import storage_location
 from multiloss.team.postgres import free_port
+from multiloss.team.server import DB_ROLE
 
 pytestmark = pytest.mark.team
 
@@ -77,12 +78,11 @@ def test_an_empty_storage_means_our_journal_and_a_missing_one_is_named():
     assert storage_location("postgresql://u:p@127.0.0.1:5432/optuna") == "postgresql://u:p@127.0.0.1:5432/optuna"
 
 
-def test_make_sweep_dashboard_serves_the_journal_on_loopback(tmp_path):
-    journal = tmp_path / "journal.log"
-    write_journal(journal)
+def serve_with_make(storage: str) -> tuple[list, str]:
+    """The studies `make sweep-dashboard SWEEP_STORAGE=storage` serves on 127.0.0.1, and its output."""
     port = free_port()
     recipe = subprocess.run(["make", "-s", "-n", "--no-print-directory", "sweep-dashboard",
-                             f"SWEEP_STORAGE={journal}", f"DASHBOARD_PORT={port}"], cwd=REPO, capture_output=True,
+                             f"SWEEP_STORAGE={storage}", f"DASHBOARD_PORT={port}"], cwd=REPO, capture_output=True,
                             text=True, check=True).stdout
     (command,) = [line for line in recipe.splitlines() if "multiloss.team.dashboard" in line]
     dashboard = subprocess.Popen(shlex.split(command), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -98,8 +98,28 @@ def test_make_sweep_dashboard_serves_the_journal_on_loopback(tmp_path):
                 assert dashboard.poll() is None, dashboard.stdout.read()[-3000:]
                 assert time.monotonic() < deadline, "optuna-dashboard never answered"
                 time.sleep(0.3)
-        assert [s["study_name"] for s in studies] == ["cal_cce-live"]
     finally:
         dashboard.terminate()
         out = dashboard.communicate(timeout=30)[0]
-    assert f"sweep dashboard: {journal} at http://127.0.0.1:{port}" in out
+    assert f" at http://127.0.0.1:{port} " in out
+    return studies, out
+
+
+def test_make_sweep_dashboard_serves_the_journal_on_loopback(tmp_path):
+    journal = tmp_path / "journal.log"
+    write_journal(journal)
+    studies, out = serve_with_make(str(journal))
+    assert [s["study_name"] for s in studies] == ["cal_cce-live"]
+    assert f"sweep dashboard: {journal} at http://127.0.0.1:" in out
+
+
+def test_make_sweep_dashboard_opens_a_database_no_sweep_has_used_yet(team):
+    """A new team stack's Optuna database has no tables until a worker creates them; the dashboard
+    (whose loader does not create them) must still start on it."""
+    team.stack.postgres.create_database("optuna_unused", owner=DB_ROLE)
+    try:
+        studies, out = serve_with_make(team.stack.database_url("optuna_unused"))
+    finally:                           # the stack's databases are what test_team_server expects again
+        with team.stack.postgres.connect() as connection:
+            connection.execute("DROP DATABASE optuna_unused WITH (FORCE)")
+    assert studies == [] and team.stack.secrets()["db_password"] not in out

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from multiloss.classification.sweeps.storage import default_journal_path, redact
+from multiloss.classification.sweeps.storage import default_journal_path, open_rdb_storage, redact
 from multiloss.team.postgres import HOST
 
 DEFAULT_PORT = 8080
@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import optuna_dashboard
 
+    if "://" in location:
+        # optuna-dashboard opens an RDB without creating Optuna's tables: on a database no sweep has
+        # used yet (a new team stack) it fails (no relation "version_info"); create them as a worker does
+        open_rdb_storage(location, heartbeat=60)
     print(f"sweep dashboard: {redact(location)} at http://{HOST}:{args.port} (Ctrl-C stops it)", flush=True)
     optuna_dashboard.run_server(location, host=HOST, port=args.port)
     return 0
