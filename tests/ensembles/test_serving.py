@@ -27,3 +27,23 @@ def test_pyfunc_inputs_arrays_read_like_files(tmp_path):
     with pytest.raises(ValueError, match="no images given"):
         expand_inputs([])
 
+
+
+def test_the_code_wheel_installs_our_package_and_names_its_code(tmp_path):
+    """The wheel a served model installs (``--env-manager uv``): pip takes it, it holds the package
+    that unpickles EnsemblePipeline, and its folder is named by the code (the same code, the same name)."""
+    import subprocess
+    import sys
+
+    from multiloss.ensembles.serving import package_wheel
+
+    wheel = package_wheel(tmp_path / "a", requires=["numpy"])
+    assert wheel.parent.name.startswith("multiloss-wheel-") and wheel.name.endswith("-py3-none-any.whl")
+    assert package_wheel(tmp_path / "b", requires=["numpy"]).parent.name == wheel.parent.name    # same code
+    result = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                             "--target", str(tmp_path / "site"), str(wheel)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "site" / "multiloss" / "ensembles" / "serving.py").is_file()
+    metadata = next((tmp_path / "site").glob("multiloss-*.dist-info")) / "METADATA"
+    assert "Requires-Dist: numpy" in metadata.read_text()

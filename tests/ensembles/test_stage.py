@@ -94,8 +94,13 @@ def test_ensemble_stage_registers_an_end_to_end_model(tmp_path, monkeypatch, reg
     served = Path(mlflow.artifacts.download_artifacts(champion.source))
     assert _PythonEnv.from_yaml(served / "python_env.yaml").dependencies == ["-r requirements.txt"]
     pins = (served / "requirements.txt").read_text().split()
-    assert pins == registry.pip_requirements()
+    assert pins[:-1] == registry.pip_requirements()
+    # and our code, as a wheel among the model's artifacts (the line is relative to the model folder)
+    assert pins[-1].startswith("artifacts/multiloss-wheel-") and (served / pins[-1]).is_file()
     assert champion.tags[names.VARIANT_TAG] == "corrected" and champion.tags[names.FLAWS_TAG] == "none"
+    # scores are stored in full on the version, the run's metrics read back exactly: rounding is display only
+    for key in ("val_mcc", "test_mcc", "test_ece"):
+        assert float(champion.tags[key]) == run.data.metrics[key], key
     top1 = client.get_model_version_by_alias(names.CLASSIFIER_MODEL, "top1")
     assert str(client.get_model_version_by_alias(names.CLASSIFIER_MODEL, "champion").version) == str(top1.version)
 

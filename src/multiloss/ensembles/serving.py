@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import importlib.metadata
 import json
 import logging
 import os
 import sys
 import tempfile
+import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -465,6 +468,43 @@ class EnsemblePipeline(mlflow.pyfunc.PythonModel):
         return frame
 
 
+def _record_hash(data: bytes) -> str:
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode("ascii")
+
+
+def package_wheel(out_dir: Path, requires: list[str] | None = None) -> Path:
+    """A wheel of the ``multiloss`` package this process runs (its .py files, nothing else), so the
+    served model installs our code where it is served (``--env-manager uv``/``virtualenv``) instead of
+    needing a checkout. Written directly (a wheel is a zip with a dist-info folder): no build backend,
+    no build folder in the checkout, ~0.1 s. Written at ``out_dir/multiloss-wheel-<digest>/``: the
+    folder names the code's digest, so MLflow's environment cache (keyed by the requirement lines)
+    builds a new environment when the code changes."""
+    package = Path(__file__).resolve().parents[1]
+    files = sorted(f for f in package.rglob("*.py") if "__pycache__" not in f.parts)
+    contents = {f"multiloss/{f.relative_to(package).as_posix()}": f.read_bytes() for f in files}
+    digest = hashlib.sha256(b"".join(name.encode() + b"\0" + data for name, data in contents.items())).hexdigest()
+    try:
+        version = importlib.metadata.version("multiloss")
+    except importlib.metadata.PackageNotFoundError:
+        version = "0.0.0"
+    info = f"multiloss-{version}.dist-info"
+    metadata = "".join([f"Metadata-Version: 2.1\nName: multiloss\nVersion: {version}\n",
+                        "Summary: the chest X-ray ensemble's code, as served\nRequires-Python: >=3.11\n",
+                        *(f"Requires-Dist: {r}\n" for r in (requires or []))])
+    contents[f"{info}/METADATA"] = metadata.encode()
+    contents[f"{info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: multiloss\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    record = "".join(f"{name},{_record_hash(data)},{len(data)}\n" for name, data in contents.items())
+    contents[f"{info}/RECORD"] = (record + f"{info}/RECORD,,\n").encode()
+    folder = Path(out_dir) / f"multiloss-wheel-{digest[:16]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / f"multiloss-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in contents.items():
+            archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data,
+                             compress_type=zipfile.ZIP_DEFLATED)
+    return wheel
+
+
 def log_pipeline(*, segmenters: list, parts: list, combiner: str, config: dict, weights=None, stacker=None,
                  name: str = "model", registered_model_name: str | None = None, pip_requirements=None):
     """Save every model into a temporary folder, log the pyfunc into the active run (and register it)."""
@@ -488,13 +528,18 @@ def log_pipeline(*, segmenters: list, parts: list, combiner: str, config: dict, 
         full_config = {**config, "combiner": combiner, "n_segmenters": len(segmenters), "n_parts": len(parts),
                        "weights": None if weights is None else [float(w) for w in weights]}
         Path(artifacts["config"]).write_text(json.dumps(full_config, indent=2))
-        # Only this folder: bundling the whole package would put a copy of multiloss first on sys.path
-        # of every process that loads the model (MLflow prepends code paths), and processes it
-        # spawns then import that copy, which has no MLproject. So the model needs multiloss
-        # installed where it is served (--env-manager local), not a uv environment of pins alone.
+        # Our code travels as a wheel among the artifacts, installed by a requirement line relative to
+        # the model folder (MLflow installs requirements from there), so `mlflow models serve
+        # --env-manager uv` builds an environment that unpickles EnsemblePipeline. Not code_paths of
+        # the whole package: MLflow puts code paths first on sys.path of every process that loads the
+        # model, and processes it spawns then import that copy, which has no MLproject.
+        wheel = package_wheel(Path(tmp), requires=pip_requirements)
+        artifacts["code_wheel"] = str(wheel.parent)
+        requirement = f"artifacts/{wheel.parent.name}/{wheel.name}"
+        requirements = ({"extra_pip_requirements": [requirement]} if pip_requirements is None
+                        else {"pip_requirements": [*pip_requirements, requirement]})
         package = Path(__file__).resolve().parent
         # no input example: MLflow would load every model and predict it while logging
         return mlflow.pyfunc.log_model(name=name, python_model=EnsemblePipeline(), artifacts=artifacts,
                                        code_paths=[str(package)], registered_model_name=registered_model_name,
-                                       signature=pipeline_signature(), pip_requirements=pip_requirements,
-                                       await_registration_for=300)
+                                       signature=pipeline_signature(), await_registration_for=300, **requirements)
