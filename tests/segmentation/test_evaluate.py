@@ -1,5 +1,5 @@
 """segment_eval's scoring streams the holdout: chunk by chunk it gives exactly the scores of the
-whole set at once, and never holds more than a chunk of images."""
+whole set at once, holding a chunk of images and every mask packed 8 pixels to a byte."""
 
 import numpy as np
 import pytest
@@ -32,25 +32,26 @@ def _segmenters():
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 32])
-def test_chunked_scores_equal_the_whole_set_at_once(holdout, chunk, monkeypatch):
+def test_one_chunked_pass_scores_each_model_and_any_and_as_the_whole_set_at_once(holdout, chunk, monkeypatch):
     a, b, c = _segmenters()
     batch = next(mask_dataset(holdout["image"], holdout["masks"], img_size=16, batch_size=100,
                               cache=False).as_numpy_iterator())
     images, truth = batch[0], batch[1][..., 0] > 0.5
-    probs = {name: m.predict(images, verbose=0)[..., 0] for name, m in (("a", a), ("b", b), ("c", c))}
-    expected = {"a": segmentation_scores(truth, probs["a"] > 0.5),
-                "a&c": segmentation_scores(truth, (probs["a"] > 0.5) & (probs["c"] > 0.5))}
+    masks = {name: m.predict(images, verbose=0)[..., 0] > 0.5 for name, m in (("a", a), ("b", b), ("c", c))}
 
     seen = []
-    evaluate_predict = evaluate.predict_probabilities
+    original = evaluate.predict_probabilities
 
     def recording(model, pixels, batch_size):
         seen.append(len(pixels))
-        return evaluate_predict(model, pixels, batch_size)
+        return original(model, pixels, batch_size)
     monkeypatch.setattr(evaluate, "predict_probabilities", recording)
-    got = evaluate.per_image_scores({"a": [a], "a&c": [a, c]}, holdout, 16, chunk=chunk)
-    for name in expected:
-        assert len(got[name]) == 7
-        np.testing.assert_allclose(got[name].to_numpy(float), expected[name].to_numpy(float), atol=1e-6)
-    # a and c predicted once per chunk (a's masks shared by both names), never more than a chunk
-    assert max(seen) == min(chunk, 7) and sum(seen) == 2 * 7
+    scored = evaluate.holdout_masks({"a": a, "b": b, "c": c}, holdout, 16, chunk=chunk)
+    assert max(seen) == min(chunk, 7) and sum(seen) == 3 * 7          # one pass, a chunk at a time
+    for name in "abc":
+        np.testing.assert_allclose(scored.scores[name].to_numpy(float),
+                                   segmentation_scores(truth, masks[name]).to_numpy(float), atol=1e-6)
+    assert scored.packed["a"].shape == (7, 16, 2) and scored.packed["a"].dtype == np.uint8
+    anded = scored.and_scores(["a", "c"], chunk=chunk)
+    np.testing.assert_allclose(anded.to_numpy(float),
+                               segmentation_scores(truth, masks["a"] & masks["c"]).to_numpy(float), atol=1e-6)

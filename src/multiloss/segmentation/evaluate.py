@@ -23,7 +23,6 @@ from multiloss.plots import polar_scores
 from multiloss.report.tables import write_table
 from multiloss.segmentation.masks import (
     PREDICT_BATCH,
-    and_ensemble,
     predict_probabilities,
 )
 from multiloss.tracking import aliases, registry
@@ -160,20 +159,40 @@ def holdout_chunks(pairs: pd.DataFrame, img_size: int, chunk: int = HOLDOUT_CHUN
         yield images, masks[..., 0] > 0.5
 
 
-def per_image_scores(models: dict[str, list], pairs: pd.DataFrame, img_size: int, *,
-                     batch_size: int = PREDICT_BATCH, chunk: int = HOLDOUT_CHUNK) -> dict[str, pd.DataFrame]:
-    """Per-image scores of each named prediction: the AND of its models' masks (one model: that
-    model alone), computed chunk by chunk, so memory does not grow with the holdout."""
-    tables: dict[str, list[pd.DataFrame]] = {name: [] for name in models}
+@dataclasses.dataclass
+class HoldoutMasks:
+    """Each model's per-image scores on the holdout, and its masks and the truth packed eight
+    pixels to a byte (``np.packbits`` along the width): 1/32 of the float predictions, enough to
+    score any AND of the models afterwards without predicting again."""
+    scores: dict[str, pd.DataFrame]
+    packed: dict[str, np.ndarray]      # (N, H, ceil(W / 8)) uint8 per model
+    truth: np.ndarray                  # (N, H, ceil(W / 8)) uint8
+    width: int
+
+    def and_scores(self, names_: list[str], chunk: int = HOLDOUT_CHUNK) -> pd.DataFrame:
+        """Per-image scores of the AND of the masks of ``names_``."""
+        parts = []
+        for start in range(0, len(self.truth), chunk):
+            anded = np.bitwise_and.reduce([self.packed[n][start:start + chunk] for n in names_])
+            unpack = lambda a: np.unpackbits(a, axis=-1, count=self.width).astype(bool)  # noqa: E731
+            parts.append(segmentation_scores(unpack(self.truth[start:start + chunk]), unpack(anded)))
+        return pd.concat(parts, ignore_index=True)
+
+
+def holdout_masks(models: dict[str, object], pairs: pd.DataFrame, img_size: int, *,
+                  batch_size: int = PREDICT_BATCH, chunk: int = HOLDOUT_CHUNK) -> HoldoutMasks:
+    """One pass over the holdout, ``chunk`` images at a time: each model's masks, scored and kept packed."""
+    scores = {name: [] for name in models}
+    packed = {name: [] for name in models}
+    truths = []
     for images, truth in holdout_chunks(pairs, img_size, chunk):
-        probabilities: dict[int, np.ndarray] = {}
-        for name, members in models.items():
-            for model in members:
-                if id(model) not in probabilities:
-                    probabilities[id(model)] = predict_probabilities(model, images, batch_size)
-            masks = and_ensemble([probabilities[id(m)] for m in members])
-            tables[name].append(segmentation_scores(truth, masks))
-    return {name: pd.concat(parts, ignore_index=True) for name, parts in tables.items()}
+        truths.append(np.packbits(truth, axis=-1))
+        for name, model in models.items():
+            masks = predict_probabilities(model, images, batch_size) > 0.5
+            scores[name].append(segmentation_scores(truth, masks))
+            packed[name].append(np.packbits(masks, axis=-1))
+    return HoldoutMasks({n: pd.concat(t, ignore_index=True) for n, t in scores.items()},
+                        {n: np.concatenate(p) for n, p in packed.items()}, np.concatenate(truths), img_size)
 
 
 def _summary(per_image: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -182,23 +201,20 @@ def _summary(per_image: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 def rank_versions(versions: list[ModelVersion], pairs: pd.DataFrame, *, top_k: int, img_size: int,
                   batch_size: int = PREDICT_BATCH, progress=None) -> HoldoutRanking:
-    """Score each version alone on the holdout ``pairs``, rank them, and score the AND of the top K.
-
-    Two passes over the holdout, each a chunk at a time: every version alone, then the AND of the
-    top K (which is known only after the first)."""
+    """Score each version alone on the holdout ``pairs``, rank them, and score the AND of the top K."""
     progress = progress or _print_now
     models, by_label = {}, {}
     for version in versions:
         label = f"v{version.version} {version.tags.get(names.LOSS_TAG, '?')}"
         by_label[label] = version
-        models[label] = [registry.load_keras(registry.version_uri(names.SEGMENTATION_MODEL, version.version))]
-    singles = _summary(per_image_scores(models, pairs, img_size, batch_size=batch_size))
+        models[label] = registry.load_keras(registry.version_uri(names.SEGMENTATION_MODEL, version.version))
+    scored = holdout_masks(models, pairs, img_size, batch_size=batch_size)
     progress(f"segment_eval: scored {', '.join(models)}")
+    singles = _summary(scored.scores)
     order = rank(singles)
     top = order[:top_k]
     ensemble = f"AND top-{len(top)}"
-    anded = _summary(per_image_scores({ensemble: [models[label][0] for label in top]}, pairs, img_size,
-                                      batch_size=batch_size))
+    anded = _summary({ensemble: scored.and_scores(top)})
     table = pd.concat([singles.loc[order], anded])
     table.index.name = "model"
     return HoldoutRanking(table, order, top, by_label, ensemble, img_size)
