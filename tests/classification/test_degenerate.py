@@ -123,7 +123,7 @@ def test_registry_tags_decide_on_validation_never_on_test():
     on_val = tags(collapsed, healthy)
     assert on_val[names.DEGENERATE_TAG] == "true"
     assert on_val[names.DEGENERATE_REASON_TAG] == "predicts bacterial for all 40 validation images"
-    assert on_val["val_mcc"] == round(collapsed["mcc"], 6)          # the other tags are still there
+    assert on_val["val_mcc"] == collapsed["mcc"]          # the other tags are still there, in full
 
 
 def test_the_scoring_module_imports_without_tensorflow():

@@ -129,7 +129,7 @@ class TrainedClassifier:
                 names.DATA_FINGERPRINT_TAG: self.data_fingerprint, names.IMG_SIZE_TAG: self.config.img_size,
                 "seed": self.config.seed, "encoder_version": self.encoder_version,
                 "precision": self.config.precision, "jit_compile": str(self.config.jit_compile).lower(),
-                **{f"{split}_{k}": round(self.scores[split][k], 6) for split in ("val", "test") for k in TAGGED_SCORES},
+                **{f"{split}_{k}": self.scores[split][k] for split in ("val", "test") for k in TAGGED_SCORES},
                 **degenerate_tags(self.scores["val"]), names.SYNTHETIC_TAG: str(self.synthetic).lower()}
 
     def signature(self):

@@ -110,8 +110,8 @@ class TrainedUNet:
         return {names.LOSS_TAG: config.loss, **loss_param_keys(self.prepared.loss),
                 names.DATA_FINGERPRINT_TAG: self.data_fingerprint, names.IMG_SIZE_TAG: config.img_size,
                 "seed": config.seed, "precision": config.precision, "jit_compile": str(config.jit_compile).lower(),
-                "val_loss": round(self.fit["best_val_loss"], 6),
-                "val_dice": round(float(self.scores["dice"]), 6), names.SYNTHETIC_TAG: str(self.synthetic).lower()}
+                "val_loss": self.fit["best_val_loss"],
+                "val_dice": float(self.scores["dice"]), names.SYNTHETIC_TAG: str(self.synthetic).lower()}
 
     def signature(self):
         size = self.prepared.config.img_size
