@@ -26,6 +26,7 @@ import json
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -65,10 +66,11 @@ def arguments(argv=None) -> argparse.Namespace:
 def require_gpu(cpu_smoke: bool) -> list:
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus and not cpu_smoke:
-        raise SystemExit("device_check: no GPU is visible to TensorFlow (tf.config.list_physical_devices('GPU') is "
+        print("device_check: no GPU is visible to TensorFlow (tf.config.list_physical_devices('GPU') is "
                          "empty): this check measures GPU training. Check the driver and CUDA libraries "
                          "(nvidia-smi; pip install 'tensorflow[and-cuda]==2.21.0'), or pass --cpu-smoke to "
-                         "check the script's logic on a CPU.")
+                         "check the script's logic on a CPU.", file=sys.stderr)
+        raise SystemExit(2)
     for gpu in gpus:
         tf.config.experimental.set_memory_growth(gpu, True)      # peak = what the training needed
     return gpus
@@ -161,9 +163,9 @@ def table(rows: list[dict]) -> str:
     lines = ["| model | precision | jit_compile | batch | build s | warm-up s | images/s | peak GPU memory | final loss |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
-        if "skipped" in row:
-            lines.append(f"| {row['model']} | {row['precision']} | {row['jit_compile']} | | | | "
-                         f"skipped: {row['skipped']} | | |")
+        if "skipped" in row or "failed" in row:
+            why = f"skipped: {row['skipped']}" if "skipped" in row else f"failed: {row['failed']}"
+            lines.append(f"| {row['model']} | {row['precision']} | {row['jit_compile']} | | | | {why} | | |")
             continue
         memory = f"{row['peak_bytes'] / 2**30:.2f} GiB" if row["peak_bytes"] is not None else "n/a (CPU)"
         lines.append(f"| {row['model']} | {row['precision']} | {row['jit_compile']} | {row['batch']} | "
@@ -207,11 +209,19 @@ def main(argv=None) -> int:
                         rows.append({"model": model, **setting, "skipped": f"budget ({elapsed:.0f} s > {args.budget_s:.0f} s)"})
                         continue
                     build = lambda m=model, p=policy, j=jit: builders[m](profile, data, args.size, p, j, args.input)  # noqa: E731
-                    row = {**setting, **measure(build, gpus, args.steps, args.warmup)}
-                    rows.append(row)
-                    print(f"device_check: {row['model']}, {policy}, jit_compile {setting['jit_compile']}: "
-                          f"{row['images_per_s']:.1f} images/s, build {row['build_s']:.1f} s, "
-                          f"warm-up {row['warmup_s']:.1f} s", flush=True)
+                    try:
+                        row = {**setting, **measure(build, gpus, args.steps, args.warmup)}
+                    except Exception as err:       # one setting's failure (an XLA error, out of memory) is a finding
+                        message = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:160]
+                        rows.append({"model": model, **setting, "failed": message})
+                        traceback.print_exc()
+                        print(f"device_check: {model}, {policy}, jit_compile {setting['jit_compile']}: FAILED "
+                              f"{message}", flush=True)
+                    else:
+                        rows.append(row)
+                        print(f"device_check: {row['model']}, {policy}, jit_compile {setting['jit_compile']}: "
+                              f"{row['images_per_s']:.1f} images/s, build {row['build_s']:.1f} s, "
+                              f"warm-up {row['warmup_s']:.1f} s", flush=True)
                     tf_keras.backend.clear_session()
                     gc.collect()
         total = time.perf_counter() - started
@@ -223,9 +233,11 @@ def main(argv=None) -> int:
     print(f"\ndevice_check at {args.size} px, {args.steps} timed steps after {args.warmup} (input: {args.input}), "
           f"{total:.0f} s in all:\n")
     print(table(rows))
-    bad = [r for r in rows if "skipped" not in r and not r["finite"]]
-    if bad:
-        print(f"\ndevice_check: {len(bad)} setting(s) ended with a non-finite loss", file=sys.stderr)
+    failed = [r for r in rows if "failed" in r]
+    bad = [r for r in rows if "finite" in r and not r["finite"]]
+    if failed or bad:
+        print(f"\ndevice_check: {len(failed)} setting(s) failed, {len(bad)} ended with a non-finite loss",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -69,6 +69,16 @@ def tiny_classifier(policy: str, seed: int = 0) -> tf_keras.Model:
     return precision.cast(tf_keras.Model(image, tf_keras.layers.Dense(3, activation="softmax")(x)), policy)
 
 
+def test_a_cast_rebuilds_layer_classes_no_registry_names():
+    class LocalDropout(tf_keras.layers.Dropout):      # as efficientnet's FixedDropout, made per build
+        pass
+
+    image = tf_keras.Input((8, 8, 3))
+    x = LocalDropout(0.1)(tf_keras.layers.Conv2D(4, 1)(image))
+    model = precision.cast(tf_keras.Model(image, tf_keras.layers.Dense(3, activation="softmax")(x)), "mixed_bfloat16")
+    assert isinstance(model.layers[2], LocalDropout) and model.layers[2].compute_dtype == "bfloat16"
+
+
 def test_a_logged_model_is_float32_and_reloads_within_the_stated_tolerance():
     store.configure()
     x = images()

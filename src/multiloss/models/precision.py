@@ -21,6 +21,7 @@ on the U-Net decoder's gradient (SPEC §2).
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterable, Iterator
 
 import tensorflow as tf
@@ -79,7 +80,8 @@ def _rewrite(config: dict, dtype, keep_float32: set[str], float32) -> dict:
         elif "layers" in layer["config"]:                  # a nested model
             layer["config"] = _rewrite(layer["config"], dtype, keep_float32, float32)
         else:
-            layer["config"]["dtype"] = float32 if layer["config"]["name"] in keep_float32 else dtype
+            # a copy each: no two layers' configs share one dict
+            layer["config"]["dtype"] = copy.deepcopy(float32 if layer["config"]["name"] in keep_float32 else dtype)
         layers.append(layer)
     return {**config, "layers": layers}
 
@@ -100,8 +102,12 @@ def cast(model: tf_keras.Model, name: str, keep_float32: Iterable[str] | None = 
             and model.dtype_policy.name == name:
         return model
     config = _rewrite(model.get_config(), _serialized(name), keep, _serialized(FLOAT32))
+    # the layers' own classes: efficientnet's FixedDropout is made per build, and Keras' registry
+    # of custom objects may not name it (it gave back the class name after a clear_session)
+    classes = {type(layer).__name__: type(layer) for layer in model.submodules
+               if isinstance(layer, tf_keras.layers.Layer)}
     with policy(name):
-        rebuilt = model.__class__.from_config(config)
+        rebuilt = model.__class__.from_config(config, custom_objects=classes)
     rebuilt.set_weights(model.get_weights())
     return rebuilt
 
