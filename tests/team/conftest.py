@@ -2,7 +2,8 @@
 on it, started once for the test run by the code ``make team-server`` runs (:class:`TeamServer`),
 in a throw-away folder, and stopped at the end. Users: ``admin``; ``editor`` with EDIT and
 ``reader`` with READ on every experiment and registered model of the suite (which the admin
-created), as ``python -m multiloss.team grant`` gives them."""
+created), given by README's ``python -m multiloss.team grant`` as the admin; stopped by the command of
+``make team-server-stop``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import fcntl
 import json
 import os
 import secrets
+import shlex
 import shutil
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +25,9 @@ import mlflow.server
 import pytest
 
 from multiloss.team.postgres import free_port
-from multiloss.team.server import ADMIN_USER, TeamServer, grant
+from multiloss.team.server import ADMIN_PASSWORD_ENV, ADMIN_USER, TeamServer
+
+REPO = Path(__file__).resolve().parents[2]
 
 USERS = {"editor": "EDIT", "reader": "READ"}      # each user's permission on the suite's experiments and models
 CLIENT_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_RUN_ID",
@@ -67,10 +73,29 @@ def _start(folder: Path) -> Team:
     with pytest.MonkeyPatch.context() as patch:
         team.use(patch, ADMIN_USER)
         client = team.admin_client()
-        for user, permission in USERS.items():
+        for user in USERS:
             client.create_user(user, passwords[user])
-            grant(user, permission)
+    # README's grant command, as an admin with MLFLOW_AUTH_ADMIN_PASSWORD set, for both users at once
+    # (grant's creation of the experiments and models takes a clash: the other's are used)
+    env = {**{k: v for k, v in os.environ.items() if k not in CLIENT_KEYS}, ADMIN_PASSWORD_ENV: passwords[ADMIN_USER]}
+    granting = {user: subprocess.Popen([sys.executable, "-m", "multiloss.team", "grant", user, permission, "--folder",
+                                        str(stack.folder)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       text=True)
+                for user, permission in USERS.items()}
+    for user, process in granting.items():
+        out = process.communicate(timeout=120)[0]
+        assert process.returncode == 0 and f"team server: {user} has {USERS[user]} on experiments" in out, out[-3000:]
     return team
+
+
+def _stop(folder: Path) -> None:
+    """What ``make team-server-stop`` runs, on the stack in ``folder``."""
+    recipe = subprocess.run(["make", "-s", "-n", "--no-print-directory", "team-server-stop"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout
+    (command,) = [line for line in recipe.splitlines() if "multiloss.team stop" in line]
+    stopped = subprocess.run(f"{command} --folder {shlex.quote(str(folder))}", shell=True, cwd=REPO,
+                             capture_output=True, text=True)
+    assert stopped.returncode == 0 and "team server: " in stopped.stdout, stopped.stdout + stopped.stderr
 
 
 @contextlib.contextmanager
@@ -114,7 +139,10 @@ def team(worker_id):
             (users / worker_id).unlink(missing_ok=True)
             last = not any(users.iterdir())
             if last:
-                team.stack.stop()
+                try:
+                    _stop(team.stack.folder)
+                finally:
+                    team.stack.stop()          # nothing left to stop unless the command failed
                 shutil.rmtree(folder / "team", ignore_errors=True)
                 shutil.rmtree(users, ignore_errors=True)
                 saved.unlink(missing_ok=True)
