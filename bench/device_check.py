@@ -72,7 +72,10 @@ def require_gpu(cpu_smoke: bool) -> list:
                          "check the script's logic on a CPU.", file=sys.stderr)
         raise SystemExit(2)
     for gpu in gpus:
-        tf.config.experimental.set_memory_growth(gpu, True)      # peak = what the training needed
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)  # peak = what the training needed
+        except RuntimeError:                                     # the GPU was initialised already
+            pass
     return gpus
 
 
