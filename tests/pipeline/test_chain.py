@@ -47,6 +47,17 @@ def test_an_image_size_the_chain_cannot_take_is_refused(capsys):
     assert "parameter img_size must be 0 (the profile's) or a multiple of 32" in capsys.readouterr().err
 
 
+def test_more_workers_than_gpus_is_refused_before_any_run(tmp_path, monkeypatch):
+    """One GPU per process: main and each worker take one, so workers may not pass the GPUs seen."""
+    profile = tmp_path / "tiny.yaml"
+    profile.write_text(yaml.safe_dump(TINY))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
+    with pytest.raises(SystemExit, match=r"main: parameter workers=2 but 1 GPU\(s\) are visible \(7\)"):
+        main_stage.main(["--profile", str(profile), "--workers", "2"])
+    store.configure()
+    assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
+
+
 def test_a_data_folder_without_the_layout_is_named_before_any_run(tmp_path):
     profile = tmp_path / "tiny.yaml"
     profile.write_text(yaml.safe_dump(TINY))

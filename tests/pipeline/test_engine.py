@@ -1,6 +1,7 @@
 """The pipeline engine: parameters as strings, a skipped step, steps beside a worker, an interrupt."""
 
 import importlib
+import os
 import time
 from pathlib import Path
 
@@ -75,10 +76,14 @@ def status(client, parent: str, name: str) -> str | None:
 @pytest.mark.slow
 def test_independent_steps_run_beside_a_worker_and_a_failure_stops_what_had_not_started(tmp_path, monkeypatch):
     client, parent = pipeline_run()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")        # two GPUs (none here): one per process
+    monkeypatch.delenv("TF_FORCE_GPU_ALLOW_GROWTH", raising=False)    # restored after the test
     pipeline = engine.Pipeline(parent, workers=2)
     try:
         steps = [synth_step(f"synth.{k}", tmp_path / f"s{k}", seed=k) for k in range(3)]
         run_ids = pipeline.run_steps(steps)
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "3" and os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+        assert pipeline._helpers[0].call(os.getenv, "CUDA_VISIBLE_DEVICES") == "5"
         runs = children(client, pipeline.parent_run_id)
         assert [runs[f"synth.{k}"].info.run_id for k in range(3)] == run_ids
         assert list(pipeline.steps) == ["synth.0", "synth.1", "synth.2"]       # in order, whoever ran them

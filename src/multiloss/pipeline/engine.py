@@ -43,6 +43,7 @@ from mlflow.utils.mlflow_tags import (
 from multiloss import names, paths, project
 from multiloss.pipeline import recovery, reuse
 from multiloss.pipeline.workers import Worker, WorkerDied, WorkerError
+from multiloss.team import gpus
 from multiloss.tracking import registry, store
 
 # A test hook: the step named here stops, its child run RUNNING, until the process is killed.
@@ -204,6 +205,10 @@ class Pipeline:
         self.steps: dict[str, dict] = {}
         self._helpers: list[Worker] = []
         self._started_helpers = 0
+        # one GPU per process on a machine with several (this process takes the first), before
+        # TensorFlow lists its devices; more workers than GPUs is refused (see multiloss.team.gpus)
+        self._gpu_envs = gpus.worker_environments(workers, gpus.visible_gpus())
+        gpus.apply(self._gpu_envs[0])
 
     def has(self, entry_point: str) -> bool:
         return entry_point in self.entry_points
@@ -318,7 +323,9 @@ class Pipeline:
             self._helpers.remove(worker)
         while len(self._helpers) < count:
             self._started_helpers += 1
-            self._helpers.append(Worker(self._started_helpers, _worker_setup))
+            taken = [worker.env for worker in self._helpers]
+            env = next(e for e in self._gpu_envs[1:] if not e or e not in taken)
+            self._helpers.append(Worker(self._started_helpers, _worker_setup, env=env))
         return self._helpers[:max(count, 0)]
 
     def _kill_helpers(self) -> None:

@@ -41,6 +41,7 @@ class Worker:
     def __init__(self, number: int, setup: Callable[[], None] | None = None, env: dict[str, str] | None = None):
         context = multiprocessing.get_context("spawn")
         self.number = number
+        self.env = dict(env or {})
         self._conn, child_end = context.Pipe()
         self.process = context.Process(target=_serve, args=(child_end, number, os.getpid(), setup),
                                        name=f"worker {number}")

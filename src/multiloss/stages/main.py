@@ -15,6 +15,7 @@ import sys
 from multiloss import variants
 from multiloss.pipeline import chain, profiles
 from multiloss.stages.cli import StageParser, boolean, integer, variant
+from multiloss.team import gpus
 from multiloss.tracking import urls
 
 
@@ -79,6 +80,10 @@ def main(argv=None) -> None:
         profiles.check_training_options(profile, args.profile)
     except ValueError as err:
         raise SystemExit(f"main: {err}") from None
+    try:
+        gpus.worker_environments(workers, gpus.visible_gpus())     # one GPU per process, if any
+    except ValueError as err:
+        raise SystemExit(f"main: parameter {err}") from None
     try:
         chain.data_root(profile, args.data)
     except ValueError as err:
