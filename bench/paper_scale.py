@@ -17,17 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from demo_pipeline import STARTING_ENV, tree_memory_mib  # noqa: E402
+from demo_pipeline import STARTING_ENV, sampled_run  # noqa: E402
 
 from multiloss import paths  # noqa: E402
 
@@ -61,22 +58,10 @@ def bench_profile(home: Path, args) -> Path:
 
 def measured(command: list[str], env: dict, log: Path) -> dict:
     """Run ``command``; its wall seconds, the peak of all its processes (PSS) and of the largest."""
-    started = time.monotonic()
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-        peak, done = [0.0], threading.Event()
-
-        def sample() -> None:
-            while not done.wait(0.5):
-                peak[0] = max(peak[0], tree_memory_mib(process.pid))
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        _, status, usage = os.wait4(process.pid, 0)
-        done.set()
-        sampler.join()
-    if os.waitstatus_to_exitcode(status):
-        raise SystemExit(f"{' '.join(command[:6])} ... failed; see {log}")
-    return {"seconds": time.monotonic() - started, "peak_all_mib": peak[0], "peak_process_mib": usage.ru_maxrss / 1024}
+    seconds, returncode, usage, peak_all = sampled_run(command, env, log)
+    if returncode:
+        raise SystemExit(f"{' '.join(command[:6])} ... failed (exit {returncode}); see {log}")
+    return {"seconds": seconds, "peak_all_mib": peak_all, "peak_process_mib": usage.ru_maxrss / 1024}
 
 
 def parent_of(log: Path) -> str:
