@@ -101,6 +101,42 @@ def test_map_lights_the_patch_that_drives_the_prediction_and_a_map_without_evide
     assert dark.shape == (2, 32, 32) and np.isfinite(dark).all() and not dark.any()
 
 
+def test_no_activation_before_the_explained_layer_is_held_while_the_gradient_is_taken():
+    """Memory: the tape records only what follows the explained layer. Recording the whole forward
+    pass kept every activation of every member of a 512 px model-level ensemble until the
+    gradient (out of memory); here a probe after the explained layer looks, while the gradient
+    flows through it, whether the layer before it still has an output alive."""
+    import gc
+    import weakref
+
+    earlier_outputs, alive = [], []
+
+    class Recorded(tf_keras.layers.Conv2D):
+        def call(self, inputs):
+            outputs = super().call(inputs)
+            earlier_outputs.append(weakref.ref(outputs))
+            return outputs
+
+    class Probe(tf_keras.layers.Layer):
+        def call(self, inputs):
+            @tf.custom_gradient
+            def identity(x):
+                def grad(upstream):
+                    gc.collect()
+                    alive.append(any(ref() is not None for ref in earlier_outputs))
+                    return upstream
+                return tf.identity(x), grad
+            return identity(inputs)
+
+    tf_keras.utils.set_random_seed(0)
+    image = tf_keras.Input((12, 12, 3))
+    features = tf_keras.layers.Conv2D(4, 3, padding="same", name="explained")(Recorded(6, 3, padding="same")(image))
+    pooled = tf_keras.layers.GlobalAveragePooling2D()(Probe()(features))
+    model = tf_keras.Model(image, tf_keras.layers.Dense(3, activation="softmax")(pooled))
+    maps = gradcam(model, np.random.default_rng(0).random((2, 12, 12, 3)), layer="explained", batch_size=2)
+    assert maps.shape == (2, 12, 12) and earlier_outputs and alive == [False]
+
+
 def test_bad_layers_and_classes_are_named():
     model = patch_model()
     images = np.zeros((1, 32, 32, 1), np.float32)
