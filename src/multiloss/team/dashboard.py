@@ -14,7 +14,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from multiloss.classification.sweeps.storage import default_journal_path, open_rdb_storage, redact
+from multiloss.classification.sweeps.storage import (
+    default_journal_path,
+    open_rdb_storage,
+    redact,
+)
 from multiloss.team.postgres import HOST
 
 DEFAULT_PORT = 8080
