@@ -3,11 +3,13 @@ a run used (its Datasets), run descriptions, registered models' descriptions and
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
@@ -51,7 +53,26 @@ def log_splits(parts: dict[str, pd.DataFrame], *, source: str, digest: str, name
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
             dataset = mlflow.data.from_pandas(frame.reset_index(drop=True), source=source, name=f"{name}-{context}",
                                               digest=digest[:36])
-        mlflow.log_input(dataset, context=context)
+        _log_input(dataset, context)
+
+
+# What SQLite, PostgreSQL and MySQL say when a row another process just inserted is inserted again.
+_UNIQUE_VIOLATIONS = ("unique constraint", "duplicate key", "duplicate entry")
+_INPUT_ATTEMPTS = 5
+
+
+def _log_input(dataset, context: str) -> None:
+    """``mlflow.log_input``, again after a unique-constraint refusal: processes logging the same new
+    dataset at once (a pipeline's workers) race between MLflow's lookup and its insert, and the
+    loser's transaction is rolled back whole, so a retry finds the dataset and only links it."""
+    for attempt in range(1, _INPUT_ATTEMPTS + 1):
+        try:
+            mlflow.log_input(dataset, context=context)
+            return
+        except MlflowException as err:
+            if attempt == _INPUT_ATTEMPTS or not any(s in str(err).lower() for s in _UNIQUE_VIOLATIONS):
+                raise
+            time.sleep(0.05 * attempt)
 
 
 def describe_run(text: str) -> None:
