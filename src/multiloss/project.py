@@ -9,6 +9,14 @@ import yaml
 
 from multiloss import paths
 
+TRUE_TEXTS, FALSE_TEXTS = ("true", "1", "yes"), ("false", "0", "no", "")
+
+
+def boolean_text(text: str) -> bool | None:
+    """A boolean parameter as MLflow passes it, a string: True, False, or None when it is neither."""
+    text = str(text).strip().lower()
+    return True if text in TRUE_TEXTS else False if text in FALSE_TEXTS else None
+
 
 @functools.cache
 def entry_points() -> dict[str, dict]:

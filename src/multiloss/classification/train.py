@@ -39,7 +39,7 @@ from multiloss.losses.classification import ClassificationLoss
 from multiloss.metrics.classification import MCC_INTERVAL_LABELS
 from multiloss.models import precision
 from multiloss.models.unet import check_size
-from multiloss.project import declared_parameters
+from multiloss.project import boolean_text, declared_parameters
 from multiloss.tracking import metadata, registry, store
 from multiloss.training import fit_keeping_best, seed_everything
 
@@ -96,7 +96,7 @@ class ClassifierConfig:
             if hint is int:
                 return int(float(text))            # MLproject floats: "20" or "20.0"
             if hint is bool:
-                return text.strip().lower() in ("true", "1", "yes")
+                return bool(boolean_text(text))
             if hint == float | None:
                 return None if text.strip().lower() in ("", "none", "default") else float(text)
             return hint(text)

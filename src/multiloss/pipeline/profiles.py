@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from multiloss import paths
+from multiloss import paths, project
 from multiloss.data import layout
 
 
@@ -76,7 +76,7 @@ def check_training_options(profile: dict, name: str) -> None:
         if "precision" in settings:
             precision.check_precision(str(settings["precision"]), f"profile {name}: {stage}.precision")
         if "jit_compile" in settings:
-            precision.check_jit_compile(str(settings["jit_compile"]).strip().lower() in ("true", "1", "yes"),
+            precision.check_jit_compile(bool(project.boolean_text(settings["jit_compile"])),
                                         f"profile {name}: {stage}.jit_compile")
 
 

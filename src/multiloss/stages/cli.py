@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from multiloss import paths
-from multiloss.project import declared_parameters
+from multiloss.project import boolean_text, declared_parameters
 
 
 def integer(name: str, minimum: int | None = None, maximum: int | None = None):
@@ -36,11 +36,10 @@ def integer(name: str, minimum: int | None = None, maximum: int | None = None):
 def boolean(name: str):
     """true/false (also 1/0, yes/no; empty is false), as MLflow passes a string parameter."""
     def parse(text: str) -> bool:
-        if text.strip().lower() in ("true", "1", "yes"):
-            return True
-        if text.strip().lower() in ("false", "0", "no", ""):
-            return False
-        raise argparse.ArgumentTypeError(f"parameter {name} must be true or false, got {text!r}")
+        value = boolean_text(text)
+        if value is None:
+            raise argparse.ArgumentTypeError(f"parameter {name} must be true or false, got {text!r}")
+        return value
     parse.__name__ = name
     return parse
 
