@@ -124,18 +124,36 @@ def test_a_training_after_three_others_is_the_one_a_fresh_process_trains_and_tra
     graph.forget_graphs()
 
 
+# The two calls every training makes that would clear TensorFlow's eager kernel cache.
+CACHE_CLEARING_CALLS = {"clear_session": lambda: graph.clear_session(), "seed_training": lambda: graph.seed_training(7)}
+
+
+@pytest.mark.parametrize("call", CACHE_CLEARING_CALLS)
 @pytest.mark.parametrize("holding_graphs", [False, True])
-def test_clear_session_resets_keras_and_keeps_the_kernel_cache_only_while_graphs_are_shared(holding_graphs,
-                                                                                            monkeypatch):
+def test_session_and_seed_resets_keep_the_kernel_cache_only_while_graphs_are_shared(holding_graphs, call,
+                                                                                    monkeypatch):
+    import random
+
+    from tensorflow.python import pywrap_tfe
     from tensorflow.python.eager import context
     from tf_keras.src import backend
 
+    context.ensure_initialized()                               # else there is no cache to clear
+    clear = pywrap_tfe.TFE_ContextClearCaches
     cleared = []
-    monkeypatch.setattr(type(context.context()), "clear_kernel_cache", lambda self: cleared.append(True))
+    monkeypatch.setattr(pywrap_tfe, "TFE_ContextClearCaches", lambda handle: cleared.append(handle))
     monkeypatch.setattr(graph, "_graphs", {"a shared graph": object()} if holding_graphs else {})
     backend.get_uid("probe")
-    graph.clear_session()
-    assert backend.get_uid("probe") == 1                       # Keras' state was reset either way
+    random.seed(1)
+    CACHE_CLEARING_CALLS[call]()
+    if call == "clear_session":
+        assert backend.get_uid("probe") == 1                   # Keras' state was reset either way
+    else:                                                      # the seeds were set either way
+        assert random.random() == random.Random(7).random()
+        assert np.random.rand() == np.random.RandomState(7).rand()
+        assert context.global_seed() == 7
     # kept while a graph is shared: clearing it makes the next training instantiate its graph again
-    assert cleared == ([] if holding_graphs else [True])
-    assert "clear_kernel_cache" not in vars(context.context())  # nothing of the patch is left
+    assert len(cleared) == (0 if holding_graphs else 1)
+    assert pywrap_tfe.TFE_ContextClearCaches is not clear     # still the test's: the patch restored it
+    monkeypatch.undo()
+    assert pywrap_tfe.TFE_ContextClearCaches is clear

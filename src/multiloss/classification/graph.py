@@ -12,10 +12,12 @@ runtime form is a training detail.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 
 import tensorflow as tf
 import tf_keras
@@ -238,22 +240,40 @@ def tracing_counts() -> dict[str, int]:
     return totals
 
 
+@contextlib.contextmanager
+def kernel_cache_kept() -> Iterator[None]:
+    """Within this block TensorFlow's eager kernel cache is never cleared. That cache holds the
+    shared graphs' instantiated, optimised functions, and two calls every training makes clear it:
+    ``tf_keras.backend.clear_session()`` and ``tf.random.set_seed``. After each, the next training's
+    first train and validation steps instantiate and optimise their whole graphs again (seconds on
+    CPU), though nothing was traced. Both reach the cache through one function, replaced here by a
+    no-op for the block. The seeds it would reset are those of stateful random kernels, and the
+    shared step has none (its dropout draws from generators that :meth:`ClassifierGraph.reset`
+    reseeds)."""
+    from tensorflow.python import pywrap_tfe
+
+    clear = pywrap_tfe.TFE_ContextClearCaches
+    pywrap_tfe.TFE_ContextClearCaches = lambda handle: None
+    try:
+        yield
+    finally:
+        pywrap_tfe.TFE_ContextClearCaches = clear
+
+
 def clear_session() -> None:
     """``tf_keras.backend.clear_session()`` (free the last models' Keras state, reset layer names)
-    but, while this process holds shared graphs, without clearing TensorFlow's eager kernel cache:
-    that cache holds the traced functions' instantiated, optimised graphs, and clearing it made the
-    next training's first step instantiate and optimise its whole graph again (seconds, each time)."""
-    if not _graphs:
+    but, while this process holds shared graphs, keeping the kernel cache (:func:`kernel_cache_kept`)."""
+    with kernel_cache_kept() if _graphs else contextlib.nullcontext():
         tf_keras.backend.clear_session()
-        return
-    from tensorflow.python.eager import context
 
-    eager = context.context()
-    eager.clear_kernel_cache = lambda: None        # the one step of clear_session skipped
-    try:
-        tf_keras.backend.clear_session()
-    finally:
-        del eager.clear_kernel_cache               # the class's method again
+
+def seed_training(seed: int) -> None:
+    """:func:`multiloss.training.seed_everything` (Python, NumPy and TensorFlow's global seed) but,
+    while this process holds shared graphs, keeping the kernel cache (:func:`kernel_cache_kept`)."""
+    from multiloss.training import seed_everything
+
+    with kernel_cache_kept() if _graphs else contextlib.nullcontext():
+        seed_everything(seed)
 
 
 def forget_graphs() -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import tf_keras
 
 from multiloss import names, variants
-from multiloss.classification.graph import classifier_graph
+from multiloss.classification.graph import classifier_graph, seed_training
 from multiloss.classification.scoring import (
     degenerate_from_scores,
     degenerate_tags,
@@ -41,7 +41,7 @@ from multiloss.models import precision
 from multiloss.models.unet import check_size
 from multiloss.project import boolean_text, declared_parameters
 from multiloss.tracking import metadata, registry, store
-from multiloss.training import fit_keeping_best, seed_everything
+from multiloss.training import fit_keeping_best
 
 # The parameters any classification loss takes (each loss takes some of them), in the loss table's order.
 LOSS_PARAMETERS = tuple(dict.fromkeys(name for params in CLASSIFICATION_LOSSES.values() for name in params))
@@ -222,7 +222,7 @@ def train_classifier(config: ClassifierConfig, *, epoch_hooks: Sequence[EpochHoo
     parts = {"train": split[split.subset == "train"], "val": split[split.subset == "val"],
              "test": frame[frame.split == "test"]}
     labels = {name: label_indices(part["label"]) for name, part in parts.items()}
-    seed_everything(config.seed)
+    seed_training(config.seed)
 
     data_print = data_fingerprint or kermany_fingerprint(config.data, frame)
     encoder_uri = pin_encoder(config.encoder)[0]            # resolved once: loaded and logged alike
