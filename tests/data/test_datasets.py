@@ -162,3 +162,28 @@ def test_the_shuffle_buffer_is_bounded_in_bytes_and_still_yields_every_image_onc
     ds = image_dataset(paths, img_size=8, batch_size=12, shuffle=True, seed=5, channels=1)
     order = np.rint(next(iter(ds)).numpy()[:, 0, 0, 0] * 255).astype(int).tolist()
     assert sorted(order) == [i * 10 for i in range(12)] and order != sorted(order)
+
+
+def with_autotune(ds: tf.data.Dataset) -> tf.data.Dataset:
+    options = tf.data.Options()
+    options.autotune.enabled = True
+    return ds.with_options(options)
+
+
+def test_pipelines_run_without_autotuning_and_yield_what_an_autotuned_one_yields(tmp_path, montgomery_dir):
+    """Autotuning's model thread made each dropped iterator wait about a second; turning it off
+    must change nothing a training reads: the same images, augmentations and order, epoch by epoch."""
+    paths = [write_gray(tmp_path / f"x{i}.png", size=(24, 24), seed=i) for i in range(10)]
+    labels = ["normal", "viral", "bacterial", "viral", "normal"] * 2
+    from multiloss.data.readers import read_montgomery
+    frame = read_montgomery(montgomery_dir)
+    made = {"images": lambda: image_dataset(paths, labels, img_size=16, batch_size=4, shuffle=True, augment=True, seed=2),
+            "pairs": lambda: mask_dataset(frame["image"], frame["masks"], img_size=16, batch_size=2, shuffle=True,
+                                          augment=True, seed=2)}
+    for kind, make in made.items():
+        ours, tuned = make(), with_autotune(make())
+        assert ours.options().autotune.enabled is False and tuned.options().autotune.enabled is True, kind
+        for _ in range(2):                     # two epochs: the reshuffle and the new draws agree too
+            for a, b in zip(ours.as_numpy_iterator(), tuned.as_numpy_iterator(), strict=True):
+                for x, y in zip(a, b):
+                    np.testing.assert_array_equal(x, y, err_msg=kind)

@@ -30,7 +30,7 @@ import tf_keras
 from multiloss import variants
 from multiloss.classification.scoring import read_predictions, score_split
 from multiloss.data.classes import CLASSES
-from multiloss.data.datasets import image_dataset, label_indices, one_hot
+from multiloss.data.datasets import image_dataset, label_indices, one_hot, without_autotune
 from multiloss.ensembles.combiners import (
     majority_probs,
     mean_probs,
@@ -230,8 +230,9 @@ def model_level(names: list[str], members: list[tf_keras.Model], *, train_paths:
         return np.concatenate([cache[(name, split, img_size)] for name in names], axis=-1)
 
     x_train, x_val, x_test = features("train", train_paths), features("val", val.paths), features("test", test.paths)
-    train = tf.data.Dataset.from_tensor_slices((x_train, one_hot(classes))).shuffle(len(x_train), seed=seed).batch(batch_size)
-    val_ds = tf.data.Dataset.from_tensor_slices((x_val, one_hot(val_labels))).batch(batch_size)
+    train = without_autotune(tf.data.Dataset.from_tensor_slices((x_train, one_hot(classes)))
+                             .shuffle(len(x_train), seed=seed).batch(batch_size))
+    val_ds = without_autotune(tf.data.Dataset.from_tensor_slices((x_val, one_hot(val_labels))).batch(batch_size))
     fit_keeping_best(ensemble.head, train, val_ds, epochs=epochs, images_per_epoch=len(train_paths), patience=patience,
                      metric_prefix=metric_prefix)
     predict = lambda x: ensemble.head.predict(x, batch_size=batch_size, verbose=0)  # noqa: E731
