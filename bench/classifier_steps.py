@@ -9,6 +9,10 @@ training (the path before graphs were shared, ``MULTILOSS_SHARED_GRAPH=0``), sid
    figures, logging), and the shared graphs' trace count after it.
 3. The 7-point ``cal_cce`` sweep (its λ grid), one fresh process per path.
 4. ``--demo``: the demo end to end (bench/demo_pipeline.py's launch), each path in its own fresh home.
+5. ``--baseline REV``: the same against the code of commit REV (the main this work started from, in a
+   git worktree under bench/out): its classify steps in one process of their own, after this
+   checkout's in another (REV's code logs no epoch times, so only walls and scores are compared), and
+   with ``--demo`` its demo end to end in a fresh home.
 
 Paths run one after the other on the same machine; each table gives new ÷ old. Scores are compared
 step by step (same seeds: the two paths train the same networks on the same batches).
@@ -16,11 +20,13 @@ step by step (same seeds: the two paths train the same networks on the same batc
     .venv/bin/python bench/classifier_steps.py                    # steps 1-3
     .venv/bin/python bench/classifier_steps.py --demo             # and the demo end to end both ways
     .venv/bin/python bench/classifier_steps.py --losses cce,focal --sweep-points 0
+    .venv/bin/python bench/classifier_steps.py --demo --baseline 04eb7dc   # and against that commit
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -54,35 +60,43 @@ def worker(args) -> None:
     import gc
 
     import mlflow
+    import tf_keras
     import yaml
 
     from multiloss import paths
-    from multiloss.classification import graph
     from multiloss.stages import classify, sweep
     from multiloss.tracking import registry, store
+
+    graph = None                                   # a baseline commit's code may predate shared graphs
+    if importlib.util.find_spec("multiloss.classification.graph"):
+        from multiloss.classification import graph
 
     profile = yaml.safe_load((paths.CONFIG_DIR / f"{args.profile}.yaml").read_text())
     data = str(paths.project_root() / profile["crop"]["out"] / "chest_xray")
     store.configure()
     client = mlflow.MlflowClient()
     with registry.models_kept_in_memory():               # as a pipeline's process does
-        if args.part == "classify":
+        if args.part in ("classify", "baseline"):
             for number, loss in enumerate(args.losses.split(",")):
                 order = list(PATHS.items()) if number % 2 == 0 else list(PATHS.items())[::-1]
-                for label, shared in order:
-                    os.environ[graph.SHARED_GRAPH_ENV] = shared
+                for label, shared in order if args.part == "classify" else [(args.part, None)]:
+                    if shared is not None:
+                        os.environ[graph.SHARED_GRAPH_ENV] = shared
                     started = time.perf_counter()
                     classify.main(classify_argv(profile, loss, data, args.seed))
                     wall = time.perf_counter() - started
-                    version = registry.versions(names.CLASSIFIER_MODEL)[-1]
+                    version = max(registry.versions(names.CLASSIFIER_MODEL), key=lambda v: int(v.version))
                     run = client.get_run(version.run_id)
-                    epochs = [m.value for m in client.get_metric_history(run.info.run_id, "epoch/seconds")]
+                    epochs = [m.value for m in client.get_metric_history(run.info.run_id, "epoch/seconds")] or [0.0]
                     print(json.dumps({"path": label, "loss": loss, "wall": wall, "first_epoch": epochs[0],
                                       "later_epochs": sum(epochs[1:]), "epochs": len(epochs),
-                                      "traces": graph.tracing_counts()["train"],
+                                      "traces": graph.tracing_counts()["train"] if graph else 0,
                                       "val_mcc": run.data.metrics["val_mcc"], "test_mcc": run.data.metrics["test_mcc"],
                                       "val_loss": run.data.metrics["val_loss"]}), flush=True)
-                    graph.clear_session()          # as the pipeline does between steps
+                    if graph:
+                        graph.clear_session()      # as the pipeline does between steps
+                    else:
+                        tf_keras.backend.clear_session()
                     gc.collect()
         else:
             settings = {k: v for k, v in profile["classify"].items() if k not in ("losses",)}
@@ -95,9 +109,11 @@ def worker(args) -> None:
             print(json.dumps({"sweep_wall": time.perf_counter() - started}), flush=True)
 
 
-def run_worker(home: Path, shared: str | None, part: str, args, log: Path) -> list[dict]:
-    """``part`` in a fresh process; ``shared``: the path, or None (the part interleaves both)."""
-    env = {**demo_pipeline.STARTING_ENV, "MULTILOSS_HOME": str(home), **({names_env(): shared} if shared else {})}
+def run_worker(home: Path, shared: str | None, part: str, args, log: Path, code: Path | None = None) -> list[dict]:
+    """``part`` in a fresh process; ``shared``: the path, or None (the part interleaves both);
+    ``code``: another checkout whose package the process imports (a baseline commit's)."""
+    env = {**demo_pipeline.STARTING_ENV, "MULTILOSS_HOME": str(home), **({names_env(): shared} if shared else {}),
+           **({"PYTHONPATH": str(code / "src")} if code else {})}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("MLFLOW_RUN_ID", None)
     command = [sys.executable, __file__, "--worker", part, "--profile", args.profile, "--losses", args.losses,
@@ -139,6 +155,35 @@ def step_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def worktree(rev: str) -> Path:
+    """A checkout of commit ``rev`` under bench/out (made once), whose src/ a worker imports."""
+    folder = BENCH / "out" / f"baseline-{rev}"
+    if not folder.is_dir():
+        subprocess.run(["git", "worktree", "add", "--detach", str(folder), rev], cwd=BENCH.parent, check=True,
+                       capture_output=True)
+    return folder
+
+
+def baseline_table(rows: list[dict], old: list[dict], rev: str) -> str:
+    new = [r for r in rows if r["path"] == "shared"]
+    same = sum(a["test_mcc"] == b["test_mcc"] and a["val_mcc"] == b["val_mcc"] for a, b in zip(old, new))
+    lines = [f"| loss | {rev} wall s | shared wall s | val MCC {rev} / shared | test MCC {rev} / shared |",
+             "|---|---:|---:|---:|---:|"]
+    lines += [f"| {a['loss']} | {a['wall']:.1f} | {b['wall']:.1f} | {a['val_mcc']:.4f} / {b['val_mcc']:.4f} | "
+              f"{a['test_mcc']:.4f} / {b['test_mcc']:.4f} |" for a, b in zip(old, new)]
+    total_old, total_new = sum(r["wall"] for r in old), sum(r["wall"] for r in new)
+    return "\n".join(lines + ["", f"{len(new)} classify steps: {rev} {total_old:.1f} s, shared {total_new:.1f} s, "
+                                   f"**shared ÷ {rev} {total_new / total_old:.2f}** (target ≤ 0.55); "
+                                   f"scores equal: {same} of {len(new)}"])
+
+
+def wall_table(walls: dict[str, float], rev: str | None, target: float) -> str:
+    lines = ["| code | wall s |", "|---|---:|", *(f"| {label} | {seconds:.1f} |" for label, seconds in walls.items()), ""]
+    for base in ("per training", *([rev] if rev else [])):
+        lines.append(f"**shared ÷ {base} {walls['shared'] / walls[base]:.2f}** (target ≤ {target})")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", type=Path, help="default: a new folder under bench/out")
@@ -147,7 +192,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sweep-points", type=int, default=7, help="0: skip the sweep (cal_cce's λ grid has 7)")
     parser.add_argument("--demo", action="store_true", help="also the demo end to end on both paths")
-    parser.add_argument("--worker", choices=("classify", "sweep"), help=argparse.SUPPRESS)
+    parser.add_argument("--baseline", metavar="REV", help="also compare with this commit's code (a git worktree)")
+    parser.add_argument("--worker", choices=("classify", "baseline", "sweep"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         args.part = args.worker
@@ -160,16 +206,21 @@ def main(argv=None) -> None:
     print(f"home {home}; preparing the demo's data and U-Nets (main until=crop) ...", flush=True)
     demo_pipeline.launch(home, args.profile, ["-P", "until=crop"], home / "prepare.log")
 
+    baseline = worktree(args.baseline) if args.baseline else None
     rows = run_worker(home, None, "classify", args, home / "classify.log")
     print(f"\n## {len(rows) // 2} classify steps on each path, interleaved in one process\n\n{step_table(rows)}",
           flush=True)
+    if baseline:
+        old = run_worker(home, None, "baseline", args, home / "baseline.log", code=baseline)
+        print(f"\n## the same classify steps at {args.baseline}, in a process of their own\n\n"
+              f"{baseline_table(rows, old, args.baseline)}", flush=True)
 
     if args.sweep_points:
-        sweeps = {label: run_worker(home, shared, "sweep", args, home / f"sweep-{shared}.log")[-1]["sweep_wall"]
-                  for label, shared in PATHS.items()}
-        print(f"\n## the {args.sweep_points}-point cal_cce sweep\n\n| path | wall s |\n|---|---:|\n"
-              + "\n".join(f"| {label} | {seconds:.1f} |" for label, seconds in sweeps.items())
-              + f"\n\n**shared ÷ per training {sweeps['shared'] / sweeps['per training']:.2f}** (target ≤ 0.55)",
+        runs = [(label, shared, None) for label, shared in PATHS.items()]
+        runs += [(args.baseline, None, baseline)] if baseline else []
+        sweeps = {label: run_worker(home, shared, "sweep", args, home / f"sweep-{label.replace(' ', '-')}.log",
+                                    code=code)[-1]["sweep_wall"] for label, shared, code in runs}
+        print(f"\n## the {args.sweep_points}-point cal_cce sweep\n\n{wall_table(sweeps, args.baseline, 0.55)}",
               flush=True)
 
     if args.demo:
@@ -180,9 +231,11 @@ def main(argv=None) -> None:
             demo_pipeline.STARTING_ENV[names_env()] = shared      # what launch gives the pipeline
             walls[label] = demo_pipeline.launch(folder, args.profile, [], folder / "main.log")[0]
         demo_pipeline.STARTING_ENV.pop(names_env(), None)
-        print("\n## make demo end to end, each path in a fresh home\n\n| path | wall s |\n|---|---:|\n"
-              + "\n".join(f"| {label} | {seconds:.1f} |" for label, seconds in walls.items())
-              + f"\n\n**shared ÷ per training {walls['shared'] / walls['per training']:.2f}** (target ≤ 0.75)",
+        if baseline:
+            folder = home / f"demo-{args.baseline}"
+            folder.mkdir(exist_ok=True)
+            walls[args.baseline] = demo_pipeline.launch(folder, args.profile, [], folder / "main.log", baseline)[0]
+        print(f"\n## make demo end to end, each in a fresh home\n\n{wall_table(walls, args.baseline, 0.75)}",
               flush=True)
     loads.append(os.getloadavg()[0])
     print(f"\nload average before/after: {loads[0]:.2f} / {loads[1]:.2f} on {os.cpu_count()} CPUs", flush=True)

@@ -65,13 +65,13 @@ def tree_memory_mib(root: int) -> float:
     return sum(_proportional_mib(pid, rss[pid]) for pid in tree if pid in rss)
 
 
-def sampled_run(command: list[str], env: dict, log: Path) -> tuple[float, int, object, float]:
+def sampled_run(command: list[str], env: dict, log: Path, cwd: Path = REPO) -> tuple[float, int, object, float]:
     """Run ``command`` (output to ``log``); its wall seconds, exit code, resource usage (its
     largest process's exact peak: ``ru_maxrss``) and the peak memory of its whole process tree
     (summed PSS, sampled twice a second), in MiB."""
     started = time.monotonic()
     with open(log, "w") as out:
-        process = subprocess.Popen(command, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
         peak_tree, done = [0.0], threading.Event()
 
         def sample() -> None:
@@ -85,20 +85,24 @@ def sampled_run(command: list[str], env: dict, log: Path) -> tuple[float, int, o
     return time.monotonic() - started, os.waitstatus_to_exitcode(status), usage, peak_tree[0]
 
 
-def launch(home: Path, profile: str, extra: list[str], log: Path) -> tuple[float, float, float, float, str]:
-    """Run main once; returns wall seconds, CPU seconds, peak memory (MiB) of the largest process it
-    started (RSS) and of all of them together (PSS, sampled twice a second), and the parent run id."""
+def launch(home: Path, profile: str, extra: list[str], log: Path,
+           repo: Path = REPO) -> tuple[float, float, float, float, str]:
+    """Run main once (the project in ``repo``: this checkout, or another commit's worktree); returns
+    wall seconds, CPU seconds, peak memory (MiB) of the largest process it started (RSS) and of all
+    of them together (PSS, sampled twice a second), and the parent run id."""
     bin_dir = str(Path(sys.executable).parent)           # the stage commands call `python`: ours
     env = {**STARTING_ENV, "MULTILOSS_HOME": str(home), "PATH": bin_dir + os.pathsep + STARTING_ENV.get("PATH", "")}
     env.pop("MLFLOW_RUN_ID", None)
-    uri = subprocess.run([sys.executable, "-m", "multiloss.tracking", "uri"], env=env, cwd=REPO, check=True,
+    if repo != REPO:                                     # its own code, not the installed checkout's
+        env["PYTHONPATH"] = str(repo / "src")
+    uri = subprocess.run([sys.executable, "-m", "multiloss.tracking", "uri"], env=env, cwd=repo, check=True,
                          capture_output=True, text=True).stdout.strip()
     env["MLFLOW_TRACKING_URI"] = uri
-    subprocess.run([sys.executable, "-m", "multiloss.tracking", "init"], env=env, cwd=REPO, check=True,
+    subprocess.run([sys.executable, "-m", "multiloss.tracking", "init"], env=env, cwd=repo, check=True,
                    capture_output=True)
     command = [str(Path(bin_dir) / "mlflow"), "run", ".", "-e", "main", "--env-manager", "local",
                "--experiment-name", "pipeline", "-P", f"profile={profile}", *extra]
-    seconds, returncode, usage, peak_tree = sampled_run(command, env, log)
+    seconds, returncode, usage, peak_tree = sampled_run(command, env, log, repo)
     if returncode:
         raise SystemExit(f"main failed (exit {returncode}); see {log}")
     cpu = usage.ru_utime + usage.ru_stime

@@ -30,7 +30,12 @@ import tf_keras
 from multiloss import variants
 from multiloss.classification.scoring import read_predictions, score_split
 from multiloss.data.classes import CLASSES
-from multiloss.data.datasets import image_dataset, label_indices, one_hot, without_autotune
+from multiloss.data.datasets import (
+    image_dataset,
+    label_indices,
+    one_hot,
+    without_autotune,
+)
 from multiloss.ensembles.combiners import (
     majority_probs,
     mean_probs,
