@@ -101,7 +101,7 @@ def worker(args) -> None:
         else:
             settings = {k: v for k, v in profile["classify"].items() if k not in ("losses",)}
             argv = ["--loss", "cal_cce", "--data", data, "--seed", str(args.seed),
-                    "--study", f"bench-{os.environ['MULTILOSS_SHARED_GRAPH']}-{time.time_ns()}"]
+                    "--study", f"bench-{os.environ.get('MULTILOSS_SHARED_GRAPH', 'baseline')}-{time.time_ns()}"]
             for key, value in settings.items():
                 argv += [f"--{key.replace('_', '-')}", str(value)]
             started = time.perf_counter()
@@ -191,6 +191,8 @@ def main(argv=None) -> None:
     parser.add_argument("--losses", default=DEMO_LOSSES)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sweep-points", type=int, default=7, help="0: skip the sweep (cal_cce's λ grid has 7)")
+    parser.add_argument("--steps", action=argparse.BooleanOptionalAction, default=True,
+                        help="--no-steps: skip the classify steps (only the sweep and the demo)")
     parser.add_argument("--demo", action="store_true", help="also the demo end to end on both paths")
     parser.add_argument("--baseline", metavar="REV", help="also compare with this commit's code (a git worktree)")
     parser.add_argument("--worker", choices=("classify", "baseline", "sweep"), help=argparse.SUPPRESS)
@@ -207,10 +209,11 @@ def main(argv=None) -> None:
     demo_pipeline.launch(home, args.profile, ["-P", "until=crop"], home / "prepare.log")
 
     baseline = worktree(args.baseline) if args.baseline else None
-    rows = run_worker(home, None, "classify", args, home / "classify.log")
-    print(f"\n## {len(rows) // 2} classify steps on each path, interleaved in one process\n\n{step_table(rows)}",
-          flush=True)
-    if baseline:
+    rows = run_worker(home, None, "classify", args, home / "classify.log") if args.steps else []
+    if rows:
+        print(f"\n## {len(rows) // 2} classify steps on each path, interleaved in one process\n\n{step_table(rows)}",
+              flush=True)
+    if baseline and rows:
         old = run_worker(home, None, "baseline", args, home / "baseline.log", code=baseline)
         print(f"\n## the same classify steps at {args.baseline}, in a process of their own\n\n"
               f"{baseline_table(rows, old, args.baseline)}", flush=True)
