@@ -28,8 +28,8 @@ from multiloss.data.augment import random_affine
 from multiloss.data.classes import CLASSES
 from multiloss.data.imageio import DataError, read_gray, read_mask
 
-# With tf.data's autotuning off (see without_autotune), AUTOTUNE parallelism is the core count and
-# a prefetch buffer grows only as the consumer waits.
+# With tf.data's autotuning off (see without_autotune), an AUTOTUNE value stays at TensorFlow's
+# starting choice instead of being tuned.
 AUTOTUNE = tf.data.AUTOTUNE
 MEMORY_CACHE_BYTES = 2 ** 30     # decoded images held in memory per dataset; past it, a file cache
 SHUFFLE_BUFFER_BYTES = 2 ** 29   # images in a shuffle buffer; a smaller set is shuffled whole
@@ -105,9 +105,9 @@ def _decoded(n: int, load, out_shape, cache: bool | str, identity: Sequence = ()
 
 def without_autotune(ds: tf.data.Dataset) -> tf.data.Dataset:
     """``ds`` without tf.data's autotuning model. Its background thread made every iterator's
-    deletion wait about a second (measured: 1.1 s against 0.001 s without), and Keras makes and
-    drops one iterator per epoch for training and one per validation: seconds of every fit. What a
-    pipeline yields, and in what order, is the same either way (every map is deterministic)."""
+    deletion wait up to about a second (bench/iterator_teardown.py), and Keras makes and drops one
+    iterator per epoch for training and one per validation: seconds of every fit. What a pipeline
+    yields, and in what order, is the same either way (every map is deterministic)."""
     options = tf.data.Options()
     options.autotune.enabled = False
     return ds.with_options(options)
