@@ -402,13 +402,15 @@ class EnsemblePipeline(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context):
         import multiloss  # noqa: F401  (tf-keras before TensorFlow)
+        from multiloss.tracking.keras_files import weights_read_at_once
 
         artifacts = context.artifacts
         self.config = json.loads(Path(artifacts["config"]).read_text())
         load = lambda key: mlflow.tensorflow.load_model(artifacts[key])  # noqa: E731
-        self.segmenters = [load(f"segmenter{i}") for i in range(self.config["n_segmenters"])]
-        self.parts = [load(f"part{i}") for i in range(self.config["n_parts"])]
-        self.stacker = load("stacker") if "stacker" in artifacts else None
+        with weights_read_at_once():
+            self.segmenters = [load(f"segmenter{i}") for i in range(self.config["n_segmenters"])]
+            self.parts = [load(f"part{i}") for i in range(self.config["n_parts"])]
+            self.stacker = load("stacker") if "stacker" in artifacts else None
 
     def predict_arrays(self, originals: list[np.ndarray], codecs: list | None = None) -> np.ndarray:
         """Class probabilities (N, C), in chunks so a folder of full-size X-rays fits in memory."""

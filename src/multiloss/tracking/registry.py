@@ -20,6 +20,7 @@ from mlflow.entities.model_registry import ModelVersion
 
 from multiloss.paths import CHECKOUT
 from multiloss.tracking import metadata
+from multiloss.tracking.keras_files import weights_read_at_once
 
 
 def pip_requirements() -> list[str]:
@@ -258,7 +259,8 @@ def load_keras(uri: str) -> tf_keras.Model:
         model = cls.from_config(config)
         model.set_weights(weights)
         return model
-    model = mlflow.tensorflow.load_model(uri)
+    with weights_read_at_once():
+        model = mlflow.tensorflow.load_model(uri)
     if source is not None:
         _keep(source, model)
     return model
