@@ -72,6 +72,11 @@ def worker(args) -> None:
         from multiloss.classification import graph
 
     profile = yaml.safe_load((paths.CONFIG_DIR / f"{args.profile}.yaml").read_text())
+    if importlib.util.find_spec("multiloss.cpu_threads"):      # as main gives its processes (older code: TF's)
+        from multiloss import cpu_threads
+        from multiloss.pipeline import profiles
+
+        cpu_threads.apply(profiles.intra_op_threads(profile, args.profile), f"profile {args.profile}")
     data = str(paths.project_root() / profile["crop"]["out"] / "chest_xray")
     store.configure()
     client = mlflow.MlflowClient()
@@ -92,7 +97,8 @@ def worker(args) -> None:
                                       "later_epochs": sum(epochs[1:]), "epochs": len(epochs),
                                       "traces": graph.tracing_counts()["train"] if graph else 0,
                                       "val_mcc": run.data.metrics["val_mcc"], "test_mcc": run.data.metrics["test_mcc"],
-                                      "val_loss": run.data.metrics["val_loss"]}), flush=True)
+                                      "val_loss": run.data.metrics["val_loss"],
+                                      "threads": run.data.params.get("intra_op_threads", "default")}), flush=True)
                     if graph:
                         graph.clear_session()      # as the pipeline does between steps
                     else:
@@ -151,7 +157,8 @@ def step_table(rows: list[dict]) -> str:
               f"first epoch: per training mean {sum(r['first_epoch'] for r in old) / len(old):.1f} s; shared "
               f"{new[0]['first_epoch']:.1f} s for the first step, then mean "
               + (f"{sum(r['first_epoch'] for r in new[1:]) / len(new[1:]):.1f} s" if new[1:] else "-"),
-              f"scores equal on both paths (val and test MCC): {same} of {len(new)} steps"]
+              f"scores equal on both paths (val and test MCC): {same} of {len(new)} steps",
+              f"threads per op (intra_op_threads): {', '.join(sorted({str(r.get('threads')) for r in rows}))}"]
     return "\n".join(lines)
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import tf_keras
 
-from multiloss import names
+from multiloss import cpu_threads, names
 from multiloss.classification.scoring import PROBABILITY_COLUMNS
 from multiloss.classification.train import (
     LOSS_PARAMETERS,
@@ -68,6 +68,7 @@ def test_classify_stage_logs_scores_registers_and_reloads_in_a_fresh_process(tmp
     run = mlflow.MlflowClient().get_run(version.run_id)
     assert run.data.params["encoder"] == f"models:/{names.SEGMENTATION_MODEL}/{unet_version.version}"   # pinned once
     assert run.data.params["precision"] == "float32" and run.data.params["jit_compile"] == "false"
+    assert run.data.params["intra_op_threads"] == str(cpu_threads.effective())        # it changes the numbers
     assert version.tags["precision"] == "float32" and version.tags["jit_compile"] == "false"
     metrics = run.data.metrics
     for split in ("val", "test"):

@@ -14,7 +14,7 @@ import mlflow
 import numpy as np
 import tf_keras
 
-from multiloss import names, variants
+from multiloss import cpu_threads, names, variants
 from multiloss.classification.graph import classifier_graph, seed_training
 from multiloss.classification.scoring import (
     degenerate_from_scores,
@@ -235,7 +235,7 @@ def train_classifier(config: ClassifierConfig, *, epoch_hooks: Sequence[EpochHoo
                          "ci_method": config.ci_method, "bn_momentum": config.bn_momentum,
                          "patience": config.patience, "split_seed": config.split_seed, "strategy": config.strategy,
                          "precision": config.precision, "jit_compile": str(config.jit_compile).lower(),
-                         "variant": config.variant,
+                         "variant": config.variant, **cpu_threads.logged(),
                          **{f"n_{name}": len(part) for name, part in parts.items()}})
     synthetic = provenance.is_synthetic(config.data)
     mlflow.set_tags({names.STAGE_TAG: "classify", names.LOSS_TAG: config.loss, names.DATA_FINGERPRINT_TAG: data_print,

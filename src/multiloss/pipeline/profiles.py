@@ -56,6 +56,14 @@ def workers(profile: dict, given: int, name: str) -> int:
     return count
 
 
+def intra_op_threads(profile: dict, name: str) -> int:
+    """The threads each op of the pipeline's processes may use (:mod:`multiloss.cpu_threads`):
+    the profile's, else 0 (TensorFlow's default, one per CPU)."""
+    from multiloss import cpu_threads
+
+    return cpu_threads.check(profile.get(cpu_threads.PARAMETER, 0), f"profile {name}: {cpu_threads.PARAMETER}")
+
+
 def stage_settings(profile: dict, stage: str) -> dict:
     """The parameters the profile gives one stage (its losses are the chain's to spread over steps);
     a YAML boolean as MLproject's string parameters spell it (``false``)."""

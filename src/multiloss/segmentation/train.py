@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import tf_keras
 
-from multiloss import names
+from multiloss import cpu_threads, names
 from multiloss.data import provenance
 from multiloss.data.datasets import mask_dataset
 from multiloss.data.fingerprint import mask_set_fingerprint
@@ -209,7 +209,7 @@ def _log_settings(prepared: PreparedTraining, data_print: str) -> None:
         "patience", "strategy", "precision", "jit_compile", "split_seed")}
     store.log_params({**params, "data": str(Path(config.data).resolve()),
                       "jit_compile": str(config.jit_compile).lower(), "n_train": len(prepared.train),
-                      "n_val": len(prepared.val), **loss_param_keys(prepared.loss)})
+                      "n_val": len(prepared.val), **loss_param_keys(prepared.loss), **cpu_threads.logged()})
     mlflow.set_tags({names.STAGE_TAG: "segment", names.LOSS_TAG: config.loss, names.DATA_FINGERPRINT_TAG: data_print})
     metadata.log_splits({"train": _pair_rows(prepared.train), "validation": _pair_rows(prepared.val)},
                         source=str(Path(config.data).resolve()), digest=data_print, name=Path(config.data).resolve().name)

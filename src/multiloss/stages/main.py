@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 
-from multiloss import variants
+from multiloss import cpu_threads, variants
 from multiloss.pipeline import chain, profiles
 from multiloss.stages.cli import StageParser, boolean, integer, variant
 from multiloss.team import gpus
@@ -78,6 +78,8 @@ def main(argv=None) -> None:
         raise SystemExit(f"main: {err}") from None
     try:
         profiles.check_training_options(profile, args.profile)
+        threads = profiles.intra_op_threads(profile, args.profile)
+        cpu_threads.apply(threads, f"profile {args.profile}: {cpu_threads.PARAMETER}")   # workers inherit it
     except ValueError as err:
         raise SystemExit(f"main: {err}") from None
     try:
@@ -93,7 +95,7 @@ def main(argv=None) -> None:
         os.environ["MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"] = "true"
     params = {**vars(args), "seeds": ",".join(map(str, args.seeds)), "fresh": str(args.fresh).lower(),
               "system_metrics": str(args.system_metrics).lower(),
-              "workers": workers, "variant": args.variant.name}
+              "workers": workers, "variant": args.variant.name, **cpu_threads.logged()}
     try:
         done = chain.run_pipeline(profile, f"main-{args.profile}", params, data=args.data, seeds=args.seeds,
                                   until=args.until, fresh=args.fresh, workers=workers, variant=args.variant)
