@@ -55,6 +55,19 @@ def test_variables_made_before_fit_spare_a_second_trace_and_change_no_weight(opt
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+def test_a_model_with_its_variables_made_is_not_run_again(monkeypatch):
+    """A shared graph's later trainings: everything exists, so no eager pass over the network."""
+    model = tiny_model(tf_keras.optimizers.SGD(0.1, momentum=0.9))
+    create_training_variables(model, batches().element_spec)
+    slots = [v.ref() for v in model.optimizer.variables]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was run again")
+    monkeypatch.setattr(model, "compute_loss", refuse)
+    create_training_variables(model, batches().element_spec)
+    assert [v.ref() for v in model.optimizer.variables] == slots            # the same slots, none made
+
+
 def test_fit_keeping_best_traces_its_step_once():
     model = tiny_model(tf_keras.optimizers.SGD(0.1, momentum=0.9))
     store.configure()

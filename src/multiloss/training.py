@@ -78,6 +78,11 @@ def create_training_variables(model: tf_keras.Model, element_spec) -> None:
     """
     if model.distribute_strategy is not tf.distribute.get_strategy():
         return
+    optimizer = model.optimizer
+    if isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
+        optimizer = optimizer.inner_optimizer               # mixed_float16: its slots are the inner one's
+    if model.compiled_loss.built and model.compiled_metrics.built and getattr(optimizer, "_built", False):
+        return                      # a model trained before (a shared graph): all made, nothing to trace
     x_spec, y_spec = element_spec[0], element_spec[1]
     zeros = lambda spec: tf.zeros([1, *spec.shape[1:]], spec.dtype)          # noqa: E731
     x, y = tf.nest.map_structure(zeros, x_spec), tf.nest.map_structure(zeros, y_spec)
@@ -85,9 +90,6 @@ def create_training_variables(model: tf_keras.Model, element_spec) -> None:
     model.compute_loss(x, y, y_pred)
     model.compute_metrics(x, y, y_pred, None)
     model.reset_metrics()
-    optimizer = model.optimizer
-    if isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
-        optimizer = optimizer.inner_optimizer               # mixed_float16: its slots are the inner one's
     if hasattr(optimizer, "build"):
         optimizer.build(model.trainable_variables)
     else:                                                   # tf_keras.optimizers.legacy
