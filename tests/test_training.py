@@ -12,6 +12,7 @@ from multiloss.training import (
     best_epoch_of,
     create_training_variables,
     fit_keeping_best,
+    repeated_for_fit,
 )
 
 
@@ -75,6 +76,60 @@ def test_fit_keeping_best_traces_its_step_once():
         result = fit_keeping_best(model, batches(), batches(), epochs=2, images_per_epoch=20, patience=2)
     assert model.train_function.experimental_get_tracing_count() == 1
     assert result["epochs_run"] == 2
+
+
+def shuffled_batches() -> tf.data.Dataset:
+    """20 examples reshuffled every pass, with a random draw per example (as the augmentation's seeds)."""
+    rng = np.random.default_rng(1)
+    x = rng.random((20, 8, 8, 1)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 20)]
+    noise = tf.data.Dataset.random(seed=5, rerandomize_each_iteration=True)
+    ds = tf.data.Dataset.zip(tf.data.Dataset.from_tensor_slices((x, y)).shuffle(20, seed=3), noise)
+    return ds.map(lambda xy, n: (xy[0] + tf.cast(n % 7, tf.float32) / 100, xy[1])).batch(6)
+
+
+def test_fit_keeping_best_trains_on_the_batches_of_kerass_own_per_epoch_iterators():
+    """One iterator for all epochs, yet each epoch's batches are those Keras' fit would draw (whose
+    first iterator, never read, takes the first permutation): same losses, same weights."""
+    keras_model, ours = tiny_model(tf_keras.optimizers.SGD(0.1, momentum=0.9)), \
+        tiny_model(tf_keras.optimizers.SGD(0.1, momentum=0.9))
+    keras_history = keras_model.fit(shuffled_batches(), validation_data=batches(), epochs=3, verbose=0).history
+    store.configure()
+    with mlflow.start_run():
+        fit_keeping_best(ours, shuffled_batches(), batches(), epochs=3, images_per_epoch=20, patience=5)
+    ours_history = ours.history.history
+    assert keras_history["loss"][0] != keras_history["loss"][1]
+    np.testing.assert_array_equal(ours_history["loss"], keras_history["loss"])
+    np.testing.assert_array_equal(ours_history["val_loss"], keras_history["val_loss"])
+
+
+def test_fit_keeping_best_makes_one_training_iterator_however_many_epochs(monkeypatch):
+    made = []
+    make = tf.data.Dataset.__iter__
+    monkeypatch.setattr(tf.data.Dataset, "__iter__", lambda self: made.append(1) or make(self))
+    model = tiny_model(tf_keras.optimizers.SGD(0.1, momentum=0.9))
+    store.configure()
+    with mlflow.start_run():
+        fit_keeping_best(model, shuffled_batches(), batches(), epochs=4, images_per_epoch=20, patience=5)
+    assert len(made) == 2 + 4          # training: the dropped one and Keras' one; validation: one an epoch
+                                       # (Keras alone: 1 + 4 and 2 an epoch, 13)
+
+
+@pytest.mark.parametrize("dataset, steps", [
+    (lambda: batches(), 4),                                              # 6, 6, 6, 2
+    (lambda: batches().repeat(), None),                                  # infinite: as it is
+    (lambda: batches().filter(lambda x, y: True), None),                 # unknown length: as it is
+])
+def test_a_finite_dataset_is_repeated_with_its_batches_per_pass_as_steps(dataset, steps):
+    given = dataset()
+    repeated, per_epoch = repeated_for_fit(given)
+    assert per_epoch == steps
+    if steps is None:
+        assert repeated is given
+    else:
+        assert int(repeated.cardinality()) == tf.data.INFINITE_CARDINALITY
+        first_pass = [b[0].shape[0] for b in repeated.take(steps)]
+        assert first_pass == [6, 6, 6, 2]
 
 
 def test_the_best_epochs_weights_come_back_and_a_nan_loss_is_never_the_best():
