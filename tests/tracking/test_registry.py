@@ -112,6 +112,19 @@ def _tiny_trained_model() -> tf_keras.Model:
     return model
 
 
+def test_a_version_is_registered_with_its_tags_and_card_in_place_of_one_call_a_tag(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a tag was set after the version was created")
+    monkeypatch.setattr(mlflow.MlflowClient, "set_model_version_tag", refuse)
+    with store.stage_run("classification", run_name="tags"):
+        version = registry.log_and_register(_tiny_trained_model(), names.CLASSIFIER_MODEL,
+                                            {"loss": "cce", "val_mcc": 1 / 3, "img_size": 64}, card="a card")
+    stored = mlflow.MlflowClient().get_model_version(names.CLASSIFIER_MODEL, version.version)
+    assert {k: stored.tags[k] for k in ("loss", "val_mcc", "img_size")} == {"loss": "cce", "val_mcc": repr(1 / 3),
+                                                                           "img_size": "64"}
+    assert stored.description == "a card" and version.tags == stored.tags
+
+
 @pytest.fixture
 def disk_loads(monkeypatch) -> list[str]:
     """The URIs read from the store, in order."""

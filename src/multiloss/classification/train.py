@@ -294,8 +294,7 @@ def register(trained: TrainedClassifier):
 
 def register_logged(model_uri: str, tags: dict[str, object], card: str | None = None):
     """Register a logged model as a new ``cxr-classifier`` version, tag it and give it ``card``."""
-    version = str(mlflow.register_model(model_uri, names.CLASSIFIER_MODEL, await_registration_for=300).version)
-    registry.tag_version(names.CLASSIFIER_MODEL, version, tags)
+    version = str(registry.register_with_tags(model_uri, names.CLASSIFIER_MODEL, tags).version)
     if card is not None:
         metadata.describe_version(names.CLASSIFIER_MODEL, version, card)
     return mlflow.MlflowClient().get_model_version(names.CLASSIFIER_MODEL, version)

@@ -87,20 +87,25 @@ def log_keras(model: tf_keras.Model, name: str = "model", *, keep_in_memory: boo
 
 def log_and_register(model: tf_keras.Model, registered_name: str, tags: dict[str, object], *,
                      signature=None, card: str | None = None) -> ModelVersion:
-    """Log ``model`` into the active run, register it as a new version, tag the version and give
-    it ``card`` as its description (see :func:`log_keras` for ``signature``)."""
+    """Log ``model`` into the active run, register it as a new version with ``tags`` and give it
+    ``card`` as its description (see :func:`log_keras` for ``signature``)."""
     logged = inference_copy(model)
-    info = mlflow.tensorflow.log_model(logged, name="model", registered_model_name=registered_name,
-                                       pip_requirements=pip_requirements(), await_registration_for=300,
-                                       signature=signature)
-    version = str(info.registered_model_version)
-    tag_version(registered_name, version, tags)
+    info = mlflow.tensorflow.log_model(logged, name="model", pip_requirements=pip_requirements(), signature=signature)
+    version = str(register_with_tags(info.model_uri, registered_name, tags).version)
     if card is not None:
         metadata.describe_version(registered_name, version, card)
     registered = mlflow.MlflowClient().get_model_version(registered_name, version)
     if _kept is not None:
         _keep(registered.source, logged)
     return registered
+
+
+def register_with_tags(model_uri: str, registered_name: str, tags: dict[str, object]) -> ModelVersion:
+    """Register ``model_uri`` as a new version of ``registered_name`` (created if missing) carrying
+    ``tags`` from its creation, as :func:`tag_text` writes them: one registry call, not one a tag
+    (each a round trip to a team server), and no version is ever seen without its tags."""
+    return mlflow.register_model(model_uri, registered_name, await_registration_for=300,
+                                 tags={key: tag_text(value) for key, value in tags.items()})
 
 
 def tag_version(registered_name: str, version: str, tags: dict[str, object]) -> None:
