@@ -105,8 +105,9 @@ def _decoded(n: int, load, out_shape, cache: bool | str, identity: Sequence = ()
 
 def without_autotune(ds: tf.data.Dataset) -> tf.data.Dataset:
     """``ds`` without tf.data's autotuning model. Its background thread made every iterator's
-    deletion wait up to about a second (bench/iterator_teardown.py), and Keras makes and drops one
-    iterator per epoch for training and one per validation: seconds of every fit. What a pipeline
+    deletion wait up to about a second (bench/iterator_teardown.py), and a fit drops iterators every
+    epoch (Keras' own fit one for training and two a validation; training.fit_keeping_best one a
+    validation): seconds of every fit. What a pipeline
     yields, and in what order, is the same either way (every map is deterministic)."""
     options = tf.data.Options()
     options.autotune.enabled = False
