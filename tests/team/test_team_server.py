@@ -123,9 +123,8 @@ def tiny_ensemble_version() -> str:
                                      synthetic=True)
     with store.stage_run(names.ENSEMBLES_EXPERIMENT, run_name="tiny served ensemble"):
         info = serving.log_pipeline(segmenters=segmenters, parts=classifiers, combiner="mean",
-                                    config=config, registered_model_name=names.ENSEMBLE_MODEL,
-                                    pip_requirements=["mlflow"])
-    version = str(info.registered_model_version)
+                                    config=config, pip_requirements=["mlflow"])
+    version = str(registry.register_with_tags(info.model_uri, names.ENSEMBLE_MODEL, {}).version)
     registry.set_alias(names.ENSEMBLE_MODEL, names.CHAMPION, version)
     return version
 

@@ -297,18 +297,17 @@ def register_best(inputs: EnsembleInputs, scored: Scored) -> str:
                                 config=serving.pipeline_config(inputs.crop, members.img_size, inputs.frame["path"],
                                                                synthetic),
                                 weights=best.weights, stacker=best.stacker, name="model",
-                                registered_model_name=names.ENSEMBLE_MODEL,
                                 pip_requirements=registry.pip_requirements())
-    version = str(info.registered_model_version)
     in_best = members.versions if best.kind == "model_level_weighted" else members.versions[:len(best.members)]
     headline = scored.headline
-    registry.tag_version(names.ENSEMBLE_MODEL, version, {
+    tags = {
         "ensemble": best.name, "kind": best.kind, "k": len(best.members), "members": ",".join(in_best),
         "segmenters": ",".join(inputs.crop["members"]), names.SELECT_ON_TAG: inputs.settings.select_on,
         **variants.tags(inputs.settings.variant),
         names.DATA_FINGERPRINT_TAG: inputs.data_print, names.IMG_SIZE_TAG: members.img_size,
         "val_mcc": float(headline["val_mcc"]),
-        **{f"test_{m}": float(headline[m]) for m in TAGGED_SCORES}, names.SYNTHETIC_TAG: str(synthetic).lower()})
+        **{f"test_{m}": float(headline[m]) for m in TAGGED_SCORES}, names.SYNTHETIC_TAG: str(synthetic).lower()}
+    version = str(registry.register_with_tags(info.model_uri, names.ENSEMBLE_MODEL, tags).version)
     metadata.describe_version(names.ENSEMBLE_MODEL, version, ensemble_card(inputs, scored, in_best, synthetic))
     mlflow.set_tag(names.SYNTHETIC_TAG, str(synthetic).lower())
     metadata.describe_run(f"{best.name} ({best.kind}, {len(best.members)} members {', '.join(in_best)}) chosen on "

@@ -508,8 +508,9 @@ def package_wheel(out_dir: Path, requires: list[str] | None = None) -> Path:
 
 
 def log_pipeline(*, segmenters: list, parts: list, combiner: str, config: dict, weights=None, stacker=None,
-                 name: str = "model", registered_model_name: str | None = None, pip_requirements=None):
-    """Save every model into a temporary folder, log the pyfunc into the active run (and register it)."""
+                 name: str = "model", pip_requirements=None):
+    """Save every model into a temporary folder and log the pyfunc into the active run, unregistered
+    (:func:`multiloss.tracking.registry.register_with_tags` registers it, tags and all)."""
     from multiloss.tracking.registry import inference_copy
 
     if combiner not in COMBINERS:
@@ -543,5 +544,5 @@ def log_pipeline(*, segmenters: list, parts: list, combiner: str, config: dict, 
         package = Path(__file__).resolve().parent
         # no input example: MLflow would load every model and predict it while logging
         return mlflow.pyfunc.log_model(name=name, python_model=EnsemblePipeline(), artifacts=artifacts,
-                                       code_paths=[str(package)], registered_model_name=registered_model_name,
-                                       signature=pipeline_signature(), await_registration_for=300, **requirements)
+                                       code_paths=[str(package)], signature=pipeline_signature(),
+                                       **requirements)
