@@ -168,6 +168,44 @@ def test_models_kept_in_memory_hand_out_independent_copies_of_what_was_registere
     assert len(disk_loads) == 3                        # outside the block every load reads the store
 
 
+def test_shared_loads_get_one_model_a_version_and_never_change_what_others_load(disk_loads, monkeypatch):
+    x = np.random.default_rng(4).random((5, 4)).astype(np.float32)
+    trained = _tiny_trained_model()
+    with store.stage_run("classification", run_name="before"):
+        before = registry.log_and_register(trained, names.CLASSIFIER_MODEL, {})
+    registry.set_alias(names.CLASSIFIER_MODEL, "champion", before.version)
+    by_number = f"models:/{names.CLASSIFIER_MODEL}/{before.version}"
+    builds = []
+    real_from_config = tf_keras.Model.from_config.__func__
+    monkeypatch.setattr(tf_keras.Model, "from_config",
+                        classmethod(lambda cls, *a, **k: builds.append(cls) or real_from_config(cls, *a, **k)))
+
+    with registry.models_kept_in_memory():
+        first = registry.load_keras(by_number, shared=True)
+        assert registry.load_keras(f"models:/{names.CLASSIFIER_MODEL}@champion", shared=True) is first
+        assert len(disk_loads) == 1
+        loaded = len(builds)                                          # what the store's own loader built
+        first.trainable = False                                       # what a shared caller may do (ensembles)
+        np.testing.assert_allclose(first.predict(x, verbose=0), trained.predict(x, verbose=0), atol=1e-6)
+        own = registry.load_keras(by_number)                          # a training's copy: its own model
+        assert own is not first and own.get_layer("hidden").trainable and len(builds) == loaded + 1
+        own.set_weights([np.zeros_like(w) for w in own.get_weights()])
+        assert registry.load_keras(by_number, shared=True) is first
+        np.testing.assert_allclose(first.predict(x, verbose=0), trained.predict(x, verbose=0), atol=1e-6)
+
+        with store.stage_run("classification", run_name="inside"):   # registered here: built from memory once
+            inside = registry.log_and_register(_tiny_trained_model(), names.CLASSIFIER_MODEL, {})
+        inside_uri = f"models:/{names.CLASSIFIER_MODEL}/{inside.version}"
+        assert registry.load_keras(inside_uri, shared=True) is registry.load_keras(inside_uri, shared=True)
+        assert len(builds) == loaded + 2 and len(disk_loads) == 1
+
+    outside = registry.load_keras(by_number, shared=True)             # outside the block nothing is shared
+    assert outside is not first and registry.load_keras(by_number, shared=True) is not outside
+    assert len(disk_loads) == 3
+    with registry.models_kept_in_memory():                            # a new block starts empty
+        assert registry.load_keras(by_number, shared=True) is not first and len(disk_loads) == 4
+
+
 def test_a_logged_model_is_kept_only_when_asked_and_loads_back_by_its_uri(disk_loads):
     x = np.random.default_rng(3).random((5, 4)).astype(np.float32)
     kept, other = _tiny_trained_model(), _tiny_trained_model()

@@ -204,7 +204,8 @@ def build_and_score(inputs: EnsembleInputs) -> Scored:
     run_ids = [r.version.run_id for r in members.ranked]
     val = rebase(member_predictions(run_ids, "val"), inputs.frame, "val", "train")
     test = rebase(member_predictions(run_ids, "test"), inputs.frame, "test", "test")
-    models = [registry.load_keras(registry.version_uri(names.CLASSIFIER_MODEL, v)) for v in members.versions]
+    models = [registry.load_keras(registry.version_uri(names.CLASSIFIER_MODEL, v), shared=True)
+              for v in members.versions]
     singles, ensembles, levels = build_all(members.member_names, models, inputs.frame, val, test,
                                            top_k=settings.top_k, img_size=members.img_size, epochs=settings.epochs,
                                            batch_size=settings.batch_size, lr=settings.lr,
@@ -290,7 +291,7 @@ def register_best(inputs: EnsembleInputs, scored: Scored) -> str:
     It carries the U-Nets that cropped the data, so it serves raw X-rays without the registry.
     """
     best, members = scored.best, inputs.members
-    segmenters = [registry.load_keras(uri) for uri in inputs.segmenter_uris]
+    segmenters = [registry.load_keras(uri, shared=True) for uri in inputs.segmenter_uris]
     parts, combiner = serving_parts(best, scored.members)
     synthetic = provenance.is_synthetic(inputs.data)
     info = serving.log_pipeline(segmenters=segmenters, parts=parts, combiner=combiner,

@@ -187,7 +187,8 @@ def crop_or_reuse(frame: pd.DataFrame, data: str | os.PathLike, out: str | os.Pa
         if earlier is not None:
             changed = sorted(k for k, v in settings.items() if earlier.get(k) != v)
             progress(f"crop: {out} holds an earlier crop with other {', '.join(changed)}; replacing it")
-        models = [registry.load_keras(registry.version_uri(names.SEGMENTATION_MODEL, m.version)) for m in members]
+        models = [registry.load_keras(registry.version_uri(names.SEGMENTATION_MODEL, m.version), shared=True)
+                  for m in members]
         manifest = crop_dataset(frame, data, out, models, seg_size=seg_size, img_size=img_size, margin=margin,
                                 batch_size=batch_size, provenance=provenance, progress=progress)
     cropped = read_kermany(out)

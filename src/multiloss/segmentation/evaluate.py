@@ -207,7 +207,8 @@ def rank_versions(versions: list[ModelVersion], pairs: pd.DataFrame, *, top_k: i
     for version in versions:
         label = f"v{version.version} {version.tags.get(names.LOSS_TAG, '?')}"
         by_label[label] = version
-        models[label] = registry.load_keras(registry.version_uri(names.SEGMENTATION_MODEL, version.version))
+        models[label] = registry.load_keras(registry.version_uri(names.SEGMENTATION_MODEL, version.version),
+                                            shared=True)
     scored = holdout_masks(models, pairs, img_size, batch_size=batch_size)
     progress(f"segment_eval: scored {', '.join(models)}")
     singles = _summary(scored.scores)

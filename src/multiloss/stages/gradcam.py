@@ -64,7 +64,7 @@ def main(argv=None) -> None:
     explained = explained_model(args.model, args.img_size)
 
     with store.stage_run(explained.experiment, run_name="gradcam") as active:
-        model = registry.load_keras(args.model)
+        model = registry.load_keras(args.model, shared=True)
         layer = chosen_layer(model, args.layer)
         store.log_params({"model": args.model, "model_version": explained.version.version if explained.version else "",
                           "images": str(Path(args.images).resolve()), "layer": layer, "img_size": explained.img_size,

@@ -196,6 +196,9 @@ def resolve_version(uri: str) -> str:
 # taken when the version was registered or first loaded, so what callers do to their copies never
 # reaches them.
 _kept: dict[str, tuple[type, dict, list[np.ndarray]]] | None = None
+# Within the same block: source -> the one model handed to every ``shared`` load (callers that only
+# predict with it), so it is built, and its predict function traced, once.
+_shared: dict[str, tf_keras.Model] = {}
 LOGGED_MODEL_URI = re.compile(r"models:/m-[0-9a-f]+")
 
 
@@ -206,13 +209,14 @@ def models_kept_in_memory() -> Iterator[None]:
     sweep in one process loads the same U-Net for every classifier: reading an EfficientNet-B0
     U-Net back costs ~6 s, rebuilding it ~2 s. A version's model never changes, and each load is
     its own model, so callers may train or freeze what they get."""
-    global _kept
-    outer = _kept
-    _kept = {} if outer is None else outer
+    global _kept, _shared
+    outer, outer_shared = _kept, _shared
+    if outer is None:
+        _kept, _shared = {}, {}
     try:
         yield
     finally:
-        _kept = outer
+        _kept, _shared = outer, outer_shared
 
 
 def kept_models() -> dict[str, tuple[type, dict, list[np.ndarray]]]:
@@ -255,17 +259,25 @@ def keras_config_and_weights(uri: str) -> tuple[dict, list[np.ndarray], tf_keras
     return model.get_config(), model.get_weights(), model
 
 
-def load_keras(uri: str) -> tf_keras.Model:
+def load_keras(uri: str, *, shared: bool = False) -> tf_keras.Model:
     """A registered or logged Keras model, e.g. ``models:/cxr-lung-seg@champion`` (see
-    :func:`models_kept_in_memory`)."""
+    :func:`models_kept_in_memory`). ``shared``: the caller only predicts with it (it may freeze it,
+    never changes its weights), so within that block every shared load of a version gets the same
+    model: rebuilding a network (~1.5-2 s for an EfficientNet-B0) and tracing its predict function
+    are paid once per process, not once per step that reads it. A load that is not shared always
+    gets a model of its own, built from the snapshot, whatever shared loads did to theirs."""
     source = _registered_source(uri) if _kept is not None else None
+    if shared and source in _shared:
+        return _shared[source]
     if source is not None and source in _kept:
         cls, config, weights = _kept[source]
         model = cls.from_config(config)
         model.set_weights(weights)
-        return model
-    with weights_read_at_once():
-        model = mlflow.tensorflow.load_model(uri)
-    if source is not None:
-        _keep(source, model)
+    else:
+        with weights_read_at_once():
+            model = mlflow.tensorflow.load_model(uri)
+        if source is not None:
+            _keep(source, model)
+    if shared and source is not None:
+        _shared[source] = model
     return model
