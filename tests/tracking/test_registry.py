@@ -222,6 +222,24 @@ def test_a_logged_model_is_kept_only_when_asked_and_loads_back_by_its_uri(disk_l
         assert disk_loads == [other_uri]
 
 
+def test_models_of_one_architecture_share_one_inference_copy_that_carries_each_ones_weights():
+    x = np.random.default_rng(5).random((5, 4)).astype(np.float32)
+    tf_keras.backend.clear_session()                   # as main does between steps: the same layer names
+    first = _tiny_trained_model()
+    tf_keras.backend.clear_session()
+    second = _tiny_trained_model()
+    second.set_weights([w + 0.5 for w in second.get_weights()])
+    assert registry.architecture_digest(first.get_config()) == registry.architecture_digest(second.get_config())
+    copy = registry.inference_copy(first)
+    np.testing.assert_allclose(copy.predict(x, verbose=0), first.predict(x, verbose=0), atol=1e-6)
+    assert registry.inference_copy(second) is copy
+    np.testing.assert_allclose(copy.predict(x, verbose=0), second.predict(x, verbose=0), atol=1e-6)
+    assert copy.optimizer is None
+    wider = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(5)])
+    wider.compile(optimizer="sgd", loss="mse")
+    assert registry.inference_copy(wider) is not copy and registry.inference_copy(wider).output_shape == (None, 5)
+
+
 def test_the_inference_copy_of_a_model_trained_again_is_made_once_and_has_its_current_weights():
     inputs = tf_keras.Input((4,))
     outputs = tf_keras.layers.Dense(3, activation="softmax", activity_regularizer="l2")(inputs)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -96,11 +95,6 @@ def seed_dropout_from_variables(model: tf_keras.Model) -> list[RandomGenerator]:
             layer._random_generator._maybe_init()
             generators.append(layer._random_generator)
     return generators
-
-
-def architecture_digest(config: dict) -> str:
-    """A short digest of a Keras model config: same digest, same layers and shapes."""
-    return hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,11 +211,11 @@ def classifier_graph(encoder_uri: str, *, strategy: str, bn_momentum: float | No
 
     if not (sharing_graphs() if reuse is None else reuse):
         unet = registry.load_keras(encoder_uri)
-        key = GraphKey(architecture_digest(unet.get_config()), strategy, bn_momentum, momentum,
+        key = GraphKey(registry.architecture_digest(unet.get_config()), strategy, bn_momentum, momentum,
                        metric_configs(extra_metrics), precision, jit_compile)
         return ClassifierGraph.build(unet, key, distribution_strategy(strategy), extra_metrics), None
     config, weights, loaded = registry.keras_config_and_weights(encoder_uri)
-    key = GraphKey(architecture_digest(config), strategy, bn_momentum, momentum, metric_configs(extra_metrics),
+    key = GraphKey(registry.architecture_digest(config), strategy, bn_momentum, momentum, metric_configs(extra_metrics),
                    precision, jit_compile)
     graph = _graphs.get(key)
     if graph is None:

@@ -8,7 +8,9 @@ model in a subprocess). Promotion uses aliases, never the deprecated stages.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
+import json
 import re
 import weakref
 from collections.abc import Iterator
@@ -51,23 +53,35 @@ def _has_training_terms(model: tf_keras.Model) -> bool:
                or (isinstance(layer, tf_keras.Model) and _has_training_terms(layer)) for layer in model.layers)
 
 
-# model -> its inference copy, for models trained again and again (a process's shared classifier
-# graph): cloning an EfficientNet-B0 classifier costs seconds, setting a copy's weights nothing.
+def architecture_digest(config: dict) -> str:
+    """A short digest of a Keras model config: same digest, same layers and shapes."""
+    return hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# model -> its inference copy, and architecture digest -> that copy: cloning an EfficientNet-B0
+# costs a second or two, setting a copy's weights nothing. A process's shared classifier graph is
+# one model trained again and again; a pipeline's U-Nets are a new model each, of one architecture.
 _copies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_copies_by_architecture: dict[str, tf_keras.Model] = {}
 
 
 def inference_copy(model: tf_keras.Model) -> tf_keras.Model:
     """An uncompiled float32 copy with the same weights: no optimizer state, no loss or regulariser
     to deserialize, so serving it needs none of our code, and no mixed training policy (every layer
     computes in float32). A model that has none of these already (one loaded from the registry, an
-    ensemble of such) is returned as it is: cloning a U-Net is not free. The copy of a model is
-    made once and given the model's current weights at each call, so save what one call returns
-    before the next."""
+    ensemble of such) is returned as it is: cloning a U-Net is not free. One copy is made per
+    architecture (the model's config) and given the model's current weights at each call, so save
+    what one call returns before the next."""
     if not _has_training_terms(model):
         return model
     copy = _copies.get(model)
     if copy is None:
-        copy = _copies[model] = tf_keras.models.clone_model(model, clone_function=_without_training_terms)
+        architecture = architecture_digest(model.get_config())
+        copy = _copies_by_architecture.get(architecture)
+        if copy is None:
+            copy = _copies_by_architecture[architecture] = tf_keras.models.clone_model(
+                model, clone_function=_without_training_terms)
+        _copies[model] = copy
     copy.set_weights(model.get_weights())
     return copy
 
