@@ -12,6 +12,7 @@ from multiloss.training import (
     best_epoch_of,
     create_training_variables,
     fit_keeping_best,
+    momentum_sgd,
     repeated_for_fit,
 )
 
@@ -35,6 +36,7 @@ def batches() -> tf.data.Dataset:
 
 
 OPTIMIZERS = {"sgd_momentum": lambda: tf_keras.optimizers.SGD(0.1, momentum=0.9),
+              "momentum_sgd": lambda: momentum_sgd(0.1, 0.9),
               "legacy_adam": lambda: tf_keras.optimizers.legacy.Adam(0.01)}
 
 
@@ -56,17 +58,48 @@ def test_variables_made_before_fit_spare_a_second_trace_and_change_no_weight(opt
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_a_model_with_its_variables_made_is_not_run_again(monkeypatch):
+def optimizer_variables(optimizer) -> list:
+    found = optimizer.variables
+    return list(found() if callable(found) else found)         # a method on the legacy optimizers
+
+
+@pytest.mark.parametrize("optimizer", ["sgd_momentum", "momentum_sgd"])
+def test_a_model_with_its_variables_made_is_not_run_again(monkeypatch, optimizer):
     """A shared graph's later trainings: everything exists, so no eager pass over the network."""
-    model = tiny_model(tf_keras.optimizers.SGD(0.1, momentum=0.9))
+    model = tiny_model(OPTIMIZERS[optimizer]())
     create_training_variables(model, batches().element_spec)
-    slots = [v.ref() for v in model.optimizer.variables]
+    slots = [v.ref() for v in optimizer_variables(model.optimizer)]
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was run again")
     monkeypatch.setattr(model, "compute_loss", refuse)
     create_training_variables(model, batches().element_spec)
-    assert [v.ref() for v in model.optimizer.variables] == slots            # the same slots, none made
+    assert [v.ref() for v in optimizer_variables(model.optimizer)] == slots      # the same slots, none made
+
+
+def applied_op_types(optimizer, model) -> list[str]:
+    """The op types of one traced ``apply_gradients`` over ``model``'s variables."""
+    variables = model.trainable_variables
+
+    @tf.function
+    def step():
+        optimizer.apply_gradients([(tf.ones_like(v), v) for v in variables])
+    return [op.type for op in step.get_concrete_function().graph.get_operations()]
+
+
+def test_momentum_sgd_updates_each_variable_in_one_fused_kernel_and_trains_to_the_same_bits():
+    fused, plain = tiny_model(momentum_sgd(0.1, 0.9)), tiny_model(tf_keras.optimizers.SGD(0.1, momentum=0.9))
+    fused_history = fused.fit(batches(), validation_data=batches(), epochs=3, verbose=0).history
+    plain_history = plain.fit(batches(), validation_data=batches(), epochs=3, verbose=0).history
+
+    assert fused_history == plain_history
+    for a, b in zip(fused.get_weights(), plain.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    n_variables = len(fused.trainable_variables)
+    fused_ops = applied_op_types(fused.optimizer, fused)
+    plain_ops = applied_op_types(plain.optimizer, plain)
+    assert fused_ops.count("ResourceApplyKerasMomentum") == n_variables
+    assert "ResourceApplyKerasMomentum" not in plain_ops and len(plain_ops) > len(fused_ops)
 
 
 def test_fit_keeping_best_traces_its_step_once():

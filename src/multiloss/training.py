@@ -19,6 +19,13 @@ from multiloss import names
 STRATEGIES = ("default", "mirrored", "multiworker")
 
 
+def momentum_sgd(lr: float, momentum: float):
+    """SGD with momentum, the paper's optimizer, as tf_keras' legacy class: it updates each variable
+    in one fused kernel (ResourceApplyKerasMomentum) where the newer class runs several small ops a
+    variable, and it gives the same weights to the last bit (``tests/test_training.py``)."""
+    return tf_keras.optimizers.legacy.SGD(lr, momentum=momentum)
+
+
 def distribution_strategy(name: str = "default", devices: list[str] | None = None) -> tf.distribute.Strategy:
     if name == "default":
         return tf.distribute.get_strategy()
@@ -81,7 +88,9 @@ def create_training_variables(model: tf_keras.Model, element_spec) -> None:
     optimizer = model.optimizer
     if isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
         optimizer = optimizer.inner_optimizer               # mixed_float16: its slots are the inner one's
-    if model.compiled_loss.built and model.compiled_metrics.built and getattr(optimizer, "_built", False):
+    legacy = isinstance(optimizer, tf_keras.optimizers.legacy.Optimizer)      # it has no _built: its slots tell
+    made = bool(optimizer.weights) if legacy else getattr(optimizer, "_built", False)
+    if model.compiled_loss.built and model.compiled_metrics.built and made:
         return                      # a model trained before (a shared graph): all made, nothing to trace
     x_spec, y_spec = element_spec[0], element_spec[1]
     zeros = lambda spec: tf.zeros([1, *spec.shape[1:]], spec.dtype)          # noqa: E731
@@ -90,10 +99,10 @@ def create_training_variables(model: tf_keras.Model, element_spec) -> None:
     model.compute_loss(x, y, y_pred)
     model.compute_metrics(x, y, y_pred, None)
     model.reset_metrics()
-    if hasattr(optimizer, "build"):
-        optimizer.build(model.trainable_variables)
-    else:                                                   # tf_keras.optimizers.legacy
+    if legacy:
         optimizer._create_all_weights(model.trainable_variables)
+    else:
+        optimizer.build(model.trainable_variables)
 
 
 class KeepBestWeights(tf_keras.callbacks.Callback):

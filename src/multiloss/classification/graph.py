@@ -34,6 +34,7 @@ from multiloss.losses.classification import (
 from multiloss.models import precision
 from multiloss.models.classifier import HEAD_LAYERS, build_classifier
 from multiloss.tracking import registry
+from multiloss.training import momentum_sgd
 
 
 class RuntimeLoss(tf_keras.losses.Loss):
@@ -133,7 +134,7 @@ class ClassifierGraph:
             with precision.policy(key.precision):
                 model = build_classifier(unet, activity_regularizer=regularizer, bn_momentum=key.bn_momentum)
             dropout = seed_dropout_from_variables(model)
-            sgd = tf_keras.optimizers.SGD(0.01, momentum=key.momentum)
+            sgd = momentum_sgd(0.01, key.momentum)
             model.compile(optimizer=precision.optimizer(sgd, key.precision), loss=loss,
                           metrics=["accuracy", *extra_metrics], jit_compile=key.jit_compile)
         return cls(model, unet, loss, regularizer, strategy, dropout)

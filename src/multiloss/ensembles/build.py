@@ -50,7 +50,7 @@ from multiloss.metrics.classification import (
 )
 from multiloss.models.ensemble_heads import ModelLevel, fit_stacking, stacking_predict
 from multiloss.names import ensemble_metric_prefix
-from multiloss.training import fit_keeping_best
+from multiloss.training import fit_keeping_best, momentum_sgd
 
 # Feature caches above this size train the model-level head through the full model instead.
 MAX_FEATURE_CACHE_BYTES = 2 * 1024**3
@@ -206,7 +206,7 @@ def model_level(names: list[str], members: list[tf_keras.Model], *, train_paths:
     ensemble = ModelLevel(members, names, freeze_conv=freeze_conv)
     classes = [str(c) for c in np.asarray(train_labels)]
     val_labels = [CLASSES[i] for i in val.labels]
-    ensemble.head.compile(optimizer=tf_keras.optimizers.SGD(lr, momentum=0.9), loss="categorical_crossentropy")
+    ensemble.head.compile(optimizer=momentum_sgd(lr, 0.9), loss="categorical_crossentropy")
     if len(set(names)) != len(names):
         raise ValueError(f"model_level: member names must be unique (they key the feature cache), got {names}")
     cache = {} if feature_cache is None else feature_cache
@@ -217,7 +217,7 @@ def model_level(names: list[str], members: list[tf_keras.Model], *, train_paths:
         cache.clear()
         train = image_dataset(train_paths, classes, img_size=img_size, batch_size=batch_size, shuffle=True, seed=seed)
         val_ds = image_dataset(val.paths, val_labels, img_size=img_size, batch_size=batch_size)
-        ensemble.full.compile(optimizer=tf_keras.optimizers.SGD(lr, momentum=0.9), loss="categorical_crossentropy")
+        ensemble.full.compile(optimizer=momentum_sgd(lr, 0.9), loss="categorical_crossentropy")
         fit_keeping_best(ensemble.full, train, val_ds, epochs=epochs, images_per_epoch=len(train_paths),
                          patience=patience, metric_prefix=metric_prefix)
         predict = lambda paths: _features(ensemble.full, paths, img_size, batch_size)  # noqa: E731
