@@ -97,5 +97,6 @@ def main(argv=None) -> None:
     for name, r in results.items():
         print(f"| {name} | {r['first_s']:.1f} | {r['step_ms']:.1f} | {r['step_ms'] / results[base]['step_ms']:.2f} |")
 
+
 if __name__ == "__main__":
     main()
