@@ -26,6 +26,13 @@ def momentum_sgd(lr: float, momentum: float):
     return tf_keras.optimizers.legacy.SGD(lr, momentum=momentum)
 
 
+def optimizer_variables(optimizer) -> list[tf.Variable]:
+    """An optimizer's own variables (step count and slots): a property on tf_keras' newer
+    optimizers, a method on the legacy ones; a LossScaleOptimizer's are its inner optimizer's."""
+    found = optimizer.variables
+    return list(found() if callable(found) else found)
+
+
 def distribution_strategy(name: str = "default", devices: list[str] | None = None) -> tf.distribute.Strategy:
     if name == "default":
         return tf.distribute.get_strategy()

@@ -19,7 +19,7 @@ from multiloss.models.unet import build_unet
 from multiloss.pipeline import profiles
 from multiloss.stages import classify, segment, sweep
 from multiloss.tracking import registry, store
-from multiloss.training import create_training_variables
+from multiloss.training import create_training_variables, optimizer_variables
 
 COMPUTE = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
 # A reloaded (float32) model against the in-memory one it was logged from, max |Δ| of its outputs
@@ -120,13 +120,13 @@ def test_graphs_of_different_policies_are_not_shared_and_a_mixed_float16_reset_r
         # where a previous training left them: a lowered scale, a count of good steps, slots and steps
         optimizer._loss_scale.current_loss_scale.assign(4.0)
         optimizer.dynamic_counter.assign(7)
-        slots = optimizer.variables()           # the legacy optimizers': a method (training.momentum_sgd)
+        slots = optimizer_variables(optimizer)
         for variable in slots:
             variable.assign(tf.ones_like(variable))
         half.reset(loss=classification_loss("cce"), lr=0.01, seed=0, unet_weights=weights)
         assert float(optimizer.loss_scale) == initial == 2.0 ** 15
         assert int(optimizer.dynamic_counter) == 0 and int(optimizer.iterations) == 0
-        assert slots and all(not np.any(v.numpy()) for v in optimizer.variables())
+        assert slots and all(not np.any(v.numpy()) for v in optimizer_variables(optimizer))
         assert float(optimizer.learning_rate) == pytest.approx(0.01)
 
         # a few steps train (an overflowing first step only halves the scale)

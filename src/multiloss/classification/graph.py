@@ -34,7 +34,7 @@ from multiloss.losses.classification import (
 from multiloss.models import precision
 from multiloss.models.classifier import HEAD_LAYERS, build_classifier
 from multiloss.tracking import registry
-from multiloss.training import momentum_sgd
+from multiloss.training import momentum_sgd, optimizer_variables
 
 
 class RuntimeLoss(tf_keras.losses.Loss):
@@ -158,8 +158,7 @@ class ClassifierGraph:
         for number, generator in enumerate(self.dropout):
             generator._generator.reset_from_seed(seed * len(self.dropout) + number)
         optimizer = self.model.optimizer
-        slots = optimizer.variables
-        for variable in slots() if callable(slots) else slots:     # a LossScaleOptimizer's: the inner one's
+        for variable in optimizer_variables(optimizer):
             variable.assign(tf.zeros_like(variable))
         precision.reset_loss_scale(optimizer)
         optimizer.learning_rate.assign(lr)
