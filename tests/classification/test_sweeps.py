@@ -275,6 +275,9 @@ def test_sweep_stage_runs_real_classify_trials_and_registers_only_the_best(tmp_p
     client = mlflow.MlflowClient()
     for child in trials:
         assert child.info.status == "FINISHED" and child.data.params["loss_lam"] in ("1.0", "10.0")
+        # drawn while the next trial trained, logged before its run was finished
+        assert {f"{split}_{kind}.png" for split in ("val", "test") for kind in ("confusion", "roc_pr", "reliability")
+                } <= {f.path for f in client.list_artifacts(child.info.run_id)}
         assert len(client.get_metric_history(child.info.run_id, "epoch/val_loss")) == 2
         assert len(client.get_metric_history(child.info.run_id, "epoch/val_cross_entropy")) == 2
         assert child.data.metrics["trial_val_nll"] == pytest.approx(child.data.metrics["val_nll"])

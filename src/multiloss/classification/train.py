@@ -14,7 +14,7 @@ import mlflow
 import numpy as np
 import tf_keras
 
-from multiloss import cpu_threads, names, variants
+from multiloss import cpu_threads, helper_process, names, variants
 from multiloss.classification.graph import classifier_graph, seed_training
 from multiloss.classification.scoring import (
     degenerate_from_scores,
@@ -40,7 +40,7 @@ from multiloss.metrics.classification import MCC_INTERVAL_LABELS
 from multiloss.models import precision
 from multiloss.models.unet import check_size
 from multiloss.project import boolean_text, declared_parameters
-from multiloss.tracking import metadata, registry, store
+from multiloss.tracking import background, metadata, registry, store
 from multiloss.training import fit_keeping_best
 
 # The parameters any classification loss takes (each loss takes some of them), in the loss table's order.
@@ -204,7 +204,8 @@ def balanced_class_weights(labels: np.ndarray) -> dict[int, float]:
 def train_classifier(config: ClassifierConfig, *, epoch_hooks: Sequence[EpochHook] = (),
                      extra_metrics: Sequence[tf_keras.metrics.Metric] = (),
                      data_fingerprint: str | None = None, reuse_graph: bool | None = None) -> TrainedClassifier:
-    """Train, keep the lowest-val_loss weights, score val and test, and log it all into the active run.
+    """Train, keep the lowest-val_loss weights, score val and test, and log it all into the active run
+    (inside a stage's run the figures are still being drawn when this returns: :mod:`multiloss.tracking.background`).
 
     ``epoch_hooks`` are called as ``hook(epoch, logs)`` after each epoch's validation (after the
     epoch's metrics are logged); an exception they raise (a pruned trial) ends the training there.
@@ -272,12 +273,18 @@ def train_classifier(config: ClassifierConfig, *, epoch_hooks: Sequence[EpochHoo
             mlflow.log_metrics({f"{name}_{k}": v for k, v in scores[name].items()})
             predictions_frame(parts[name]["path"], labels[name], split_probs).to_csv(
                 Path(tmp) / f"{name}_predictions.csv", index=False)
-            split_figures(tmp, name, labels[name], split_probs, config.loss)
         mlflow.log_artifacts(tmp)
+    background.log_files(lambda folder: _draw_split_figures(folder, labels, probs, config.loss))
     mlflow.set_tags(degenerate_tags(scores["val"]))       # decided on validation only, never on test
     trained = TrainedClassifier(model, loss, config, fit, scores, data_print, encoder_version, synthetic)
     metadata.describe_run(trained.summary())
     return trained
+
+
+def _draw_split_figures(folder: Path, labels: dict[str, np.ndarray], probs: list[np.ndarray], title: str) -> None:
+    """Each split's figures, drawn in the helper process (inside a stage's run, while the stage goes on)."""
+    for name, split_probs in zip(("val", "test"), probs):
+        helper_process.call(split_figures, folder, name, labels[name], split_probs, title)
 
 
 def log_unregistered(trained: TrainedClassifier) -> str:

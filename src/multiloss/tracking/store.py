@@ -22,6 +22,7 @@ import mlflow
 
 from multiloss import names
 from multiloss.paths import store_dir
+from multiloss.tracking import background
 
 
 def default_tracking_uri() -> str:
@@ -135,14 +136,14 @@ def stage_run(experiment: str, run_name: str | None = None):
     if os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").lower() in ("true", "1"):
         mlflow.system_metrics.set_system_metrics_node_id(node_id())
     if os.environ.get("MLFLOW_RUN_ID"):
-        with mlflow.start_run() as run:
+        with mlflow.start_run() as run, background.deferring():
             mlflow.set_tags(process_tags())
             # the launcher may have made the experiment (``mlflow run --experiment-name``)
             mark_model_training(mlflow.MlflowClient().get_experiment(run.info.experiment_id))
             yield run
         return
     experiment_id = ensure_experiment(experiment)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run, background.deferring():
         mlflow.set_tags(process_tags())
         yield run
 

@@ -39,6 +39,7 @@ from multiloss.classification.sweeps.storage import (
     storage_label,
 )
 from multiloss.data.fingerprint import kermany_fingerprint
+from multiloss.tracking import background
 from multiloss.tracking.store import process_tags
 
 SAMPLERS = ("grid", "tpe")
@@ -325,8 +326,9 @@ def run_trial(study: optuna.Study, storage, trial: optuna.Trial, objective: Obje
             tags = {"sweep.role": "trial", "sweep.study": study.study_name, "sweep.trial": str(trial.number),
                     names.LOSS_TAG: settings.loss, **input_tags(settings), **process_tags(),
                     **({"sweep.retry_of": str(retry_of)} if retry_of is not None else {})}
-            with mlflow.start_run(experiment_id=experiment_id, run_name=f"{study.study_name}-trial-{trial.number}",
-                                  nested=True, tags=tags) as run:
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=f"{study.study_name}-trial-{trial.number}",
+                                   nested=True, tags=tags)
+            try:
                 mlflow.set_tag(MLFLOW_PARENT_RUN_ID, parent_run_id)   # directly under the sweep, whichever worker
                 trial.set_user_attr(RUN_ID_ATTR, run.info.run_id)
                 mlflow.log_params({f"loss_{name}": v for name, v in params.items()})
@@ -339,6 +341,10 @@ def run_trial(study: optuna.Study, storage, trial: optuna.Trial, objective: Obje
                     print(f"sweep: {pruned}", flush=True)
                 finally:
                     mlflow.log_metric("trial_epochs", len(storage.get_trial(trial._trial_id).intermediate_values))
+            except BaseException:
+                background.end_run("FAILED")
+                raise
+            background.end_run()          # FINISHED once its figures are logged; the next trial starts now
     except BaseException:   # the MLflow run has ended FAILED; Optuna records the same
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         raise

@@ -48,7 +48,7 @@ from multiloss.classification.sweeps.study import (
     study_idle,
 )
 from multiloss.classification.sweeps.summary import register_best, summarise
-from multiloss.tracking import registry
+from multiloss.tracking import background, registry
 from multiloss.tracking.store import process_tags
 
 
@@ -105,6 +105,7 @@ def run_sweep(settings: SweepSettings, objective: Objective | None = None) -> Sw
             state = run_trial(study, storage, trial, objective, settings, parent_run_id)
             outcome.trials_run.append(trial.number)
             print(f"sweep: {progress(study, trial.number, state)}", flush=True)
+    background.wait_all()                      # every trial's run FINISHED, with its figures
     if study_idle(study, settings):
         outcome.summary = summarise(study, settings, parent_run_id)
         outcome.registered_version = register_best(study, parent_run_id)
