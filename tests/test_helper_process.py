@@ -18,15 +18,37 @@ def test_a_call_runs_in_another_process_and_returns_its_result():
     assert helper_process.call(divmod, 17, 5) == (3, 2)
 
 
+def heavy_modules_after_the_figures_imports() -> list[str]:
+    import multiloss.classification.scoring  # noqa: F401  (what drawing a classifier's figures imports)
+    import multiloss.plots  # noqa: F401
+
+    return heavy_modules_loaded()
+
+
+def shout() -> str:
+    print("drawn", flush=True)
+    sys.stdout.write("x" * 20000)
+    sys.stdout.flush()
+    os.write(1, b"from C, say")
+    return "answer"
+
+
 def test_the_helper_imports_what_its_calls_need_and_never_tensorflow():
     import tensorflow  # noqa: F401  (loaded here; the helper must not load it too)
 
-    assert helper_process.call(heavy_modules_loaded) == []
+    assert helper_process.call(heavy_modules_after_the_figures_imports) == []
 
 
 def test_what_a_call_prints_does_not_get_into_its_answer():
-    assert helper_process.call(print, "drawn") is None
+    assert helper_process.call(shout) == "answer"
     assert helper_process.call(divmod, 7, 2) == (3, 1)
+
+
+def test_an_argument_that_does_not_pickle_is_raised_here_and_the_helper_stays():
+    first = helper_process.call(os.getpid)
+    with pytest.raises(Exception, match="pickle"):
+        helper_process.call(divmod, lambda: 1, 2)
+    assert helper_process.call(os.getpid) == first
 
 
 def test_an_error_comes_back_with_its_traceback():

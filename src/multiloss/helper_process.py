@@ -3,6 +3,7 @@ this process it would hold the interpreter lock that a training needs between it
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -19,23 +20,32 @@ class _Helper:
     runs module-level functions one at a time over a pipe, and ends when this process does."""
 
     def __init__(self):
+        # this process's import path (a test's modules, a checkout on PYTHONPATH); one thread per op,
+        # as the training's; its own session, so that Ctrl-C stops the caller, who then ends it
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path),
+               "OMP_NUM_THREADS": "1"}
         self.process = subprocess.Popen([sys.executable, "-c", "from multiloss import helper_process; "
-                                         "helper_process.serve()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                                         "helper_process.serve()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        env=env, start_new_session=True)
         self.lock = threading.Lock()
 
     def call(self, function: Callable, *args):
+        request = pickle.dumps((function, args))     # whole before a byte is sent
         with self.lock:
             try:
-                pickle.dump((function, args), self.process.stdin)
+                self.process.stdin.write(len(request).to_bytes(8, "little") + request)
                 self.process.stdin.flush()
                 ok, value = pickle.load(self.process.stdout)
             except (EOFError, OSError, pickle.UnpicklingError):
                 raise RuntimeError(f"the helper process {self.process.pid} ended (exit code "
                                    f"{self._ended()}) before answering") from None
+            except BaseException:            # an interrupt mid-message: out of step for good
+                self.process.kill()
+                self.process.wait()
+                raise
         if not ok:
             raise RuntimeError(f"in the helper process:\n{value}")
         return value
-
 
     def _ended(self) -> int:
         try:
@@ -46,19 +56,22 @@ class _Helper:
 
 
 def serve() -> None:
-    """The helper's loop: a pickled ``(function, args)`` in, ``(ok, result or traceback)`` out."""
-    requests, answers = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr              # a print in a called function must not get into the answers
+    """The helper's loop: a pickled ``(function, args)`` in (its length first), ``(ok, result or
+    traceback)`` out."""
+    requests, answers = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)                        # what a call prints, even from C, goes to stderr, not into the answers
+    sys.stdout = sys.stderr
     while True:
-        try:
-            function, args = pickle.load(requests)
-        except EOFError:                 # this process's parent has ended
+        size = requests.read(8)
+        if len(size) < 8:                # this process's parent has ended
             return
+        request = requests.read(int.from_bytes(size, "little"))
         try:
-            answer = (True, function(*args))
+            function, args = pickle.loads(request)   # e.g. a function this process cannot import
+            answer = pickle.dumps((True, function(*args)))
         except Exception:                # noqa: BLE001 - handed back to the caller, who raises it
-            answer = (False, traceback.format_exc())
-        pickle.dump(answer, answers)
+            answer = pickle.dumps((False, traceback.format_exc()))
+        answers.write(answer)
         answers.flush()
 
 

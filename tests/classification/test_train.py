@@ -174,3 +174,27 @@ def test_mlflow_run_with_a_mistyped_data_path_ends_its_run_failed_not_running(tm
     store.configure()
     runs = mlflow.search_runs(experiment_names=["classification"], output_format="list")
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FAILED"}
+
+
+@pytest.mark.slow
+def test_a_classify_run_whose_figures_cannot_be_logged_fails_and_keeps_no_version(tmp_path, register_unet,
+                                                                                   monkeypatch):
+    """The figures are drawn while the model is registered; if they cannot be logged, the run ends
+    FAILED and the version it registered goes again: a version only of a run that is whole."""
+    from multiloss.classification import train
+
+    data = tmp_path / "synthetic"
+    write_synthetic(data, n_seg=1, n_cls=15, size=48, seed=2)
+    register_unet({"loss": "bce"}, aliases=[names.CHAMPION], run_name="encoder")
+
+    def no_room(folder, labels, probs, title):
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(train, "_draw_split_figures", no_room)
+    with pytest.raises(RuntimeError, match="could not be logged: no space left on device"):
+        classify.main(["--loss", "cce", "--data", str(data / "chest_xray"), "--img-size", "32", "--epochs", "1",
+                       "--batch-size", "8", "--ci-method", "wald"])
+    assert registry.versions(names.CLASSIFIER_MODEL) == []
+    experiment = mlflow.get_experiment_by_name(names.CLASSIFICATION_EXPERIMENT)
+    [run] = mlflow.search_runs([experiment.experiment_id], output_format="list")
+    assert run.info.status == "FAILED"

@@ -2,6 +2,7 @@
 FINISHED only once all of them are logged; a write that fails fails its run and is raised."""
 
 import threading
+import time
 
 import mlflow
 import pytest
@@ -51,7 +52,7 @@ def test_a_run_left_while_its_files_are_written_stays_running_until_they_are_log
         run = mlflow.start_run()
         run_id = run.info.run_id
         background.log_files(gated_write(gate))
-        background.end_run()
+        background.end_run(run_id)
         assert mlflow.active_run() is None               # this thread has left it ...
         assert status(run_id) == "RUNNING"               # ... but it is not finished
         gate.set()
@@ -61,21 +62,31 @@ def test_a_run_left_while_its_files_are_written_stays_running_until_they_are_log
 def test_a_run_with_nothing_pending_ends_at_once():
     with background.deferring():
         run = mlflow.start_run()
-        background.end_run()
+        background.end_run(run.info.run_id)
         assert status(run.info.run_id) == "FINISHED" and mlflow.active_run() is None
 
 
-def test_a_failed_write_fails_its_run_and_is_raised_naming_it():
+@pytest.mark.parametrize("fails", ["before the run is left", "after the run is left"])
+def test_a_failed_write_fails_its_run_and_is_raised_naming_it(fails):
+    gate, failed = threading.Event(), threading.Event()
+
     def broken(folder):
+        if fails == "after the run is left" and not gate.wait(WAIT):
+            raise TimeoutError("nobody opened the gate")
+        failed.set()
         raise OSError("disk full")
 
     with pytest.raises(RuntimeError, match="could not be logged: disk full") as raised:
         with background.deferring():
             run = mlflow.start_run()
             background.log_files(broken)
-            background.end_run()                         # would end it FINISHED, after the write
+            if fails == "before the run is left":
+                failed.wait(WAIT)
+                time.sleep(0.2)                          # its future is marked failed by now
+            background.end_run(run.info.run_id)
+            gate.set()
     assert run.info.run_id in str(raised.value)
-    assert status(run.info.run_id) == "FAILED"
+    assert status(run.info.run_id) == "FAILED" and mlflow.active_run() is None
 
 
 def test_a_run_ended_failed_waits_for_its_files_and_stays_failed():
@@ -84,7 +95,7 @@ def test_a_run_ended_failed_waits_for_its_files_and_stays_failed():
         run = mlflow.start_run()
         background.log_files(gated_write(gate))
         threading.Timer(0.5, gate.set).start()
-        background.end_run("FAILED")
+        background.end_run(run.info.run_id, "FAILED")
         assert artifacts(run.info.run_id) == {"figure.txt"}     # waited for before the end
     assert status(run.info.run_id) == "FAILED"
 

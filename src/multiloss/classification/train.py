@@ -205,7 +205,8 @@ def train_classifier(config: ClassifierConfig, *, epoch_hooks: Sequence[EpochHoo
                      extra_metrics: Sequence[tf_keras.metrics.Metric] = (),
                      data_fingerprint: str | None = None, reuse_graph: bool | None = None) -> TrainedClassifier:
     """Train, keep the lowest-val_loss weights, score val and test, and log it all into the active run
-    (inside a stage's run the figures are still being drawn when this returns: :mod:`multiloss.tracking.background`).
+    (the figures are drawn in the helper process; inside a stage's run they may still be when this
+    returns: :mod:`multiloss.tracking.background`).
 
     ``epoch_hooks`` are called as ``hook(epoch, logs)`` after each epoch's validation (after the
     epoch's metrics are logged); an exception they raise (a pruned trial) ends the training there.
@@ -294,9 +295,17 @@ def log_unregistered(trained: TrainedClassifier) -> str:
 
 
 def register(trained: TrainedClassifier):
-    """Log and register ``trained`` as a new ``cxr-classifier`` version, tagged, with its card."""
-    return registry.log_and_register(trained.model, names.CLASSIFIER_MODEL, trained.registry_tags(),
-                                     signature=trained.signature(), card=trained.card())
+    """Log and register ``trained`` as a new ``cxr-classifier`` version, tagged, with its card; the
+    run's figures are drawn meanwhile, and if one could not be logged the version goes again (a
+    version only of a run that is whole)."""
+    version = registry.log_and_register(trained.model, names.CLASSIFIER_MODEL, trained.registry_tags(),
+                                        signature=trained.signature(), card=trained.card())
+    try:
+        background.wait(mlflow.active_run().info.run_id)
+    except RuntimeError:
+        mlflow.MlflowClient().delete_model_version(names.CLASSIFIER_MODEL, version.version)
+        raise
+    return version
 
 
 def register_logged(model_uri: str, tags: dict[str, object], card: str | None = None):

@@ -62,24 +62,17 @@ def log_files(write: Callable[[Path], object], run_id: str | None = None) -> Non
     """``write(folder)`` makes files in an empty folder; they are logged at the root of the run's
     artifacts (default: the active run). In the background inside :func:`deferring`."""
     run_id = run_id or mlflow.active_run().info.run_id
+    client = mlflow.MlflowClient(mlflow.get_tracking_uri())      # this store, whenever the job runs
 
     def job() -> None:
         with tempfile.TemporaryDirectory() as folder:
             write(Path(folder))
-            mlflow.MlflowClient().log_artifacts(run_id, folder)
+            client.log_artifacts(run_id, folder)
 
-    if not deferring_now():
+    if deferring_now():
+        _submit(run_id, job)
+    else:
         job()
-        return
-
-    def guarded() -> None:
-        try:
-            job()
-        except BaseException:
-            mlflow.MlflowClient().set_terminated(run_id, "FAILED")
-            raise
-
-    _submit(run_id, guarded)
 
 
 def wait(run_id: str, raise_errors: bool = True) -> None:
@@ -105,23 +98,31 @@ def wait_all(raise_errors: bool = True) -> None:
         raise failures[0]
 
 
-def end_run(status: str = "FINISHED") -> None:
-    """End the active run; if its files are still being written, leave it now (it stays RUNNING)
-    and end it ``status`` once they are logged, so that this thread can go on. MLflow has no public
-    way to leave a run without ending it: it is "ended" RUNNING, which keeps it open."""
-    run_id = mlflow.active_run().info.run_id
+def end_run(run_id: str, status: str = "FINISHED") -> None:
+    """End run ``run_id`` (this thread's active run, as ``ActiveRun.__exit__`` would). If it ends
+    FINISHED while its files are still being written, leave it now, RUNNING, and let the writer end
+    it once they are logged (FAILED if one could not be), so that this thread can go on. MLflow has
+    no public way to leave a run without ending it: it is "ended" RUNNING, which keeps it open."""
+    active = mlflow.active_run()
+    on_top = active is not None and active.info.run_id == run_id
+    client = mlflow.MlflowClient(mlflow.get_tracking_uri())
     with _lock:
-        pending = bool(_pending.get(run_id))
-    if not pending or status != "FINISHED":
-        wait(run_id, raise_errors=False)
-        mlflow.end_run(status)
+        earlier = list(_pending.get(run_id, []))
+    if status == "FINISHED" and not all(job.done() for job in earlier):
+        if on_top:
+            mlflow.end_run("RUNNING")           # before the writer may end it: never after
+
+        def finish() -> None:                   # runs after ``earlier``: one writer thread, in order
+            ok = all(job.exception() is None for job in earlier)
+            client.set_terminated(run_id, status if ok else "FAILED")
+
+        _submit(run_id, finish)
         return
-    mlflow.end_run("RUNNING")
-    with _lock:
-        earlier = list(_pending[run_id])
-
-    def finish() -> None:
-        if all(job.exception() is None for job in earlier):
-            mlflow.MlflowClient().set_terminated(run_id, status)
-
-    _submit(run_id, finish)
+    if status != "FINISHED":
+        wait(run_id, raise_errors=False)        # the caller raises its own error
+    if any(job.exception() is not None for job in earlier):
+        status = "FAILED"
+    if on_top:
+        mlflow.end_run(status)
+    else:
+        client.set_terminated(run_id, status)

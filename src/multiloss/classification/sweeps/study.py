@@ -342,9 +342,9 @@ def run_trial(study: optuna.Study, storage, trial: optuna.Trial, objective: Obje
                 finally:
                     mlflow.log_metric("trial_epochs", len(storage.get_trial(trial._trial_id).intermediate_values))
             except BaseException:
-                background.end_run("FAILED")
+                background.end_run(run.info.run_id, "FAILED")
                 raise
-            background.end_run()          # FINISHED once its figures are logged; the next trial starts now
+            background.end_run(run.info.run_id)   # FINISHED once its figures are logged; the next trial starts now
     except BaseException:   # the MLflow run has ended FAILED; Optuna records the same
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         raise
