@@ -39,7 +39,7 @@ def _submit(run_id: str, job: Callable[[], None]) -> None:
         _pending.setdefault(run_id, []).append(writer.submit(job))
 
 
-def deferring_now() -> bool:
+def _deferring_now() -> bool:
     return getattr(_state, "deferring", 0) > 0
 
 
@@ -58,10 +58,10 @@ def deferring() -> Iterator[None]:
     wait_all()
 
 
-def log_files(write: Callable[[Path], object], run_id: str | None = None) -> None:
-    """``write(folder)`` makes files in an empty folder; they are logged at the root of the run's
-    artifacts (default: the active run). In the background inside :func:`deferring`."""
-    run_id = run_id or mlflow.active_run().info.run_id
+def log_files(write: Callable[[Path], object]) -> None:
+    """``write(folder)`` makes files in an empty folder; they are logged at the root of the active
+    run's artifacts. In the background inside :func:`deferring`."""
+    run_id = mlflow.active_run().info.run_id
     client = mlflow.MlflowClient(mlflow.get_tracking_uri())      # this store, whenever the job runs
 
     def job() -> None:
@@ -69,7 +69,7 @@ def log_files(write: Callable[[Path], object], run_id: str | None = None) -> Non
             write(Path(folder))
             client.log_artifacts(run_id, folder)
 
-    if deferring_now():
+    if _deferring_now():
         _submit(run_id, job)
     else:
         job()
